@@ -1,0 +1,38 @@
+"""`personalign models prepare|list`."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from personalign.runtime import models
+
+app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+@app.command("prepare")
+def prepare(names: list[str] = typer.Argument(None, help="Models (default: all embedded)."),
+            force: bool = typer.Option(False, help="Convert again even if prepared.")) -> None:
+    """Convert the embedded GGUF models once into cached transformers folders."""
+    for name in names or list(models.EMBEDDED):
+        done = models.is_prepared(name) and not force
+        with console.status(f"preparing {name} ..."):
+            start = time.time()
+            path = models.prepare(name, force=force)
+        note = "already prepared" if done else f"prepared in {time.time() - start:.1f}s"
+        console.print(f"[green]ok[/] {name}: {path} ({note})")
+
+
+@app.command("list")
+def list_models() -> None:
+    """Show the embedded models, their roles, whether prepared, and sizes."""
+    table = Table("name", "role", "prepared", "size (MB)", "path")
+    for row in models.listing():
+        table.add_row(row["name"], row["role"], "yes" if row["prepared"] else "no",
+                      f"{row['size_mb']:.1f}", row["path"])
+    console.print(table)
+    console.print(f"home: {models.models_dir().parent}  (set PERSONALIGN_HOME to move it)")

@@ -1,0 +1,1 @@
+"""Shared runtime: data records and loaders, LLM backends, metrics, storage, embedded models."""

@@ -1,0 +1,32 @@
+"""Build an LLM from a short spec string, as the CLI, configs and the service name them.
+
+    transformers:gemma3-270m            embedded model or local HF folder (default backend)
+    gemma3-270m                         same
+    openai:MODEL@http://host:port/v1    any OpenAI-compatible server (vLLM, Ollama, ...)
+    llamacpp:/path/model.gguf           llama.cpp (optional extra)
+"""
+
+from __future__ import annotations
+
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.base import LLM
+
+
+def load_llm(spec: str, **options) -> LLM:
+    backend, _, rest = spec.partition(":") if ":" in spec.split("@")[0] else ("transformers", "",
+                                                                               spec)
+    if backend == "transformers":
+        from personalign.runtime.llm.transformers_backend import TransformersLLM
+
+        return TransformersLLM(rest, **options)
+    if backend == "openai":
+        from personalign.runtime.llm.openai_backend import OpenAILLM
+
+        model, _, base_url = rest.partition("@")
+        return OpenAILLM(model=model, base_url=base_url or None, **options)
+    if backend == "llamacpp":
+        from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
+
+        return LlamaCppLLM(rest, **options)
+    raise ConfigError(f"unknown LLM backend {backend!r} in {spec!r} "
+                      "(use transformers:, openai: or llamacpp:)")

@@ -1,0 +1,93 @@
+"""Request and result types of the one LLM interface every backend implements."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+# A prompt is raw text (completion models) or OpenAI-style chat messages.
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]
+
+# "letter": log-prob of the option letter at the answer position (prompt must list lettered
+# options and end at "Answer:"); "text": summed log-likelihood of the option text as the
+# continuation; "generate": sample an answer and parse it (API backends without logprobs).
+ScoringMethod = Literal["letter", "text", "generate"]
+
+LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """A multiple-choice item to score.
+
+    The scored text is ``prefix + prompt`` followed by the option (letter or text). ``prefix``
+    is context shared by many items (an instruction, a candidate prompt, few-shot examples):
+    fast backends encode it once and reuse its KV cache.
+    """
+
+    prompt: str
+    options: tuple[str, ...]
+    prefix: str = ""
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return tuple(LETTERS[i] for i in range(len(self.options)))
+
+
+@dataclass
+class ChoiceResult:
+    """Per-option log-probabilities normalized over the item's options (log-softmax).
+
+    ``choice`` is the argmax, or None when the answer was generated and could not be parsed
+    (recorded as invalid, never raised). ``raw`` keeps the generated text where there is one.
+    """
+
+    logprobs: list[float]
+    choice: int | None
+    raw: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.choice is not None
+
+
+@dataclass
+class Usage:
+    """Counts of one backend's work; every run reports them."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    scored_items: int = 0
+    by_phase: dict[str, "Usage"] = field(default_factory=dict)
+
+    def add(self, calls: int = 0, cache_hits: int = 0, prompt_tokens: int = 0,
+            completion_tokens: int = 0, scored_items: int = 0, phase: str | None = None) -> None:
+        self.calls += calls
+        self.cache_hits += cache_hits
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.scored_items += scored_items
+        if phase:
+            self.by_phase.setdefault(phase, Usage()).add(
+                calls, cache_hits, prompt_tokens, completion_tokens, scored_items)
+
+    def as_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in
+             ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "scored_items")}
+        if self.by_phase:
+            d["by_phase"] = {k: v.as_dict() for k, v in self.by_phase.items()}
+        return d
