@@ -1,0 +1,300 @@
+"""transformers backend (CPU or GPU) with a scoring engine built for many short items.
+
+Scoring is dominated by the shared context (a candidate prompt, few-shot examples): the engine
+encodes each distinct prefix once and reuses its KV cache for every item and option that
+follows it, and applies the output projection only where a log-prob is read (Gemma's 262k-row
+output layer is most of its weights). ``reference_scoring`` holds the plain implementation that
+benchmarks and tests compare against.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+from personalign.runtime import models
+from personalign.runtime.llm.base import LLM, Generation, ProgressFn
+from personalign.runtime.llm.types import (
+    ChoiceItem, ChoiceResult, Prompt, SamplingParams, ScoringMethod,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def configure_threads(threads: int | None) -> None:
+    """Use ``threads`` (or $PERSONALIGN_THREADS) intra-op threads; torch's default otherwise."""
+    threads = threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0)
+    if threads:
+        _torch().set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scoring row after the shared prefix: ``body`` tokens, then ``target`` tokens whose
+    log-probs are summed (empty target: the caller reads the next-token distribution)."""
+
+    body: tuple[int, ...]
+    target: tuple[int, ...] = ()
+
+
+class TransformersLLM(LLM):
+    backend = "transformers"
+
+    def __init__(self, model: str = models.DEFAULT_SCORER, *, dtype: str = "float32",
+                 device: str = "cpu", threads: int | None = None, batch_size: int = 16,
+                 cache=True):
+        super().__init__(cache=cache)
+        torch = _torch()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        configure_threads(threads)
+        self.path = models.resolve(model)
+        self.model_id = model
+        self.device = device
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.dtype = dtype
+        self.has_chat_template = bool(self.tokenizer.chat_template)
+        self.default_scoring = "letter"
+        self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        self._lock = threading.Lock()  # one forward at a time per model (service threads)
+        self._letter_ids: dict[str, int] = {}
+
+    def _identity(self) -> tuple[str, str]:
+        # dtype changes results slightly, so it is part of the cache key.
+        return (self.backend, f"{self.model_id}|{self.dtype}")
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, text: str, *, specials: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=specials).input_ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def letter_id(self, letter: str) -> int:
+        """Token of " A" (the letter as it follows "Answer:"); first token if it splits."""
+        if letter not in self._letter_ids:
+            self._letter_ids[letter] = self.encode(" " + letter)[0]
+        return self._letter_ids[letter]
+
+    def render(self, prompt: Prompt) -> str:
+        """Chat messages through the chat template; raw text as is."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.has_chat_template:
+            return self.tokenizer.apply_chat_template(prompt, tokenize=False,
+                                                      add_generation_prompt=True)
+        # Base models have no template: a plain transcript they can continue.
+        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in prompt]
+        return "\n".join(lines) + "\nAssistant:"
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        text = self.render(prompt)
+        # A chat template already wrote the special tokens.
+        return self.encode(text, specials=isinstance(prompt, str) or not self.has_chat_template)
+
+    # ------------------------------------------------------------------ engine
+    def _logits(self, hidden):
+        logits = self.model.lm_head(hidden).float()
+        if self._softcap:
+            logits = self._softcap * _torch().tanh(logits / self._softcap)
+        return logits
+
+    def _encode_prefix(self, prefix_ids: list[int]):
+        """KV cache of ``prefix_ids`` (None for an empty prefix)."""
+        if not prefix_ids:
+            return None
+        torch = _torch()
+        ids = torch.tensor([prefix_ids], device=self.device)
+        out = self.model.get_decoder()(input_ids=ids, use_cache=True)
+        return out.past_key_values
+
+    def _run_rows(self, prefix_cache, prefix_len: int, rows: Sequence[Row]):
+        """Hidden states (b, T, d) of right-padded ``body + target`` rows after the prefix."""
+        torch = _torch()
+        seqs = [list(r.body) + list(r.target) for r in rows]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(seqs), prefix_len + width), dtype=torch.long, device=self.device)
+        mask[:, :prefix_len] = 1
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, prefix_len: prefix_len + len(s)] = 1
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(seqs))
+        out = self.model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                       past_key_values=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def _batches(self, rows: Sequence[Row]):
+        """Index batches of rows, similar lengths together to limit padding."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].body) + len(rows[i].target))
+        for start in range(0, len(order), self.batch_size):
+            yield order[start: start + self.batch_size]
+
+    def score_rows(self, prefix_ids: list[int], rows: Sequence[Row]) -> tuple[list, list[float]]:
+        """For rows sharing ``prefix_ids``: the next-token log-softmax after each body (rows
+        without target) and the summed log-prob of each row's target (rows with one)."""
+        torch = _torch()
+        # The prefix's last token moves into every body, so no body is empty and the first
+        # target token is predicted from a position we compute.
+        cached, lead = (prefix_ids[:-1], [prefix_ids[-1]]) if prefix_ids else ([], [])
+        rows = [Row(tuple(lead) + r.body, r.target) for r in rows]
+        next_logprobs: list = [None] * len(rows)
+        target_sums = [0.0] * len(rows)
+        with self._lock, torch.inference_mode():
+            prefix_cache = self._encode_prefix(cached)
+            for batch in self._batches(rows):
+                hidden = self._run_rows(prefix_cache, len(cached), [rows[i] for i in batch])
+                picks, owners, targets = [], [], []
+                for b, i in enumerate(batch):
+                    row = rows[i]
+                    n_body = len(row.body)
+                    if not row.target:
+                        picks.append(hidden[b, n_body - 1])
+                        owners.append((i, None))
+                    for j, tok in enumerate(row.target):
+                        picks.append(hidden[b, n_body - 1 + j])
+                        owners.append((i, j))
+                        targets.append(tok)
+                logprobs = torch.log_softmax(self._logits(torch.stack(picks)), dim=-1)
+                t = 0
+                for k, (i, j) in enumerate(owners):
+                    if j is None:
+                        next_logprobs[i] = logprobs[k]
+                    else:
+                        target_sums[i] += float(logprobs[k, targets[t]])
+                        t += 1
+        return next_logprobs, target_sums
+
+    # ------------------------------------------------------------------ LLM hooks
+    def _score(self, items: Sequence[ChoiceItem], method: ScoringMethod,
+               progress: ProgressFn) -> list[ChoiceResult]:
+        torch = _torch()
+        results: list[ChoiceResult] = []
+        start = 0
+        while start < len(items):
+            # Items arrive sorted by prefix: one engine call per distinct prefix.
+            end = start
+            while end < len(items) and items[end].prefix == items[start].prefix:
+                end += 1
+            group = items[start:end]
+            prefix_ids = self.encode(group[0].prefix, specials=True)
+            tokens = len(prefix_ids)
+            if method == "letter":
+                rows = [Row(tuple(self.encode(it.prompt))) for it in group]
+                next_lp, _ = self.score_rows(prefix_ids, rows)
+                for it, row, lp in zip(group, rows, next_lp):
+                    raw = lp[[self.letter_id(x) for x in it.letters]]
+                    results.append(self._result(torch.log_softmax(raw, -1).tolist()))
+                    tokens += len(row.body)
+            elif method == "text":
+                rows, spans = [], []
+                for it in group:
+                    body = tuple(self.encode(it.prompt))
+                    spans.append((len(rows), len(it.options)))
+                    rows += [Row(body, tuple(self.encode(" " + o))) for o in it.options]
+                    tokens += len(body) + sum(len(r.target) for r in rows[-len(it.options):])
+                _, sums = self.score_rows(prefix_ids, rows)
+                for first, n in spans:
+                    raw = torch.tensor(sums[first: first + n])
+                    results.append(self._result(torch.log_softmax(raw, -1).tolist()))
+            else:
+                raise ValueError(f"unknown scoring method {method!r}")
+            self._count(calls=len(group), prompt_tokens=tokens)
+            progress(len(group))
+            start = end
+        return results
+
+    @staticmethod
+    def _result(logprobs: list[float]) -> ChoiceResult:
+        return ChoiceResult(logprobs=logprobs,
+                            choice=max(range(len(logprobs)), key=logprobs.__getitem__))
+
+    def _loglikelihood(self, requests: Sequence[tuple[str, str]],
+                       progress: ProgressFn) -> list[float]:
+        out = [0.0] * len(requests)
+        by_context: dict[str, list[int]] = {}
+        for i, (context, _) in enumerate(requests):
+            by_context.setdefault(context, []).append(i)
+        for context, idx in by_context.items():
+            prefix_ids = self.encode(context, specials=True)
+            rows = [Row((), tuple(self.encode(requests[i][1]))) for i in idx]
+            _, sums = self.score_rows(prefix_ids, rows)
+            for i, s in zip(idx, sums):
+                out[i] = s
+            self._count(calls=len(idx), prompt_tokens=len(prefix_ids) + sum(
+                len(r.target) for r in rows))
+            progress(len(idx))
+        return out
+
+    def next_token_logprobs(self, prompt: Prompt, top_k: int = 20) -> list[tuple[str, float]]:
+        """The ``top_k`` most likely next tokens after ``prompt`` with their log-probs
+        (what OpenAI-style ``top_logprobs`` reports for the first generated token)."""
+        torch = _torch()
+        ids = self.prompt_ids(prompt)
+        next_lp, _ = self.score_rows(ids, [Row(())])
+        values, indices = torch.topk(next_lp[0], top_k)
+        return [(self.tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, indices)]
+
+    def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        torch = _torch()
+        from transformers import DynamicCache
+
+        out = []
+        for prompt in prompts:
+            ids = self.prompt_ids(prompt)
+            input_ids = torch.tensor([ids], device=self.device)
+            sample = params.temperature > 0
+            kwargs = dict(max_new_tokens=params.max_tokens, do_sample=sample,
+                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+            if sample:
+                kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            if params.stop:
+                kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            n = params.n if sample else 1
+            with self._lock, torch.inference_mode():
+                torch.manual_seed(params.seed)
+                # Encode the prompt once, then sample the n continuations from copies of its
+                # cache (generate would otherwise prefill the prompt n times).
+                cache = DynamicCache(config=self.model.config)
+                if len(ids) > 1:
+                    self.model(input_ids=input_ids[:, :-1], past_key_values=cache,
+                               use_cache=True)
+                    cache.batch_repeat_interleave(n)
+                generated = self.model.generate(input_ids=input_ids.repeat(n, 1),
+                                                attention_mask=torch.ones_like(
+                                                    input_ids.repeat(n, 1)),
+                                                past_key_values=cache, **kwargs)
+            new = generated[:, len(ids):]
+            texts, completion_tokens = [], 0
+            for row in new:
+                toks = [t for t in row.tolist() if t != kwargs["pad_token_id"]]
+                completion_tokens += len(toks)
+                texts.append(_cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True),
+                                          params.stop))
+            if not sample:
+                texts = texts * params.n  # greedy samples are identical
+            out.append(Generation(texts, prompt_tokens=len(ids),
+                                  completion_tokens=completion_tokens))
+        return out
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
