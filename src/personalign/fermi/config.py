@@ -1,0 +1,119 @@
+"""Fermi's configuration: every open ([?]) choice of the method spec is a named option.
+
+Defaults follow ``docs/fermi.md``; the two presets of the benchmark protocol are ``paper``
+(T=10, K=4, L=5) and ``quick`` (smaller; every report made with it says "quick").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from personalign.runtime.errors import ConfigError
+
+TaskType = Literal["choice", "tag", "rating", "title"]
+
+# A sample is mis-aligned when its score is below tau (spec: 1.0 for exact-match style
+# scores, 0.2 for ROUGE-L).
+DEFAULT_TAU = {"choice": 1.0, "tag": 1.0, "rating": 1.0, "title": 0.2}
+
+TASK_INSTRUCTION = ("Choose the proper answer to the given question among the given answer "
+                    "choices.")
+PROFILE_INSTRUCTION = ("Based on the demographic information, choose the proper answer to the "
+                       "given question among the given answer choices.")
+
+
+@dataclass
+class FermiConfig:
+    # --- optimization loop (spec step 3)
+    iterations: int = 10                     # T
+    num_candidates: int = 4                  # K new prompts per iteration (K separate samples)
+    memory_size: int = 5                     # L
+    optimization_fraction: float = 0.8       # 80/20 split of U_opi (16/4 for 20 opinions)
+    mode: Literal["fermi", "opro"] = "fermi"  # "opro": memory of (text, score) only
+    # [?] which end of the memory is the reference entry whose failure cases are listed in
+    # full: "best" = highest score (rank l=1), "worst" = lowest score (first in ascending order).
+    reference_entry: Literal["best", "worst"] = "best"
+    # [?] final prompt pool: the K prompts of the last iteration, or the memory's top L.
+    final_pool: Literal["last_k", "memory"] = "last_k"
+    failure_case_cap: int = 8                # full failure cases shown for the reference
+    # [?] per task type; a sample is mis-aligned when its score < tau.
+    tau: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TAU))
+    task_type: TaskType = "choice"
+    # [?] score of a 1-5 rating: 1 - |pred - gold| / 4 (fixed in tasks.py; recorded here).
+    rating_scale: float = 4.0
+    # --- task model M
+    scoring_method: Literal["letter", "text", "generate"] = "letter"
+    # --- optimizer model M_opt
+    optimizer_temperature: float = 1.0
+    optimizer_max_tokens: int = 160
+    max_retries: int = 2                     # extra optimizer calls per iteration to fill K
+    parse_fallback: Literal["whole_reply", "drop"] = "whole_reply"
+    max_prompt_chars: int = 600              # longer parsed prompts are dropped
+    min_prompt_chars: int = 8                # shorter ones count as empty
+    # --- Retrieval-of-Prompt (inference)
+    rop_neighbors: int = 3                   # N~
+    # U_opi = optimization + demonstration parts. Correctness of each pool prompt is cached
+    # on all of U_opi (the demo split is scored once more at the end) when True, else only
+    # on the optimization part.
+    rop_include_demo: bool = True
+    embedder: str = "all-minilm-l6-v2"
+    seed: int = 0
+    preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("iterations", "num_candidates", "memory_size", "failure_case_cap",
+                    "rop_neighbors", "max_prompt_chars")
+        for name in positive:
+            if getattr(self, name) < 1 and not (name == "iterations" and self.iterations == 0):
+                raise ConfigError(f"FermiConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.optimization_fraction <= 1.0:
+            raise ConfigError("FermiConfig.optimization_fraction must be in (0, 1]")
+        if self.max_retries < 0:
+            raise ConfigError("FermiConfig.max_retries must be >= 0")
+        choices = {"mode": ("fermi", "opro"), "reference_entry": ("best", "worst"),
+                   "final_pool": ("last_k", "memory"),
+                   "task_type": ("choice", "tag", "rating", "title"),
+                   "scoring_method": ("letter", "text", "generate"),
+                   "parse_fallback": ("whole_reply", "drop")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"FermiConfig.{name} must be one of {allowed}, "
+                                  f"got {getattr(self, name)!r}")
+        if self.task_type not in self.tau:
+            raise ConfigError(f"FermiConfig.tau has no value for task type {self.task_type!r}")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.tau[self.task_type])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FermiConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown FermiConfig option(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def with_options(self, **changes: Any) -> "FermiConfig":
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"iterations": 10, "num_candidates": 4, "memory_size": 5},
+    "quick": {"iterations": 3, "num_candidates": 2, "memory_size": 5},
+    "tiny": {"iterations": 1, "num_candidates": 1, "memory_size": 2},
+}
+
+
+def preset(name: str, **overrides: Any) -> FermiConfig:
+    """A config from a named preset (``paper``, ``quick``, ``tiny``) plus overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return FermiConfig(**{**PRESETS[name], "preset": name, **overrides})
