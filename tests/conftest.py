@@ -1,0 +1,61 @@
+"""Shared fixtures: real embedded models load once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the user's cache: a per-session home holds prepared-model links and
+# the LLM-call cache.
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "opinionqa"
+
+
+@pytest.fixture(scope="session")
+def dev_data_path() -> Path:
+    path = SHARED_DATA / "dev.jsonl"
+    if not path.exists():
+        pytest.skip(f"shared OpinionQA data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    from personalign.runtime.llm.transformers_backend import TransformersLLM
+
+    return TransformersLLM("gemma3-270m", cache=False)
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    from personalign.runtime.llm.transformers_backend import TransformersLLM
+
+    return TransformersLLM("smollm2-135m-instruct", cache=False)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from personalign.runtime.embeddings import Embedder
+
+    return Embedder()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session writes its LLM-call cache under a temporary home, keeping the
+    prepared models of the real home (conversion takes a minute)."""
+    from personalign.runtime import settings
+
+    real_home = settings.home()
+    home = tmp_path_factory.getbasetemp() / "personalign_home"
+    home.mkdir(exist_ok=True)
+    models = home / "models"
+    if not models.exists():
+        models.symlink_to(real_home / "models", target_is_directory=True)
+    gguf = home / "gguf"
+    if not gguf.exists() and (real_home / "gguf").exists():
+        gguf.symlink_to(real_home / "gguf", target_is_directory=True)
+    monkeypatch.setenv("PERSONALIGN_HOME", str(home))
+    yield

@@ -1,0 +1,84 @@
+"""The transformers backend against the real embedded models."""
+
+from __future__ import annotations
+
+import pytest
+
+from personalign.runtime.llm.reference_scoring import plain_score
+from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+
+pytestmark = pytest.mark.real_model
+
+EASY = [("What is the capital of France?", ("Berlin", "Paris", "Madrid")),
+        ("What color is the sky on a clear day?", ("Green", "Red", "Blue")),
+        ("Which animal says meow?", ("Dog", "Cow", "Cat")),
+        ("What do bees make?", ("Honey", "Steel", "Plastic")),
+        ("What is frozen water called?", ("Sand", "Ice", "Smoke"))]
+GOLD = [1, 2, 2, 0, 1]
+
+
+def _cloze_items(prefix: str = "") -> list[ChoiceItem]:
+    return [ChoiceItem(prompt=f"Question: {q}\nAnswer:", options=o, prefix=prefix)
+            for q, o in EASY]
+
+
+def _lettered_items(prefix: str) -> list[ChoiceItem]:
+    return [ChoiceItem(prefix=prefix, options=o, prompt=f"Question: {q}\nAnswer choices: "
+                       + " ".join(f"({chr(65 + i)}) {x}" for i, x in enumerate(o))
+                       + "\nAnswer:") for q, o in EASY]
+
+
+@pytest.mark.parametrize("model", ["gemma", "smollm"])
+def test_option_scoring_picks_right_answers_on_easy_questions(model, request):
+    llm = request.getfixturevalue(model)
+    results = llm.score_choices(_cloze_items(), "text")
+    correct = sum(r.choice == g for r, g in zip(results, GOLD))
+    assert correct >= 4, [r.choice for r in results]
+    for r in results:
+        assert abs(sum(__import__("math").exp(x) for x in r.logprobs) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["letter", "text"])
+def test_engine_matches_plain_scoring(gemma, method):
+    prefix = "A careful person answers the following question.\n\n"
+    items = _lettered_items(prefix)
+    fast = gemma.score_choices(items, method)
+    plain = plain_score(gemma, items, method)
+    assert [f.choice for f in fast] == [p.choice for p in plain]
+    for f, p in zip(fast, plain):
+        assert f.logprobs == pytest.approx(p.logprobs, abs=1e-3)
+
+
+def test_loglikelihood_prefers_the_true_continuation(gemma):
+    good, bad = gemma.loglikelihood([("The capital of France is", " Paris"),
+                                     ("The capital of France is", " Berlin")])
+    assert good > bad
+
+
+def test_generation_returns_sensible_text(smollm):
+    params = SamplingParams(n=2, temperature=0.8, max_tokens=30, seed=3)
+    texts = smollm.generate([[{"role": "user", "content": "Name a fruit that is yellow."}]],
+                            params)[0]
+    assert len(texts) == 2 and all(t.strip() for t in texts)
+    greedy = smollm.generate([[{"role": "user", "content": "Say hello."}]],
+                             SamplingParams(max_tokens=12))[0][0]
+    assert greedy.strip()
+    assert smollm.usage.completion_tokens > 0
+
+
+def test_generation_stops_at_stop_string(gemma):
+    text = gemma.generate(["1, 2, 3, 4, 5, 6,"],
+                          SamplingParams(max_tokens=30, stop=(" 9",)))[0][0]
+    assert " 9" not in text and "7" in text
+
+
+def test_seeded_sampling_is_reproducible(smollm):
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=15, seed=11)
+    prompt = [[{"role": "user", "content": "Invent a name for a cat."}]]
+    assert smollm.generate(prompt, params) == smollm.generate(prompt, params)
+
+
+def test_embeddings_rank_paraphrase_above_unrelated(embedder):
+    sims = embedder.similarity(["How old are you?"],
+                               ["What is your age?", "The stock market fell sharply today."])
+    assert sims[0, 0] > sims[0, 1] + 0.2
