@@ -1,0 +1,275 @@
+"""A small OpenAI-compatible server of the project's own: serves any :class:`LLM` (the embedded
+models through the transformers backend) at ``/v1/models``, ``/v1/chat/completions`` and
+``/v1/completions``, so every OpenAI client (and :class:`OpenAILLM`) can use them.
+
+Log-probs (``logprobs``/``top_logprobs``) are reported for the first generated token only,
+through the optional backend hook ``next_token_logprobs(prompt, top_k)`` (TransformersLLM has
+it); for a backend without it the ``logprobs`` field is null, which clients read as "no
+log-probs here".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Iterator, Protocol, Sequence, Union, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from personalign.runtime.errors import PersonalignError
+from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.cache import cache_key
+from personalign.runtime.llm.types import Prompt, SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_LOGPROBS = 20
+
+
+@runtime_checkable
+class NextTokenLogprobs(Protocol):
+    """Optional backend hook: the ``top_k`` most likely next tokens after ``prompt`` (chat
+    messages rendered with the model's template, generation prompt added) as (text, log-prob),
+    most likely first."""
+
+    def next_token_logprobs(self, prompt: Prompt, top_k: int = 20) -> list[tuple[str, float]]:
+        ...
+
+
+# Request bodies (module level: FastAPI resolves annotations from module globals).
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class Common(BaseModel):
+    model: str
+    n: int = Field(1, ge=1, le=16)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: Union[str, list[str], None] = None
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+
+
+class ChatRequest(Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class CompletionRequest(Common):
+    prompt: Union[str, list[str]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool = False
+
+
+class _Served:
+    """One model behind the server; one request at a time (usage counters are per model)."""
+
+    def __init__(self, llm: LLM):
+        self.llm = llm
+        self.lock = threading.Lock()
+
+    def generate(self, prompt: Prompt, params: SamplingParams) -> tuple[list[str], int, int]:
+        with self.lock:
+            before = (self.llm.usage.prompt_tokens, self.llm.usage.completion_tokens)
+            texts = self.llm.generate([prompt], params)[0]
+            used_in = self.llm.usage.prompt_tokens - before[0]
+            used_out = self.llm.usage.completion_tokens - before[1]
+        if not used_in:  # a cache hit spends nothing: report what the request amounts to
+            text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+            used_in = self.llm.count_tokens(text)
+            used_out = sum(self.llm.count_tokens(t) for t in texts if t)
+        return texts, used_in, used_out
+
+    def top_logprobs(self, prompt: Prompt, k: int) -> list[tuple[str, float]] | None:
+        if not isinstance(self.llm, NextTokenLogprobs):
+            return None
+        key = cache_key(self.llm._identity(), "next_token_logprobs", prompt, k)
+        cache = self.llm.cache
+        with self.lock:
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                self.llm._count(cache_hits=1)
+                return [(t, v) for t, v in hit]
+            top = self.llm.next_token_logprobs(prompt, k)
+            self.llm._count(calls=1)
+            if cache is not None:
+                cache.set(key, [[t, v] for t, v in top])
+        return top
+
+
+def _first_token(text: str, top: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    """The listed token the generated text starts with (greedy: the most likely one)."""
+    for token, value in top:
+        if token and text.startswith(token):
+            return token, value
+    return top[0]
+
+
+def _params(body, default_max: int) -> SamplingParams:
+    stop = body.stop
+    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    max_tokens = body.max_completion_tokens if getattr(body, "max_completion_tokens", None) \
+        else body.max_tokens
+    return SamplingParams(n=body.n, temperature=body.temperature,
+                          max_tokens=max_tokens or default_max, stop=stop, top_p=body.top_p,
+                          seed=body.seed if body.seed is not None else 0)
+
+
+def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
+    return "length" if llm.count_tokens(text) >= params.max_tokens else "stop"
+
+
+def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
+    """FastAPI app serving ``llms`` (name -> LLM) under the OpenAI API shape."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+
+    served = {name: _Served(llm) for name, llm in llms.items()}
+    created = int(time.time())
+    app = FastAPI(title="personalign OpenAI-compatible server")
+
+    def model_of(name: str) -> _Served:
+        if name not in served:
+            raise HTTPException(404, f"model {name!r} is not served here "
+                                f"(served: {', '.join(served)})")
+        return served[name]
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        # OpenAI's error shape, which OpenAI clients read.
+        return JSONResponse({"error": {"message": exc.detail, "type": "invalid_request_error",
+                                       "code": exc.status_code}}, status_code=exc.status_code)
+
+    @app.exception_handler(PersonalignError)
+    async def _user_error(request: Request, exc: PersonalignError):
+        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error",
+                                       "code": 400}}, status_code=400)
+
+    @app.get("/v1/models")
+    def list_models() -> dict:
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": created,
+             "owned_by": f"personalign:{s.llm.backend}"} for name, s in served.items()]}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "models": list(served)}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: ChatRequest) -> dict:
+        model = model_of(body.model)
+        messages = [m.model_dump() for m in body.messages]
+        params = _params(body, default_max_tokens)
+        texts, used_in, used_out = model.generate(messages, params)
+        top = None
+        if body.logprobs:
+            top = model.top_logprobs(messages, max(1, body.top_logprobs or 0))
+        choices = []
+        for i, text in enumerate(texts):
+            choice: dict[str, Any] = {"index": i, "finish_reason": _finish(model.llm, text, params),
+                                      "message": {"role": "assistant", "content": text},
+                                      "logprobs": None}
+            if top:
+                token, value = _first_token(text, top)
+                listed = top[: body.top_logprobs or 0]
+                choice["logprobs"] = {"content": [{
+                    "token": token, "logprob": value, "bytes": list(token.encode()),
+                    "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
+                                     for t, v in listed]}]}
+            choices.append(choice)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+                "created": int(time.time()), "model": body.model, "choices": choices,
+                "usage": {"prompt_tokens": used_in, "completion_tokens": used_out,
+                          "total_tokens": used_in + used_out}}
+
+    @app.post("/v1/completions")
+    def completions(body: CompletionRequest) -> dict:
+        model = model_of(body.model)
+        if body.echo:
+            raise HTTPException(400, "echo is not supported by this server")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if not prompts:
+            raise HTTPException(400, "prompt is empty")
+        params = _params(body, 16)
+        choices, total_in, total_out = [], 0, 0
+        for prompt in prompts:
+            texts, used_in, used_out = model.generate(prompt, params)
+            total_in, total_out = total_in + used_in, total_out + used_out
+            top = model.top_logprobs(prompt, max(1, body.logprobs)) \
+                if body.logprobs is not None else None
+            for text in texts:
+                choice: dict[str, Any] = {"index": len(choices), "text": text,
+                                          "finish_reason": _finish(model.llm, text, params),
+                                          "logprobs": None}
+                if top:
+                    token, value = _first_token(text, top)
+                    listed: dict[str, float] = {}
+                    for t, v in top[: body.logprobs]:
+                        listed.setdefault(t, v)  # two ids can decode to the same text
+                    choice["logprobs"] = {"tokens": [token], "token_logprobs": [value],
+                                          "top_logprobs": [listed], "text_offset": [0]}
+                choices.append(choice)
+        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
+                "created": int(time.time()), "model": body.model, "choices": choices,
+                "usage": {"prompt_tokens": total_in, "completion_tokens": total_out,
+                          "total_tokens": total_in + total_out}}
+
+    return app
+
+
+def _load(models: dict[str, LLM] | Sequence[str]) -> dict[str, LLM]:
+    if isinstance(models, dict):
+        return models
+    from personalign.runtime.llm.factory import load_llm
+
+    # "smollm2-135m-instruct" is served under its own name; "name=spec" renames.
+    out = {}
+    for spec in models:
+        name, _, target = spec.partition("=") if "=" in spec else (spec.split(":")[-1], "", spec)
+        out[name] = load_llm(target)
+    return out
+
+
+def serve_openai(models: dict[str, LLM] | Sequence[str], host: str = "127.0.0.1",
+                 port: int = 8000) -> None:
+    """Run the server in the foreground (uvicorn) until interrupted."""
+    import uvicorn
+
+    llms = _load(models)
+    log.info("serving %s at http://%s:%d/v1", ", ".join(llms), host, port)
+    uvicorn.run(create_openai_app(llms), host=host, port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a background thread; yields the ``/v1`` base
+    URL once the server accepts connections, and stops it on exit (tests, notebooks)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"server on {host}:{port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
