@@ -1,0 +1,151 @@
+"""llama.cpp backend (optional extra ``personalign[llamacpp]``): runs a GGUF file directly,
+e.g. the embedded models' own GGUFs, without converting them to a transformers folder.
+
+Letter scoring reads the next-token logits after the prompt; "text" scoring and
+log-likelihoods feed the continuation one token at a time (short options, so few evals).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from personalign.runtime import models
+from personalign.runtime.errors import ModelError
+from personalign.runtime.llm.base import LLM, Generation, ProgressFn
+from personalign.runtime.llm.types import (
+    ChoiceItem, ChoiceResult, Prompt, SamplingParams, ScoringMethod,
+)
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = ("the llama.cpp backend needs the optional extra: "
+                "pip install 'personalign[llamacpp]' (builds llama-cpp-python, ~8 minutes)")
+
+
+def _llama_class():
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise ModelError(INSTALL_HINT) from None
+    return Llama
+
+
+def resolve_gguf(model: str) -> Path:
+    """A ``.gguf`` path as given, or the GGUF an embedded causal LM is prepared from."""
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelError(f"GGUF file not found: {path}")
+        return path
+    embedded = models.EMBEDDED.get(model)
+    if embedded is None or embedded.kind != "causal-lm":
+        names = [n for n, m in models.EMBEDDED.items() if m.kind == "causal-lm"]
+        raise ModelError(f"llamacpp: expected a .gguf path or one of {', '.join(names)}; "
+                         f"got {model!r}")
+    return embedded.source()
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    top = x.max()
+    return x - top - np.log(np.exp(x - top).sum())
+
+
+class LlamaCppLLM(LLM):
+    backend = "llamacpp"
+
+    def __init__(self, model: str = models.DEFAULT_GENERATOR, *, n_ctx: int = 2048,
+                 threads: int | None = None, scoring: ScoringMethod = "letter", cache=True,
+                 **llama_kwargs):
+        Llama = _llama_class()  # fail early with the install hint, before any other work
+        super().__init__(cache=cache)
+        self.path = resolve_gguf(model)
+        self.model_id = model
+        self.default_scoring = scoring
+        threads = threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0) or None
+        self.llama = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads,
+                           verbose=False, **llama_kwargs)
+
+    def _identity(self) -> tuple[str, str]:
+        return (self.backend, f"{self.model_id}|{self.path.name}")
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str, *, bos: bool = False) -> list[int]:
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=bos))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def _next_logprobs(self, tokens: list[int]) -> np.ndarray:
+        """Log-softmax of the next token after ``tokens`` (evaluated from scratch)."""
+        self.llama.reset()
+        self.llama.eval(tokens)
+        return _log_softmax(np.asarray(self.llama.scores[self.llama.n_tokens - 1]))
+
+    def _continuation(self, context: list[int], continuation: list[int]) -> float:
+        logprobs = self._next_logprobs(context)
+        total = 0.0
+        for i, tok in enumerate(continuation):
+            total += float(logprobs[tok])
+            if i + 1 < len(continuation):
+                self.llama.eval([tok])
+                logprobs = _log_softmax(np.asarray(self.llama.scores[self.llama.n_tokens - 1]))
+        return total
+
+    # ------------------------------------------------------------------ LLM hooks
+    def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        out = []
+        for prompt in prompts:
+            gen = Generation([])
+            n = params.n if params.temperature > 0 else 1
+            for k in range(n):
+                kwargs = dict(temperature=params.temperature, top_p=params.top_p,
+                              max_tokens=params.max_tokens, stop=list(params.stop) or None,
+                              seed=params.seed + k)
+                if isinstance(prompt, str):
+                    response = self.llama.create_completion(prompt=prompt, **kwargs)
+                    text = response["choices"][0]["text"]
+                else:
+                    response = self.llama.create_chat_completion(messages=list(prompt), **kwargs)
+                    text = response["choices"][0]["message"]["content"] or ""
+                usage = response.get("usage") or {}
+                gen.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+                gen.completion_tokens += int(usage.get("completion_tokens") or 0)
+                gen.texts.append(text)
+            gen.texts += [gen.texts[0]] * (params.n - len(gen.texts))  # greedy: identical
+            out.append(gen)
+        return out
+
+    def _score(self, items: Sequence[ChoiceItem], method: ScoringMethod,
+               progress: ProgressFn) -> list[ChoiceResult]:
+        results = []
+        for item in items:
+            context = self.tokenize(item.prefix + item.prompt, bos=True)
+            if method == "letter":
+                lp = self._next_logprobs(context)
+                raw = np.array([lp[self.tokenize(" " + x)[0]] for x in item.letters])
+            elif method == "text":
+                raw = np.array([self._continuation(context, self.tokenize(" " + o))
+                                for o in item.options])
+            else:
+                raise ValueError(f"unknown scoring method {method!r}")
+            norm = _log_softmax(raw).tolist()
+            results.append(ChoiceResult(norm, int(np.argmax(norm))))
+            self._count(calls=1, prompt_tokens=len(context))
+            progress(1)
+        return results
+
+    def _loglikelihood(self, requests: Sequence[tuple[str, str]],
+                       progress: ProgressFn) -> list[float]:
+        out = []
+        for context, continuation in requests:
+            ctx = self.tokenize(context, bos=True)
+            out.append(self._continuation(ctx, self.tokenize(continuation)))
+            self._count(calls=1, prompt_tokens=len(ctx))
+            progress(1)
+        return out
