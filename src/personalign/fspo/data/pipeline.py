@@ -1,0 +1,352 @@
+"""The synthetic preference-data pipeline, resumable stage by stage.
+
+Output folder::
+
+    config.json        the run's configuration (a resume with a different one is refused)
+    budget.json        LLM calls planned per stage (computed before any call)
+    users.jsonl        synthetic users (initial descriptions)
+    questions.jsonl    questions
+    responses.jsonl    one line per finished question: its candidate responses
+    labels/<user>.json one file per finished user: pairs, judgments before/after refinement
+    pairs_all.jsonl    every judged pair with its labels (dropped ones included)
+    pairs.jsonl        the dataset: order-consistent pairs after refinement (PreferencePair rows)
+    usage.json         LLM usage and wall time, summed over resumed runs
+    card.json/card.md  the data card (:mod:`personalign.fspo.data.card`)
+
+Every file is written to a temp file and renamed, or appended one finished unit per line, so an
+interrupted run resumes where it stopped; the LLM-call cache makes repeated calls free anyway.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from personalign.fspo.data.episodes import derived_seed, write_jsonl
+from personalign.fspo.data.judge import Judgment, PairJob, PairwiseJudge
+from personalign.fspo.data.refine import RefineConfig, refine_user
+from personalign.fspo.data.synthetic import (
+    GeneratorSpec, Question, Response, dump_questions, elix_steers, generate_questions,
+    generate_responses, load_questions, read_questions_jsonl, user_steers,
+)
+from personalign.fspo.data.users import SyntheticUser, dump_users, make_users
+from personalign.runtime.data.records import PreferencePair
+from personalign.runtime.data.validate import read_jsonl
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.models import DEFAULT_GENERATOR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SynthConfig:
+    domain: str = "elix"
+    users: int = 20
+    questions: int = 20              # generated questions (ignored with questions_file)
+    questions_file: str | None = None
+    users_file: str | None = None
+    responses_per_question: int = 4  # non-ELIX steering: users drawn per question
+    views: int = 0                   # > 0: view conditioning instead of persona steering
+    pairs_per_question: int = 2      # pairs judged per user and question
+    generators: list[str] = field(default_factory=lambda: [DEFAULT_GENERATOR])
+    temperatures: list[float] = field(default_factory=lambda: [0.8])
+    judge_model: str = DEFAULT_GENERATOR
+    judge_method: str = "letter"
+    consistency: str = "strict"
+    max_tokens: int = 160
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SynthConfig":
+        d = dict(d)
+        d["refine"] = RefineConfig(**d.get("refine", {}))
+        return cls(**d)
+
+    def responses_per(self, n_levels: int = 5) -> int:
+        if self.views:
+            return self.views
+        return n_levels if self.domain == "elix" else self.responses_per_question
+
+
+def plan_budget(cfg: SynthConfig, n_users: int | None = None,
+                n_questions: int | None = None) -> dict[str, int]:
+    """Upper bounds of LLM calls (generations + scored items) per stage, before any call."""
+    u = n_users if n_users is not None else cfg.users
+    q = n_questions if n_questions is not None else cfg.questions
+    r = cfg.responses_per(5 if cfg.domain != "elix" else min(5, max(1, u)))
+    pairs_per_user = q * min(cfg.pairs_per_question, r * (r - 1) // 2)
+    budget = {
+        "personas": u if cfg.domain == "roleplay" and not cfg.users_file else 0,
+        "questions": 0 if cfg.questions_file else q,
+        "responses": q * (r + (1 if cfg.views else 0)),
+        "judge": u * PairwiseJudge.calls(pairs_per_user),
+        "refine": u * RefineConfig.calls(pairs_per_user, cfg.refine),
+    }
+    budget["total"] = sum(budget.values())
+    return budget
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _safe(user_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in user_id)
+
+
+class SyntheticPipeline:
+    """``run(out_dir)``: users -> questions -> responses -> labels (+ refinement) -> dataset.
+
+    ``llms`` maps model specs to ready LLM objects (tests pass FakeLLMs); other specs are
+    loaded with ``load_llm``.
+    """
+
+    def __init__(self, cfg: SynthConfig, llms: dict[str, Any] | None = None,
+                 progress: bool = True):
+        if cfg.domain not in ("elix", "reviews", "roleplay"):
+            raise ConfigError(f"unknown domain {cfg.domain!r} (elix, reviews, roleplay)")
+        if len(cfg.temperatures) not in (1, len(cfg.generators)):
+            raise ConfigError("give one temperature, or one per generator")
+        self.cfg = cfg
+        self.llms = dict(llms or {})
+        self.progress = progress
+
+    # ------------------------------------------------------------------ models
+    def llm(self, spec: str):
+        if spec not in self.llms:
+            from personalign.runtime.llm.factory import load_llm
+
+            self.llms[spec] = load_llm(spec)
+        return self.llms[spec]
+
+    def generators(self) -> list[GeneratorSpec]:
+        temps = self.cfg.temperatures * (len(self.cfg.generators) if len(self.cfg.temperatures)
+                                         == 1 else 1)
+        return [GeneratorSpec(self.llm(g), t, g) for g, t in zip(self.cfg.generators, temps)]
+
+    def _usage(self) -> dict[str, Any]:
+        out = {}
+        for spec, llm in self.llms.items():
+            out[spec] = llm.usage.as_dict()
+        return out
+
+    # ------------------------------------------------------------------ run
+    def budget(self) -> dict[str, int]:
+        n_q = self.cfg.questions
+        if self.cfg.questions_file:
+            n_q = len(load_questions(self.cfg.questions_file))
+        return plan_budget(self.cfg, n_questions=n_q)
+
+    def run(self, out_dir: str | Path, max_calls: int | None = None,
+            on_budget: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "labels").mkdir(exist_ok=True)
+        cfg_path = out / "config.json"
+        if cfg_path.exists():
+            old = json.loads(cfg_path.read_text())
+            if old != json.loads(json.dumps(self.cfg.to_dict())):
+                raise ConfigError(f"{out} holds a run with another configuration; use a new "
+                                  f"--out folder (or delete {cfg_path})")
+        budget = self.budget()
+        if on_budget:
+            on_budget(budget)
+        if max_calls is not None and budget["total"] > max_calls:
+            raise ConfigError(f"planned LLM calls {budget['total']} exceed --max-calls "
+                              f"{max_calls}; reduce users/questions/pairs or raise the budget")
+        _atomic_json(self.cfg.to_dict(), cfg_path)
+        _atomic_json(budget, out / "budget.json")
+        start = time.time()
+        users = self._users(out)
+        questions = self._questions(out)
+        responses = self._responses(out, users, questions)
+        self._labels(out, users, questions, responses)
+        summary = self._assemble(out, users)
+        self._record_usage(out, time.time() - start)
+        return summary
+
+    def _users(self, out: Path) -> list[SyntheticUser]:
+        path = out / "users.jsonl"
+        if path.exists():
+            return [SyntheticUser.from_dict(o) for _, o in read_jsonl(path)]
+        llm = self.llm(self.cfg.generators[0]) if self.cfg.domain == "roleplay" else None
+        with _phase(llm, "personas"):
+            users = make_users(self.cfg.domain, self.cfg.users, llm=llm, seed=self.cfg.seed,
+                               users_file=self.cfg.users_file)
+        tmp = out / ".users.jsonl.tmp"
+        dump_users(users, tmp)
+        tmp.replace(path)
+        return users
+
+    def _questions(self, out: Path) -> list[Question]:
+        path = out / "questions.jsonl"
+        if path.exists():
+            return read_questions_jsonl(path)
+        if self.cfg.questions_file:
+            questions = load_questions(self.cfg.questions_file)
+        else:
+            llm = self.llm(self.cfg.generators[0])
+            with _phase(llm, "questions"):
+                questions = generate_questions(llm, self.cfg.domain, self.cfg.questions,
+                                               self.cfg.seed)
+        tmp = out / ".questions.jsonl.tmp"
+        dump_questions(questions, tmp)
+        tmp.replace(path)
+        return questions
+
+    def _responses(self, out: Path, users: Sequence[SyntheticUser],
+                   questions: Sequence[Question]) -> dict[str, list[Response]]:
+        path = out / "responses.jsonl"
+        done: dict[str, list[Response]] = {}
+        if path.exists():
+            for _, obj in read_jsonl(path):
+                done[obj["qid"]] = [Response(**r) for r in obj["responses"]]
+        todo = [q for q in questions if q.qid not in done]
+        if todo:
+            gens = self.generators()
+            with open(path, "a", encoding="utf-8") as f:
+                for q in tqdm(todo, desc="responses", disable=not self.progress):
+                    if self.cfg.domain == "elix" and not self.cfg.views:
+                        steers = elix_steers(users, q.qid, self.cfg.seed)
+                    else:
+                        steers = user_steers(users, q.qid, self.cfg.seed,
+                                             self.cfg.responses_per_question)
+                    with _phases([g.llm for g in gens], "responses"):
+                        rs = generate_responses(q, steers, gens, self.cfg.seed,
+                                                self.cfg.max_tokens, self.cfg.views)
+                    f.write(json.dumps({"qid": q.qid, "responses": [asdict(r) for r in rs]},
+                                       ensure_ascii=False) + "\n")
+                    f.flush()
+                    done[q.qid] = rs
+        return done
+
+    def user_pairs(self, user: SyntheticUser, questions: Sequence[Question],
+                   responses: dict[str, list[Response]]) -> list[tuple[Question, Response,
+                                                                     Response]]:
+        """The (question, x, y) pairs this user judges: ``pairs_per_question`` distinct
+        response pairs per question, drawn with a seed from (seed, user, question)."""
+        out = []
+        for q in questions:
+            rs = responses.get(q.qid, [])
+            combos = list(itertools.combinations(range(len(rs)), 2))
+            rng = random.Random(derived_seed(self.cfg.seed, user.user_id, q.qid))
+            rng.shuffle(combos)
+            for a, b in combos[: self.cfg.pairs_per_question]:
+                x, y = (rs[a], rs[b]) if rng.random() < 0.5 else (rs[b], rs[a])
+                out.append((q, x, y))
+        return out
+
+    def _labels(self, out: Path, users: Sequence[SyntheticUser], questions: Sequence[Question],
+                responses: dict[str, list[Response]]) -> None:
+        todo = [u for u in users if not (out / "labels" / f"{_safe(u.user_id)}.json").exists()]
+        if not todo:
+            return
+        judge_llm = self.llm(self.cfg.judge_model)
+        judge = PairwiseJudge(judge_llm, self.cfg.judge_method, self.cfg.consistency)
+        refine_llm = self.llm(self.cfg.generators[0])
+        for user in tqdm(todo, desc="judge users", disable=not self.progress):
+            triples = self.user_pairs(user, questions, responses)
+            jobs = [PairJob(q.text, x.text, y.text) for q, x, y in triples]
+            with _phase(judge_llm, "judge"):
+                before = judge.judge(user.description, user.guidelines, jobs)
+            with _phases([judge_llm, refine_llm], "refine"):
+                refined = refine_user(refine_llm, judge, user.description, user.guidelines,
+                                      jobs, before, self.cfg.refine, user.user_id)
+            record = {
+                "user_id": user.user_id, "description": user.description,
+                "refined_description": refined.description, "traits": refined.traits,
+                "rounds_run": refined.rounds_run,
+                "pairs": [{"qid": q.qid, "x": x.rid, "y": y.rid, "before": b.to_dict(),
+                           "after": a.to_dict()}
+                          for (q, x, y), b, a in zip(triples, before, refined.judgments)],
+            }
+            _atomic_json(record, out / "labels" / f"{_safe(user.user_id)}.json")
+
+    def _assemble(self, out: Path, users: Sequence[SyntheticUser]) -> dict[str, Any]:
+        questions = {q.qid: q for q in read_questions_jsonl(out / "questions.jsonl")}
+        responses = {r["rid"]: r for _, o in read_jsonl(out / "responses.jsonl")
+                     for r in o["responses"]}
+        by_id = {u.user_id: u for u in users}
+        rows_all, kept = [], []
+        for user in users:
+            rec = json.loads((out / "labels" / f"{_safe(user.user_id)}.json").read_text())
+            for p in rec["pairs"]:
+                x, y = responses[p["x"]], responses[p["y"]]
+                label = p["after"]["label"]
+                row = {"user_id": user.user_id, "qid": p["qid"], "x": p["x"], "y": p["y"],
+                       "label_before": p["before"]["label"], "label": label,
+                       "p_x_before": p["before"]["p_x"], "p_x_after": p["after"]["p_x"],
+                       "level": user.attributes.get("level"),
+                       "level_x": x["meta"].get("level"), "level_y": y["meta"].get("level")}
+                rows_all.append(row)
+                if label is None:
+                    continue
+                chosen, rejected = (x, y) if label == 0 else (y, x)
+                steer_user = by_id.get(rejected["meta"].get("steer_user", ""))
+                kept.append(PreferencePair(
+                    user_id=user.user_id, prompt=questions[p["qid"]].text,
+                    chosen=chosen["text"], rejected=rejected["text"],
+                    user_description=rec["refined_description"],
+                    rejected_description=steer_user.description if steer_user else None,
+                    meta={"domain": self.cfg.domain, "qid": p["qid"],
+                          "chosen_rid": chosen["rid"], "rejected_rid": rejected["rid"],
+                          "chosen_meta": chosen["meta"], "rejected_meta": rejected["meta"],
+                          "p_chosen": p["after"]["p_x"] if label == 0
+                          else 1 - p["after"]["p_x"],
+                          "initial_description": rec["description"],
+                          "held_out_user": user.held_out}).to_dict())
+        write_jsonl(rows_all, out / "pairs_all.jsonl")
+        write_jsonl(kept, out / "pairs.jsonl")
+        return {"users": len(users), "judged_pairs": len(rows_all), "kept_pairs": len(kept)}
+
+    def _record_usage(self, out: Path, seconds: float) -> None:
+        path = out / "usage.json"
+        old = json.loads(path.read_text()) if path.exists() else {"runs": []}
+        old["runs"].append({"wall_s": round(seconds, 1), "usage": self._usage()})
+        old["wall_s_total"] = round(sum(r["wall_s"] for r in old["runs"]), 1)
+        old["llm_calls_total"] = sum(u.get("calls", 0) + u.get("scored_items", 0)
+                                     for r in old["runs"] for u in r["usage"].values())
+        _atomic_json(old, path)
+
+
+class _phase:
+    """``with _phase(llm, name)`` that tolerates llm=None."""
+
+    def __init__(self, llm, name: str):
+        self.cm = llm.phase(name) if llm is not None else None
+
+    def __enter__(self):
+        return self.cm.__enter__() if self.cm else None
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc) if self.cm else False
+
+
+class _phases:
+    """Phase attribution on several LLMs at once (the same object may appear twice)."""
+
+    def __init__(self, llms, name: str):
+        self.cms = [llm.phase(name) for llm in {id(x): x for x in llms}.values()]
+
+    def __enter__(self):
+        for cm in self.cms:
+            cm.__enter__()
+
+    def __exit__(self, *exc):
+        for cm in reversed(self.cms):
+            cm.__exit__(*exc)
+        return False

@@ -1,0 +1,103 @@
+"""Iterative persona refinement (FSPO): where a user's persona does not decide a preference,
+choose one side, append a sentence stating that preference to the persona, and re-label all of
+the user's pairs with the refined persona.
+
+"Does not decide" = the pair is order-inconsistent or its label entropy is above
+``entropy_threshold`` nats. Per round at most ``max_traits`` undecided pairs get a new trait
+(one generation call each), then every pair of the user is re-judged (2 judge calls a pair).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from personalign.fspo.data.episodes import derived_seed
+from personalign.fspo.data.judge import Judgment, PairJob, PairwiseJudge
+from personalign.runtime.llm.types import SamplingParams
+
+log = logging.getLogger(__name__)
+
+TRAIT_PROMPT = (
+    "A person asked: {question}\n\n"
+    "Response 1:\n{chosen}\n\n"
+    "Response 2:\n{rejected}\n\n"
+    "This person liked Response 1 better than Response 2. In one short sentence starting with "
+    "\"They prefer\", describe the general taste (style, tone, level of detail or viewpoint) "
+    "that explains this choice. Do not mention the responses themselves.")
+
+
+@dataclass
+class RefineConfig:
+    rounds: int = 1
+    max_traits: int = 2
+    entropy_threshold: float = 0.6
+    choose: Literal["random", "lean"] = "random"  # which side the persona will prefer
+    temperature: float = 0.3
+    max_tokens: int = 40
+    seed: int = 0
+
+    @staticmethod
+    def calls(n_pairs: int, cfg: "RefineConfig") -> int:
+        """Upper bound of LLM calls for one user with ``n_pairs`` pairs."""
+        return cfg.rounds * (cfg.max_traits + PairwiseJudge.calls(n_pairs))
+
+
+@dataclass
+class RefineResult:
+    description: str
+    traits: list[str] = field(default_factory=list)
+    judgments: list[Judgment] = field(default_factory=list)
+    rounds_run: int = 0
+
+
+def undecided(judgments: Sequence[Judgment], threshold: float) -> list[int]:
+    return [i for i, j in enumerate(judgments) if not j.consistent or j.entropy > threshold]
+
+
+def clean_trait(text: str) -> str:
+    text = re.sub(r"\s+", " ", text.strip().split("\n")[0]).strip(" \"'")
+    m = re.search(r"[.!?](\s|$)", text)
+    if m:
+        text = text[: m.end()].strip()
+    if text and text[-1] not in ".!?":
+        text += "."
+    return text
+
+
+def refine_user(llm, judge: PairwiseJudge, description: str, guidelines: str,
+                jobs: Sequence[PairJob], judgments: Sequence[Judgment], cfg: RefineConfig,
+                user_id: str = "") -> RefineResult:
+    """Refine one user's persona; returns the final description, added traits and the
+    re-judged pairs (the original judgments when nothing needed refinement)."""
+    current = list(judgments)
+    result = RefineResult(description, judgments=current)
+    for r in range(cfg.rounds):
+        todo = undecided(current, cfg.entropy_threshold)
+        if not todo:
+            break
+        rng = random.Random(derived_seed(cfg.seed, user_id, "refine", r))
+        rng.shuffle(todo)
+        added = []
+        for i in todo[: cfg.max_traits]:
+            job, j = jobs[i], current[i]
+            prefer_x = (rng.random() < 0.5) if cfg.choose == "random" else j.p_x >= 0.5
+            chosen, rejected = (job.x, job.y) if prefer_x else (job.y, job.x)
+            prompt = [{"role": "user", "content": TRAIT_PROMPT.format(
+                question=job.question, chosen=chosen, rejected=rejected)}]
+            params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                                    seed=derived_seed(cfg.seed, user_id, r, i) % 2**31)
+            trait = clean_trait(llm.generate([prompt], params)[0][0])
+            if len(trait) > 8 and trait not in result.traits:
+                added.append(trait)
+        if not added:
+            break
+        result.traits.extend(added)
+        result.description = (result.description.rstrip() + " " + " ".join(added)).strip()
+        current = judge.judge(result.description, guidelines, jobs)
+        result.judgments = current
+        result.rounds_run = r + 1
+    return result

@@ -1,0 +1,169 @@
+"""Judge order-consistency logic, refinement, and the synthetic pipeline with FakeLLM."""
+
+import json
+import math
+import re
+
+import pytest
+
+from personalign.fspo.data.card import write_card
+from personalign.fspo.data.episodes import build_episodes, read_pairs
+from personalign.fspo.data.judge import PairJob, PairwiseJudge, binary_entropy, decide
+from personalign.fspo.data.pipeline import SynthConfig, SyntheticPipeline, plan_budget
+from personalign.fspo.data.refine import RefineConfig, clean_trait, refine_user
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.fake import FakeLLM
+
+
+class FakeEmbedder:
+    model_name = "fake"
+
+    def embed(self, texts):
+        import numpy as np
+
+        v = np.array([[len(t), t.count("e") + 1.0, 1.0] for t in texts])
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_decide_both_orders():
+    assert decide(2.0, -1.0) == 0      # x as A wins, x as B wins
+    assert decide(-2.0, 1.0) == 1
+    assert decide(2.0, 1.0) is None    # always "A": position bias, dropped
+    assert decide(-1.0, -1.0) is None
+    # Calibration removes a constant bias toward A.
+    assert decide(3.0, 1.0, bias=2.0) == 0
+    assert decide(1.0, 3.0, bias=2.0) == 1
+    assert binary_entropy(0.5) == pytest.approx(math.log(2))
+    assert binary_entropy(1.0) == 0.0
+
+
+def _keyword_chooser(item):
+    """Prefers the response mentioning the word after 'User description: '."""
+    word = re.search(r"User description: (\w+)", item.prefix).group(1)
+    a = item.prompt.split("Response A:\n")[1].split("\n\nResponse B:")[0]
+    b = item.prompt.split("Response B:\n")[1].split("\n\nWhich")[0]
+    if (word in a) == (word in b):
+        return 0  # undecided: always "A" (order-inconsistent)
+    return 0 if word in a else 1
+
+
+def test_judge_asks_both_orders_and_drops_inconsistent():
+    llm = FakeLLM(chooser=_keyword_chooser)
+    judge = PairwiseJudge(llm)
+    jobs = [PairJob("q", "apple pie", "banana"), PairJob("q", "banana", "apple pie"),
+            PairJob("q", "kiwi", "melon")]
+    out = judge.judge("apple lover", "", jobs)
+    assert [j.label for j in out] == [0, 1, None]
+    assert out[0].p_x > 0.5 and out[1].p_x < 0.5 and out[2].p_x == pytest.approx(0.5)
+    xy, yx = PairwiseJudge.items("D", "G", jobs[0])
+    assert "Ignore the length" in xy.prefix and xy.prompt.endswith("Answer:")
+    assert "Response A:\napple pie" in xy.prompt and "Response A:\nbanana" in yx.prompt
+    assert xy.options == ("A", "B")
+    with pytest.raises(ConfigError):
+        PairwiseJudge(llm, method="vote")
+
+
+def test_judge_generate_method_parses_answers():
+    llm = FakeLLM(responder=lambda text, i: "B" if "Response A:\nkiwi" in text else "A")
+    out = PairwiseJudge(llm, method="generate").judge("d", "g", [PairJob("q", "kiwi", "fig")])
+    assert out[0].label == 1  # B when kiwi is A, A when fig is A: fig preferred both times
+
+
+def test_refinement_appends_trait_and_relabels():
+    llm = FakeLLM(chooser=_keyword_chooser,
+                  responder=lambda text, i: "They prefer kiwi answers.\nextra")
+    judge = PairwiseJudge(llm)
+    jobs = [PairJob("q", "kiwi", "melon")]
+    before = judge.judge("apple lover", "", jobs)
+    assert before[0].label is None
+    res = refine_user(llm, judge, "apple lover", "", jobs, before,
+                      RefineConfig(rounds=2, max_traits=1))
+    assert res.traits == ["They prefer kiwi answers."]
+    assert res.description == "apple lover They prefer kiwi answers."
+    assert res.judgments[0].label is None or res.judgments[0].label in (0, 1)
+    assert clean_trait('"They like cats. And dogs"') == "They like cats."
+
+
+LEVEL_KEYS = {"a child": "young child", "a preteen": "middle-school", "a teenager": "high-school",
+              "a young adult": "college", "an expert": "for an expert"}
+
+
+def _level_chooser(item):
+    """Prefers the response written for the user's education level."""
+    key = next(v for k, v in LEVEL_KEYS.items() if f"The user is {k}" in item.prefix)
+    a = item.prompt.split("Response A:\n")[1].split("\n\nResponse B:")[0]
+    b = item.prompt.split("Response B:\n")[1].split("\n\nWhich")[0]
+    if (key in a) == (key in b):
+        return 0
+    return 0 if key in a else 1
+
+
+def _fake_pipeline_llm():
+    def responder(text, i):
+        if "question a curious person" in text:
+            topic = text.split("explained")[0].split("have ")[-1]
+            return f"How does {topic.strip()} work?"
+        if "They prefer" in text:
+            return "They prefer answers about child things."
+        return "Answer: " + text.split("\n\n")[0][:80]
+    return FakeLLM(responder=responder, chooser=_level_chooser)
+
+
+def test_pipeline_end_to_end_fake(tmp_path):
+    cfg = SynthConfig(domain="elix", users=10, questions=6, pairs_per_question=3,
+                      generators=["fake"], judge_model="fake",
+                      refine=RefineConfig(rounds=1, max_traits=1))
+    llm = _fake_pipeline_llm()
+    budgets = []
+    summary = SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(
+        tmp_path, on_budget=budgets.append)
+    assert budgets[0]["total"] == plan_budget(cfg)["total"]
+    assert summary["users"] == 10 and summary["judged_pairs"] == 10 * 6 * 3
+    pairs = read_pairs(tmp_path / "pairs.jsonl")
+    assert pairs and all(p.chosen != p.rejected for p in pairs)
+    assert len({p.user_id for p in pairs}) >= 2
+    card = write_card(tmp_path, embedder=FakeEmbedder())
+    assert card["users"] == 10 and card["pairs_judged"] == 180
+    assert card["pairs_kept"] == len(pairs)
+    assert card["dropped_order_inconsistent"]["before_refinement"] >= \
+        card["pairs_judged"] - card["pairs_kept"] - 180
+    assert 0 <= card["label_entropy_nats"]["before_refinement"] <= math.log(2)
+    assert card["diversity"]["mean_pairwise_similarity"] is not None
+    assert (tmp_path / "card.md").exists()
+    # The fake judge prefers the user's own level: every kept easy pair agrees.
+    assert card["elix_level_agreement"]["after_refinement"] == 1.0
+    # Resume: nothing to redo, no new calls.
+    calls = llm.usage.calls
+    SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(tmp_path)
+    assert llm.usage.calls == calls
+    # Another configuration in the same folder is refused.
+    with pytest.raises(ConfigError):
+        SyntheticPipeline(SynthConfig(users=5, generators=["fake"], judge_model="fake"),
+                          llms={"fake": llm}).run(tmp_path)
+    eps = build_episodes(pairs, n_shots=2, passes=1, seed=0)
+    assert eps and all(e.n_shots == 2 for e in eps)
+
+
+def test_pipeline_resumes_after_partial_labels(tmp_path):
+    cfg = SynthConfig(domain="elix", users=5, questions=3, pairs_per_question=1,
+                      generators=["fake"], judge_model="fake")
+    llm = _fake_pipeline_llm()
+    SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(tmp_path)
+    first = (tmp_path / "pairs.jsonl").read_text()
+    victim = sorted((tmp_path / "labels").glob("*.json"))[0]
+    victim.unlink()
+    lines = (tmp_path / "responses.jsonl").read_text().splitlines()
+    (tmp_path / "responses.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(tmp_path)
+    assert (tmp_path / "pairs.jsonl").read_text() == first
+    usage = json.loads((tmp_path / "usage.json").read_text())
+    assert len(usage["runs"]) == 2
+
+
+def test_budget_refuses_over_max_calls(tmp_path):
+    cfg = SynthConfig(users=20, questions=20, generators=["fake"], judge_model="fake")
+    b = plan_budget(cfg)
+    assert b["responses"] == 100 and b["judge"] == 20 * 40 * 2
+    with pytest.raises(ConfigError, match="max-calls"):
+        SyntheticPipeline(cfg, llms={"fake": FakeLLM()}).run(tmp_path, max_calls=10)
+    assert not (tmp_path / "users.jsonl").exists()
