@@ -1,0 +1,16 @@
+"""FSPO training, inference and evaluation (stage 1 SFT, stage 2 summed IPO / DPO)."""
+
+from personalign.fspo.train.config import FSPOTrainConfig, LoraSettings
+from personalign.fspo.train.losses import preference_loss, reward_metrics
+from personalign.fspo.train.model import PersonalizedModel, Shot, format_prompt
+
+__all__ = ["FSPOTrainConfig", "LoraSettings", "PersonalizedModel", "Shot", "format_prompt",
+           "preference_loss", "reward_metrics", "FSPOTrainer"]
+
+
+def __getattr__(name):  # the trainer pulls in tqdm/peft: import it on first use
+    if name == "FSPOTrainer":
+        from personalign.fspo.train.trainer import FSPOTrainer
+
+        return FSPOTrainer
+    raise AttributeError(name)

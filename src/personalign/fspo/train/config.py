@@ -1,0 +1,148 @@
+"""Training configuration for FSPO (stage 1 SFT, stage 2 IPO/DPO), loadable from YAML or JSON.
+
+Defaults follow the FSPO recipe (beta = 0.01, summed-IPO loss, RMSprop, reference = the SFT
+result) scaled to CPU: LoRA instead of full fine-tuning and a learning rate suited to LoRA
+(the paper's 1e-6 is for full fine-tuning of a 3B model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from personalign.runtime.errors import ConfigError
+
+LOSS_TYPES = ("ipo_sum", "ipo", "dpo")
+FINETUNE_MODES = ("lora", "full")
+OPTIMIZERS = ("rmsprop", "adamw")
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # "all-linear" lets PEFT pick every linear layer except the output head.
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class FSPOTrainConfig:
+    """Everything one FSPO training run needs. Unknown keys in a config file are an error."""
+
+    model: str = "smollm2-135m-instruct"
+    train_files: list[str] = field(default_factory=list)
+    # Episodes of users held out of training (implicit reward accuracy is logged on them).
+    eval_files: list[str] = field(default_factory=list)
+    # Optional explicit list of held-out user ids; training refuses records of these users.
+    eval_users: list[str] | None = None
+    output_dir: str = "runs/fspo"
+
+    finetune: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    # Stage 1: SFT on chosen AND rejected completions (completion-only loss). 0 skips it.
+    sft_steps: int = 20
+    sft_lr: float = 1e-4
+    # Stage 2: preference optimization against the SFT result as reference.
+    loss: str = "ipo_sum"
+    beta: float = 0.01
+    steps: int = 100
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    optimizer: str = "rmsprop"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    # Episodes per optimizer step (one episode = one prompt with a chosen/rejected pair).
+    grad_accum: int = 4
+
+    max_prompt_tokens: int = 1024
+    max_completion_tokens: int = 128
+    seed: int = 0
+    # Wall-clock budget per stage in minutes (None: steps only). The run stops cleanly and
+    # saves when the budget is spent.
+    sft_max_minutes: float | None = None
+    max_minutes: float | None = None
+
+    eval_every: int = 25
+    eval_max_pairs: int = 64
+    save_every: int = 25
+    keep_checkpoints: int = 2
+    threads: int | None = None
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if isinstance(self.train_files, str):
+            self.train_files = [self.train_files]
+        if isinstance(self.eval_files, str):
+            self.eval_files = [self.eval_files]
+        self.validate()
+
+    def validate(self) -> None:
+        if self.loss not in LOSS_TYPES:
+            raise ConfigError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if self.finetune not in FINETUNE_MODES:
+            raise ConfigError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be positive, got {self.beta}")
+        for name in ("steps", "sft_steps", "warmup_steps", "eval_every", "save_every",
+                     "eval_max_pairs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"grad_accum must be >= 1, got {self.grad_accum}")
+        if self.max_prompt_tokens < 16 or self.max_completion_tokens < 1:
+            raise ConfigError("max_prompt_tokens must be >= 16 and max_completion_tokens >= 1")
+
+    # ---- files -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "FSPOTrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "FSPOTrainConfig":
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:  # yaml and json raise unrelated types
+            raise ConfigError(f"{path}: cannot parse: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        return cls.from_dict(data, source=str(path))
+
+    def updated(self, **overrides: Any) -> "FSPOTrainConfig":
+        """A copy with the given (non-None) fields replaced."""
+        data = self.to_dict()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return FSPOTrainConfig.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        tmp.replace(path)

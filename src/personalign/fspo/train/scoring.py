@@ -1,0 +1,80 @@
+"""Log-probabilities of several completions of one prompt, sharing a single prompt pass.
+
+FSPO prompts (N shots) are long and completions short, and every example scores at least two
+completions (chosen, rejected) of the same prompt. Running the prompt once and continuing each
+completion from its key/value cache roughly halves CPU cost against the usual concatenated
+[prompt+chosen; prompt+rejected] batch. Gradients flow through the cache, so the same function
+serves training (LoRA on the prompt positions too) and scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl.trainer.utils import selective_log_softmax
+
+
+@dataclass
+class EncodedExample:
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+    prompt_truncated: bool = False
+
+
+def encode(tokenizer, prompt: str, completions: list[str], *, max_prompt_tokens: int,
+           max_completion_tokens: int) -> EncodedExample:
+    """Token ids of a raw-text prompt and its completions (no chat template, no BOS).
+
+    A completion that ends with the EOS text gets the EOS id; one without it gets EOS
+    appended, so scoring always includes the end of the response. Over-long prompts keep
+    their END (the oldest shots go first, the final question stays); over-long completions
+    are cut at ``max_completion_tokens`` including EOS.
+    """
+    eos_text, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    truncated = len(prompt_ids) > max_prompt_tokens
+    if truncated:
+        prompt_ids = prompt_ids[-max_prompt_tokens:]
+    completion_ids = []
+    for text in completions:
+        if eos_text and text.endswith(eos_text):
+            text = text[: -len(eos_text)]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_completion_tokens - 1]
+        completion_ids.append(ids + [eos_id])
+    return EncodedExample(prompt_ids, completion_ids, truncated)
+
+
+def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[list[int]],
+                           pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [k, L] of k completions given one prompt, and their mask [k, L]."""
+    device = next(model.parameters()).device
+    k = len(completion_ids)
+    width = max(len(c) for c in completion_ids)
+    tokens = torch.full((k, width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((k, width), dtype=torch.float32, device=device)
+    for i, ids in enumerate(completion_ids):
+        tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1.0
+    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    head = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+    cache = head.past_key_values
+    # The last prompt position predicts every completion's first token.
+    first_logits = head.logits[:, -1:, :].expand(k, 1, -1)
+    if width > 1:
+        cache.batch_repeat_interleave(k)
+        attention = torch.cat([torch.ones((k, prompt.shape[1]), device=device), mask], dim=1)
+        tail = model(input_ids=tokens[:, :-1], past_key_values=cache,
+                     attention_mask=attention[:, :-1].long(), use_cache=True)
+        logits = torch.cat([first_logits, tail.logits], dim=1)
+    else:
+        logits = first_logits
+    token_logps = selective_log_softmax(logits.float(), tokens)
+    return token_logps * mask, mask
+
+
+def completion_logps(model, example: EncodedExample, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs [k] of each completion, and the completion lengths [k]."""
+    token_logps, mask = completion_token_logps(model, example.prompt_ids, example.completion_ids,
+                                               pad_id)
+    return token_logps.sum(dim=1), mask.sum(dim=1)

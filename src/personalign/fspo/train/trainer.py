@@ -1,0 +1,403 @@
+"""FSPO training: stage 1 SFT on chosen and rejected completions, stage 2 summed IPO (or DPO).
+
+Why a compact torch loop and not TRL's DPOTrainer/SFTTrainer:
+- FSPO's loss is IPO on log-probs SUMMED over response tokens. TRL 1.16's ``loss_type="ipo"``
+  divides each log-ratio by its completion length, and the per-sequence loss is computed inside
+  a single long ``_compute_loss`` (log-probs, reference, f-divergences, metrics) with no hook
+  for the loss alone; overriding it would mean re-implementing that whole method against TRL's
+  private fused-head forward, which breaks on TRL upgrades.
+- On CPU the dominant cost is the long few-shot prompt. Every episode scores two completions
+  (chosen, rejected) of the same prompt, in both stages; this loop runs the prompt once and
+  continues both completions from its key/value cache (``scoring.py``), about half the work of
+  TRL's concatenated [prompt+chosen; prompt+rejected] batches.
+- Both stages then share one checkpoint/resume/metrics path, and the reference of stage 2 is
+  exactly the SFT result: the SFT LoRA is merged into the base weights and stage 2 trains a
+  fresh LoRA on top, so disabling the adapter gives the reference with no second model in memory.
+PEFT provides LoRA, TRL the log-softmax gather (``selective_log_softmax``).
+
+Layout of ``output_dir``: ``config.json``, ``metrics.jsonl`` (one JSON object per logged step:
+stage, step, split, loss, reward_accuracy, reward_margin, ...), ``checkpoints/<stage>-<step>/``
+(adapter or model + ``trainer_state.pt``), ``sft/`` (the stage 1 result) and ``final/``
+(the model to load with :meth:`PersonalizedModel.load`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from personalign.fspo.train.config import FSPOTrainConfig
+from personalign.fspo.train.data import load_episodes
+from personalign.fspo.train.losses import completion_nll, preference_loss, reward_metrics
+from personalign.fspo.train.model import PersonalizedModel, load_base, write_manifest
+from personalign.fspo.train.scoring import EncodedExample, completion_token_logps, encode
+from personalign.runtime.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
+class FSPOTrainer:
+    """Configure with :class:`FSPOTrainConfig`, then :meth:`fit`; resumes where it stopped."""
+
+    def __init__(self, config: FSPOTrainConfig, *, train_records: list[dict] | None = None,
+                 eval_records: list[dict] | None = None, progress: bool = True):
+        self.config = config
+        self.out = Path(config.output_dir)
+        self.progress = progress
+        self.train_records = (train_records if train_records is not None
+                              else load_episodes(config.train_files))
+        self.eval_records = (eval_records if eval_records is not None
+                             else load_episodes(config.eval_files))
+        if not self.train_records:
+            raise DataError("no training episodes (set train_files)")
+        self._check_users()
+        self.model = None
+        self.tokenizer = None
+        self.reference = None  # full fine-tuning only
+        self._encoded: dict[tuple[str, int], EncodedExample] = {}
+        self._eval_ref: dict[int, tuple[float, float]] = {}
+        self._sft_in_memory = False
+
+    def _check_users(self) -> None:
+        held_out = set(self.config.eval_users or ()) | {r["user_id"] for r in self.eval_records}
+        overlap = held_out & {r["user_id"] for r in self.train_records}
+        if overlap:
+            raise DataError(f"{len(overlap)} held-out users also appear in the training "
+                            f"episodes (e.g. {sorted(overlap)[:3]}); train and test users "
+                            "must not overlap")
+
+    # ---- public -------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Run (or resume) both stages; returns the ``final/`` model folder."""
+        cfg = self.config
+        final = self.out / "final"
+        if (final / COMPLETE).exists() and cfg.resume:
+            log.info("%s is complete; nothing to do", final)
+            return final
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg.save(self.out / "config.json")
+        if not cfg.resume:
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
+            shutil.rmtree(self.out / "sft", ignore_errors=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.model, self.tokenizer = load_base(cfg.model)
+
+        sft_dir = self.out / "sft"
+        if cfg.sft_steps > 0 and not (sft_dir / COMPLETE).exists():
+            self._run_stage("sft", cfg.sft_steps, cfg.sft_lr, cfg.sft_max_minutes)
+            self._save_stage_result(sft_dir, "sft")
+        self._prepare_preference_stage(sft_dir if cfg.sft_steps > 0 else None)
+        self._run_stage("pref", cfg.steps, cfg.lr, cfg.max_minutes)
+        self._save_stage_result(final, "pref")
+        return final
+
+    # ---- model setup --------------------------------------------------------------------
+    def _lora_config(self):
+        from peft import LoraConfig
+
+        lc = self.config.lora
+        return LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                          target_modules=lc.target_modules, task_type="CAUSAL_LM")
+
+    def _attach_trainable(self, checkpoint: Path | None) -> None:
+        """Make ``self.model`` trainable: a (fresh or resumed) LoRA, or all weights."""
+        from peft import PeftModel, get_peft_model
+
+        torch.manual_seed(self.config.seed)
+        if self.config.finetune == "lora":
+            if checkpoint is not None:
+                self.model = PeftModel.from_pretrained(self.model, checkpoint / "adapter",
+                                                       is_trainable=True)
+            else:
+                self.model = get_peft_model(self.model, self._lora_config())
+        elif checkpoint is not None:
+            self.model, _ = load_base(str(checkpoint / "model"))
+
+    def _prepare_preference_stage(self, sft_dir: Path | None) -> None:
+        """Turn the SFT result into the frozen reference and the starting policy."""
+        from peft import PeftModel
+
+        cfg = self.config
+        if cfg.finetune == "lora":
+            if hasattr(self.model, "peft_config"):  # SFT just ran in this process
+                self.model = self.model.merge_and_unload()
+            elif sft_dir is not None:
+                self.model = PeftModel.from_pretrained(
+                    self.model, sft_dir / "adapter").merge_and_unload()
+            # The reference is this merged model: stage 2's adapter disabled.
+        else:
+            if sft_dir is not None and not self._sft_in_memory:
+                self.model, _ = load_base(str(sft_dir / "model"))
+            self.reference = copy.deepcopy(self.model).eval()
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def _reference(self):
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    # ---- data ---------------------------------------------------------------------------
+    def _encoded_example(self, split: str, index: int) -> EncodedExample:
+        key = (split, index)
+        if key not in self._encoded:
+            row = (self.train_records if split == "train" else self.eval_records)[index]
+            self._encoded[key] = encode(self.tokenizer, row["prompt"],
+                                        [row["chosen"], row["rejected"]],
+                                        max_prompt_tokens=self.config.max_prompt_tokens,
+                                        max_completion_tokens=self.config.max_completion_tokens)
+        return self._encoded[key]
+
+    def _train_index(self, stage: str, position: int) -> int:
+        """Deterministic shuffled order, one fresh permutation per epoch (resumable)."""
+        n = len(self.train_records)
+        epoch, offset = divmod(position, n)
+        order = list(range(n))
+        random.Random(f"{self.config.seed}:{stage}:{epoch}").shuffle(order)
+        return order[offset]
+
+    def _eval_indices(self) -> list[int]:
+        order = list(range(len(self.eval_records)))
+        random.Random(f"{self.config.seed}:eval").shuffle(order)
+        return order[: self.config.eval_max_pairs]
+
+    # ---- one example --------------------------------------------------------------------
+    def _sft_loss(self, example: EncodedExample) -> tuple[torch.Tensor, dict]:
+        token_logps, mask = completion_token_logps(self.model, example.prompt_ids,
+                                                   example.completion_ids,
+                                                   self.tokenizer.pad_token_id)
+        return completion_nll(token_logps, mask), {}
+
+    def _pref_loss(self, example: EncodedExample) -> tuple[torch.Tensor, dict]:
+        pad = self.tokenizer.pad_token_id
+        with torch.no_grad(), self._reference() as ref:
+            ref_tok, _ = completion_token_logps(ref, example.prompt_ids, example.completion_ids,
+                                                pad)
+        pol_tok, mask = completion_token_logps(self.model, example.prompt_ids,
+                                               example.completion_ids, pad)
+        pol, ref_s, lengths = pol_tok.sum(1), ref_tok.sum(1), mask.sum(1)
+        out = preference_loss(pol[:1], pol[1:], ref_s[:1], ref_s[1:], beta=self.config.beta,
+                              loss_type=self.config.loss, chosen_lengths=lengths[:1],
+                              rejected_lengths=lengths[1:])
+        return out.loss, {"chosen_rewards": out.chosen_rewards,
+                          "rejected_rewards": out.rejected_rewards}
+
+    # ---- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Implicit reward accuracy/margin and loss on held-out users' pairs."""
+        if not self.eval_records or self.config.eval_max_pairs == 0:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        pad = self.tokenizer.pad_token_id
+        chosen, rejected, losses, ll_correct = [], [], [], []
+        for i in self._eval_indices():
+            example = self._encoded_example("eval", i)
+            if i not in self._eval_ref:  # the reference is frozen during stage 2
+                with self._reference() as ref:
+                    r = completion_token_logps(ref, example.prompt_ids, example.completion_ids,
+                                               pad)[0].sum(1)
+                self._eval_ref[i] = (r[0].item(), r[1].item())
+            tok, mask = completion_token_logps(self.model, example.prompt_ids,
+                                               example.completion_ids, pad)
+            pol = tok.sum(1)
+            ref = torch.tensor(self._eval_ref[i], dtype=pol.dtype)
+            lengths = mask.sum(1)
+            out = preference_loss(pol[:1], pol[1:], ref[:1], ref[1:], beta=self.config.beta,
+                                  loss_type=self.config.loss, chosen_lengths=lengths[:1],
+                                  rejected_lengths=lengths[1:])
+            chosen.append(out.chosen_rewards)
+            rejected.append(out.rejected_rewards)
+            losses.append(out.loss.item())
+            ll_correct.append(float(pol[0] > pol[1]))
+        if was_training:
+            self.model.train()
+        metrics = reward_metrics(torch.cat(chosen), torch.cat(rejected))
+        metrics.update(loss=float(np.mean(losses)), logp_accuracy=float(np.mean(ll_correct)),
+                       pairs=len(losses))
+        return metrics
+
+    # ---- stages -------------------------------------------------------------------------
+    def _stage_checkpoint(self, stage: str) -> Path | None:
+        folder = self.out / "checkpoints"
+        found = sorted(p for p in folder.glob(f"{stage}-*") if (p / COMPLETE).exists()) \
+            if folder.exists() else []
+        return found[-1] if found else None
+
+    def _make_optimizer(self, lr: float):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.config.optimizer == "rmsprop":
+            opt = torch.optim.RMSprop(params, lr=lr, weight_decay=self.config.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.config.weight_decay)
+        warmup = self.config.warmup_steps
+        # Linear warmup, then constant (as in the FSPO/DPO reference code).
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0)
+        return opt, sched
+
+    def _log(self, record: dict) -> None:
+        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _save_checkpoint(self, stage: str, step: int, opt, sched, elapsed: float) -> None:
+        target = self.out / "checkpoints" / f"{stage}-{step:06d}"
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self._save_weights(tmp)
+        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "elapsed_s": elapsed, "torch_rng": torch.get_rng_state()},
+                   tmp / "trainer_state.pt")
+        (tmp / COMPLETE).write_text("")
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        done = sorted(p for p in target.parent.glob(f"{stage}-*") if p.suffix != ".tmp")
+        for old in done[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _save_weights(self, folder: Path) -> None:
+        if self.config.finetune == "lora":
+            self.model.save_pretrained(folder / "adapter")
+        else:
+            self.model.save_pretrained(folder / "model")
+            self.tokenizer.save_pretrained(folder / "model")
+
+    def _run_stage(self, stage: str, steps: int, lr: float, max_minutes: float | None) -> None:
+        cfg = self.config
+        checkpoint = self._stage_checkpoint(stage) if cfg.resume else None
+        self._attach_trainable(checkpoint)
+        if stage == "pref" and cfg.finetune == "full" and self.reference is None:
+            raise ConfigError("internal: full fine-tuning needs a reference model")
+        opt, sched = self._make_optimizer(lr)
+        start_step, elapsed_before = 0, 0.0
+        if checkpoint is not None:
+            state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            start_step, elapsed_before = state["step"], state["elapsed_s"]
+            log.info("resuming %s from %s (step %d)", stage, checkpoint, start_step)
+        loss_fn = self._sft_loss if stage == "sft" else self._pref_loss
+        if stage == "pref" and start_step == 0:
+            self._log({"stage": stage, "step": 0, "split": "eval", **self.evaluate(),
+                       "elapsed_s": 0.0, "peak_rss_mb": peak_rss_mb()})
+        self.model.train()
+        began = time.time()
+        step = start_step
+        bar = tqdm(total=steps, initial=start_step, desc=f"fspo {stage}",
+                   disable=not self.progress, dynamic_ncols=True)
+        stopped_by_budget = False
+        while step < steps:
+            elapsed = elapsed_before + time.time() - began
+            if max_minutes is not None and elapsed > max_minutes * 60:
+                stopped_by_budget = True
+                log.info("%s: time budget of %.1f min spent at step %d", stage, max_minutes, step)
+                break
+            losses, chosen, rejected = [], [], []
+            for micro in range(cfg.grad_accum):
+                index = self._train_index(stage, step * cfg.grad_accum + micro)
+                loss, extra = loss_fn(self._encoded_example("train", index))
+                (loss / cfg.grad_accum).backward()
+                losses.append(loss.item())
+                if extra:
+                    chosen.append(extra["chosen_rewards"])
+                    rejected.append(extra["rejected_rewards"])
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            record = {"stage": stage, "step": step, "split": "train",
+                      "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
+                      "elapsed_s": elapsed_before + time.time() - began}
+            if chosen:
+                record.update(reward_metrics(torch.cat(chosen), torch.cat(rejected)))
+            bar.set_postfix(loss=f"{record['loss']:.3g}")
+            self._log(record)
+            if stage == "pref" and cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
+                self._log({"stage": stage, "step": step, "split": "eval", **self.evaluate(),
+                           "elapsed_s": elapsed_before + time.time() - began,
+                           "peak_rss_mb": peak_rss_mb()})
+            if cfg.save_every and step % cfg.save_every == 0 and step < steps:
+                self._save_checkpoint(stage, step, opt, sched,
+                                      elapsed_before + time.time() - began)
+        bar.close()
+        total = elapsed_before + time.time() - began
+        self._save_checkpoint(stage, step, opt, sched, total)
+        self.model.eval()
+        summary = {"stage": stage, "step": step, "split": "summary", "elapsed_s": total,
+                   "stopped_by_budget": stopped_by_budget, "peak_rss_mb": peak_rss_mb()}
+        if stage == "pref":
+            summary.update({f"eval_{k}": v for k, v in self.evaluate().items()})
+        self._log(summary)
+
+    def _save_stage_result(self, folder: Path, stage: str) -> None:
+        """``sft/`` or ``final/``: a folder PersonalizedModel.load reads."""
+        cfg = self.config
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if cfg.finetune == "lora":
+            self.model.save_pretrained(tmp / "adapter")
+            sft_adapter = None
+            if stage == "pref" and cfg.sft_steps > 0:
+                shutil.copytree(self.out / "sft" / "adapter", tmp / "sft_adapter")
+                sft_adapter = "sft_adapter"
+            write_manifest(tmp, finetune="lora", base=cfg.model, sft_adapter=sft_adapter,
+                           adapter="adapter", stage=stage)
+        else:
+            self._save_weights(tmp)
+            reference = None
+            if stage == "pref":
+                self.reference.save_pretrained(tmp / "reference")
+                self.tokenizer.save_pretrained(tmp / "reference")
+                reference = "reference"
+            write_manifest(tmp, finetune="full", model="model", reference=reference, stage=stage)
+            if stage == "sft":
+                self._sft_in_memory = True
+        (tmp / COMPLETE).write_text("")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+
+    def load_model(self) -> PersonalizedModel:
+        return PersonalizedModel.load(self.out / "final")
+
+
+def train(config: FSPOTrainConfig, **kw) -> Path:
+    return FSPOTrainer(config, **kw).fit()

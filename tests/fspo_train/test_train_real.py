@@ -1,0 +1,111 @@
+"""A few real training steps on the embedded SmolLM2 with LoRA; save/load gives equal scores."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from personalign.fspo.data.episodes import build_episodes
+from personalign.fspo.train.config import FSPOTrainConfig, LoraSettings
+from personalign.fspo.train.model import PersonalizedModel
+from personalign.runtime.data.records import PreferencePair
+
+pytestmark = pytest.mark.real_model
+
+# Two fictional users with opposite tastes (short texts keep sequences tiny).
+QUESTIONS = ["Tea or coffee?", "Cats or dogs?", "Beach or mountains?"]
+ANSWERS = [("Tea", "Coffee"), ("Cats", "Dogs"), ("Beach", "Mountains")]
+
+
+def _pairs():
+    pairs = []
+    for user, flip in (("u_a", False), ("u_b", True), ("u_c", False)):
+        for q, (x, y) in zip(QUESTIONS, ANSWERS):
+            chosen, rejected = (y, x) if flip else (x, y)
+            pairs.append(PreferencePair(user_id=user, prompt=q, chosen=chosen, rejected=rejected))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.set_num_threads(1)
+    episodes = [e.to_dict() for e in build_episodes(_pairs(), n_shots=2, passes=2, seed=0)]
+    train = [e for e in episodes if e["user_id"] != "u_c"][:4]
+    held_out = [e for e in episodes if e["user_id"] == "u_c"][:2]
+    out = tmp_path_factory.mktemp("fspo")
+    cfg = FSPOTrainConfig(output_dir=str(out), lora=LoraSettings(r=4, alpha=8), sft_steps=1,
+                          steps=2, grad_accum=2, lr=1e-3, sft_lr=1e-3, warmup_steps=0,
+                          eval_every=1, save_every=1, eval_max_pairs=2, seed=0)
+    from personalign.fspo.train.trainer import FSPOTrainer
+
+    trainer = FSPOTrainer(cfg, train_records=train, eval_records=held_out, progress=False)
+    final = trainer.fit()
+    return trainer, final, out, held_out
+
+
+def test_training_writes_metrics_checkpoints_and_final(trained):
+    trainer, final, out, _ = trained
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train" and r["stage"] == "pref"]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and "reward_accuracy" in r for r in train_rows)
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert evals and all(r["pairs"] == 2 and "reward_margin" in r for r in evals)
+    assert [r for r in rows if r["stage"] == "sft" and r["split"] == "train"]
+    assert (final / "COMPLETE").exists() and (final / "adapter").exists()
+    assert (final / "sft_adapter").exists()
+    assert (out / "checkpoints").exists()
+    # The policy moved away from the reference (rewards are no longer all zero).
+    last = [r for r in rows if r["split"] == "summary" and r["stage"] == "pref"][-1]
+    assert last["eval_reward_margin"] != 0.0
+
+
+def test_save_load_gives_identical_scores(trained):
+    trainer, final, _, held_out = trained
+    live = PersonalizedModel(trainer.model, trainer.tokenizer)
+    loaded = PersonalizedModel.load(final)
+    shots = [{"question": "Tea or coffee?", "chosen": "Tea", "rejected": "Coffee"}]
+    options = ["Cats", "Dogs", "Neither"]
+    a = live.option_logps(shots, "Cats or dogs?", options)
+    b = loaded.option_logps(shots, "Cats or dogs?", options)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    ref_a = live.option_logps(shots, "Cats or dogs?", options, reference=True)
+    ref_b = loaded.option_logps(shots, "Cats or dogs?", options, reference=True)
+    np.testing.assert_allclose(ref_a, ref_b, rtol=0, atol=1e-5)
+    assert not np.allclose(a, ref_a)  # the adapter matters
+    choice = loaded.score_options(shots, "Cats or dogs?", options)
+    assert choice.choice == int(np.argmax(b))
+    assert np.exp(choice.logprobs).sum() == pytest.approx(1.0)
+    text = loaded.generate(shots, "Cats or dogs?", max_new_tokens=6)
+    assert isinstance(text, str)
+
+
+def test_rerun_is_a_no_op_and_resume_continues(trained):
+    import shutil
+
+    from personalign.fspo.train.trainer import FSPOTrainer
+
+    trainer, final, out, held_out = trained
+    again = FSPOTrainer(trainer.config, train_records=trainer.train_records,
+                        eval_records=held_out, progress=False)
+    assert again.fit() == final and again.model is None  # complete: nothing loaded
+    # Ask for one more step: training resumes from the step-2 checkpoint, not from 0.
+    shutil.rmtree(final)
+    more = FSPOTrainer(trainer.config.updated(steps=3), train_records=trainer.train_records,
+                       eval_records=held_out, progress=False)
+    more.fit()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["split"] == "train" and r["stage"] == "pref"]
+    assert steps == [1, 2, 3]
+    assert len([r for r in rows if r["split"] == "train" and r["stage"] == "sft"]) == 1
+
+
+def test_held_out_users_must_not_overlap(trained):
+    from personalign.fspo.train.trainer import FSPOTrainer
+    from personalign.runtime.errors import DataError
+
+    trainer, _, _, held_out = trained
+    with pytest.raises(DataError):
+        FSPOTrainer(trainer.config, train_records=trainer.train_records + held_out,
+                    eval_records=held_out, progress=False)
