@@ -55,7 +55,7 @@ def parse_prompt(reply: str, fallback: str = "whole_reply") -> Parsed:
     spans = [s for s in spans if s]
     if spans:
         return Parsed(max(spans, key=len), "brackets")
-    if "[" in reply:
+    if "[" in reply and "]" not in reply[reply.rfind("["):]:
         tail = _clean(reply[reply.rfind("[") + 1:])
         if tail:
             return Parsed(tail, "unclosed")
