@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from personalign.fspo.train.losses import (completion_nll, preference_loss, reward_metrics)
+from personalign.fspo.train.losses import completion_nll, preference_loss, reward_metrics
 
 # policy / reference summed log-probs of (chosen, rejected)
 PC, PR, RC, RR = -10.0, -20.0, -12.0, -18.0

@@ -23,7 +23,10 @@ def _pairs():
     for user, flip in (("u_a", False), ("u_b", True), ("u_c", False)):
         for q, (x, y) in zip(QUESTIONS, ANSWERS):
             chosen, rejected = (y, x) if flip else (x, y)
-            pairs.append(PreferencePair(user_id=user, prompt=q, chosen=chosen, rejected=rejected))
+            options = [x, y, "Neither"]
+            pairs.append(PreferencePair(user_id=user, prompt=q, chosen=chosen, rejected=rejected,
+                                        meta={"options": options,
+                                              "answer": options.index(chosen)}))
     return pairs
 
 
@@ -45,7 +48,7 @@ def trained(tmp_path_factory):
 
 
 def test_training_writes_metrics_checkpoints_and_final(trained):
-    trainer, final, out, _ = trained
+    _trainer, final, out, _ = trained
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train" and r["stage"] == "pref"]
     assert [r["step"] for r in train_rows] == [1, 2]
@@ -62,7 +65,7 @@ def test_training_writes_metrics_checkpoints_and_final(trained):
 
 
 def test_save_load_gives_identical_scores(trained):
-    trainer, final, _, held_out = trained
+    trainer, final, _, _held_out = trained
     live = PersonalizedModel(trainer.model, trainer.tokenizer)
     loaded = PersonalizedModel.load(final)
     shots = [{"question": "Tea or coffee?", "chosen": "Tea", "rejected": "Coffee"}]
@@ -109,3 +112,24 @@ def test_held_out_users_must_not_overlap(trained):
     with pytest.raises(DataError):
         FSPOTrainer(trainer.config, train_records=trainer.train_records + held_out,
                     eval_records=held_out, progress=False)
+
+
+def test_evaluate_trained_vs_base_and_report(trained, tmp_path):
+    from personalign.fspo.train.evaluate import evaluate_models
+    from personalign.runtime.llm.fake import FakeLLM
+
+    _trainer, final, _, held_out = trained
+    models = {"base": (lambda: PersonalizedModel.base(), "as-is"),
+              "fspo": (lambda: PersonalizedModel.load(final), "as-is")}
+    results = evaluate_models(models, held_out, tmp_path / "report", judge=FakeLLM(),
+                              win_against="base", win_max_items=1, gen_max_new_tokens=4,
+                              descriptions={"u_c": "Prefers the first of two things."},
+                              progress=False)
+    base, fspo = results
+    assert "reward_accuracy" not in base.summary  # the base model has no reference
+    assert fspo.summary["pairs"] == len(held_out) and "reward_accuracy" in fspo.summary
+    assert 0.0 <= base.summary["choice_accuracy"] <= 1.0
+    assert all(r["n_options"] == 3 for r in fspo.rows)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "fspo" in summary and "base" in summary
+    assert (tmp_path / "report" / "accuracy.png").exists()

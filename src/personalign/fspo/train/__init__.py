@@ -4,8 +4,16 @@ from personalign.fspo.train.config import FSPOTrainConfig, LoraSettings
 from personalign.fspo.train.losses import preference_loss, reward_metrics
 from personalign.fspo.train.model import PersonalizedModel, Shot, format_prompt
 
-__all__ = ["FSPOTrainConfig", "LoraSettings", "PersonalizedModel", "Shot", "format_prompt",
-           "preference_loss", "reward_metrics", "FSPOTrainer"]
+__all__ = [
+    "FSPOTrainConfig",
+    "FSPOTrainer",
+    "LoraSettings",
+    "PersonalizedModel",
+    "Shot",
+    "format_prompt",
+    "preference_loss",
+    "reward_metrics",
+]
 
 
 def __getattr__(name):  # the trainer pulls in tqdm/peft: import it on first use

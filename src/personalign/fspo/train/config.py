@@ -103,7 +103,7 @@ class FSPOTrainConfig:
 
     # ---- files -------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "FSPOTrainConfig":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> FSPOTrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -114,7 +114,7 @@ class FSPOTrainConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "FSPOTrainConfig":
+    def from_file(cls, path: str | Path) -> FSPOTrainConfig:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
@@ -132,7 +132,7 @@ class FSPOTrainConfig:
             raise ConfigError(f"{path}: top level must be a mapping")
         return cls.from_dict(data, source=str(path))
 
-    def updated(self, **overrides: Any) -> "FSPOTrainConfig":
+    def updated(self, **overrides: Any) -> FSPOTrainConfig:
         """A copy with the given (non-None) fields replaced."""
         data = self.to_dict()
         data.update({k: v for k, v in overrides.items() if v is not None})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from personalign.runtime.data.validate import read_jsonl
 from personalign.runtime.errors import DataError

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,12 +99,12 @@ class PersonalizedModel:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def base(cls, model: str = "smollm2-135m-instruct", **kw) -> "PersonalizedModel":
+    def base(cls, model: str = "smollm2-135m-instruct", **kw) -> PersonalizedModel:
         lm, tokenizer = load_base(model)
         return cls(lm, tokenizer, name=kw.pop("name", "base"), **kw)
 
     @classmethod
-    def load(cls, folder: str | Path, **kw) -> "PersonalizedModel":
+    def load(cls, folder: str | Path, **kw) -> PersonalizedModel:
         """A model saved by the FSPO trainer (``final/`` or ``sft/``) or by :meth:`save`."""
         from peft import PeftModel
 
@@ -167,12 +168,18 @@ class PersonalizedModel:
         normalized = logps - np.logaddexp.reduce(logps)
         return ChoiceResult(logprobs=normalized.tolist(), choice=int(np.argmax(logps)))
 
-    @torch.no_grad()
     def generate(self, shots, question: str, description: str | None = None, *,
                  max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0) -> str:
         """The preferred response for this user (greedy unless temperature > 0)."""
-        prompt = format_prompt(shots, question, description) + PREFERRED_HEADER
-        example = self.encode(prompt, [])
+        return self.generate_from_prompt(format_prompt(shots, question, description),
+                                         max_new_tokens=max_new_tokens,
+                                         temperature=temperature, seed=seed)
+
+    @torch.no_grad()
+    def generate_from_prompt(self, prompt: str, *, max_new_tokens: int = 128,
+                             temperature: float = 0.0, seed: int = 0) -> str:
+        """Response to a serialized episode prompt (the header is added here)."""
+        example = self.encode(prompt + PREFERRED_HEADER, [])
         ids = torch.tensor([example.prompt_ids], device=self.model.device)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
                                   "eos_token_id": self.tokenizer.eos_token_id,
