@@ -36,3 +36,21 @@ def list_models() -> None:
                       f"{row['size_mb']:.1f}", row["path"])
     console.print(table)
     console.print(f"home: {models.models_dir().parent}  (set PERSONALIGN_HOME to move it)")
+
+
+@app.command("smoke")
+def smoke(threads: int = typer.Option(0, help="Torch threads (0: default).")) -> None:
+    """Score, generate and embed with every embedded model; print load time and speeds."""
+    from personalign.runtime.smoke import run_smoke
+
+    with console.status("running the embedded models ..."):
+        rows, emb = run_smoke(threads=threads or None)
+    table = Table("model", "load (s)", "scoring items/s", "easy-question accuracy",
+                  "generation tokens/s", "sample")
+    for r in rows:
+        table.add_row(r.model, f"{r.load_s:.1f}", f"{r.items_per_s:.1f}", f"{r.accuracy:.2f}",
+                      f"{r.tokens_per_s:.1f}", r.sample)
+    console.print(table)
+    console.print(f"{emb['model']}: load {emb['load_s']:.1f}s, {emb['texts_per_s']:.0f} texts/s, "
+                  f"cosine(paraphrase)={emb['paraphrase_sim']:.2f} vs "
+                  f"cosine(unrelated)={emb['unrelated_sim']:.2f}")
