@@ -71,7 +71,7 @@ def test_judge_generate_method_parses_answers():
 
 def test_refinement_appends_trait_and_relabels():
     llm = FakeLLM(chooser=_keyword_chooser,
-                  responder=lambda text, i: "They prefer kiwi answers.\nextra")
+                  responder=lambda text, i: "kiwi answers.\nextra")
     judge = PairwiseJudge(llm)
     jobs = [PairJob("q", "kiwi", "melon")]
     before = judge.judge("apple lover", "", jobs)
@@ -103,8 +103,8 @@ def _fake_pipeline_llm():
         if "question a curious person" in text:
             topic = text.split("explained")[0].split("have ")[-1]
             return f"How does {topic.strip()} work?"
-        if "They prefer" in text:
-            return "They prefer answers about child things."
+        if text.endswith("They prefer"):
+            return "answers about child things."
         return "Answer: " + text.split("\n\n")[0][:80]
     return FakeLLM(responder=responder, chooser=_level_chooser)
 

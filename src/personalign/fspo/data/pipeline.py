@@ -220,7 +220,8 @@ class SyntheticPipeline:
             gens = self.generators()
             with open(path, "a", encoding="utf-8") as f:
                 for q in tqdm(todo, desc="responses", disable=not self.progress):
-                    if self.cfg.domain == "elix" and not self.cfg.views:
+                    if self.cfg.domain == "elix" and not self.cfg.views and any(
+                            u.attributes.get("level") for u in users):
                         steers = elix_steers(users, q.qid, self.cfg.seed)
                     else:
                         steers = user_steers(users, q.qid, self.cfg.seed,
@@ -318,7 +319,7 @@ class SyntheticPipeline:
         old = json.loads(path.read_text()) if path.exists() else {"runs": []}
         old["runs"].append({"wall_s": round(seconds, 1), "usage": self._usage()})
         old["wall_s_total"] = round(sum(r["wall_s"] for r in old["runs"]), 1)
-        old["llm_calls_total"] = sum(u.get("calls", 0) + u.get("scored_items", 0)
+        old["llm_calls_total"] = sum(u.get("calls", 0)
                                      for r in old["runs"] for u in r["usage"].values())
         _atomic_json(old, path)
 

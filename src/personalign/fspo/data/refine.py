@@ -25,9 +25,11 @@ TRAIT_PROMPT = (
     "A person asked: {question}\n\n"
     "Response 1:\n{chosen}\n\n"
     "Response 2:\n{rejected}\n\n"
-    "This person liked Response 1 better than Response 2. In one short sentence starting with "
-    "\"They prefer\", describe the general taste (style, tone, level of detail or viewpoint) "
-    "that explains this choice. Do not mention the responses themselves.")
+    "This person liked Response 1 better than Response 2. In one short sentence, describe the "
+    "general taste (style, tone, level of detail or viewpoint) that explains this choice, "
+    "without mentioning the responses themselves.\n\n"
+    "Sentence: They prefer")
+TRAIT_START = "They prefer"
 
 
 @dataclass
@@ -86,11 +88,12 @@ def refine_user(llm, judge: PairwiseJudge, description: str, guidelines: str,
             job, j = jobs[i], current[i]
             prefer_x = (rng.random() < 0.5) if cfg.choose == "random" else j.p_x >= 0.5
             chosen, rejected = (job.x, job.y) if prefer_x else (job.y, job.x)
-            prompt = [{"role": "user", "content": TRAIT_PROMPT.format(
-                question=job.question, chosen=chosen, rejected=rejected)}]
+            # Raw text ending in "They prefer": the model completes the sentence.
+            prompt = TRAIT_PROMPT.format(question=job.question, chosen=chosen,
+                                         rejected=rejected)
             params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
                                     seed=derived_seed(cfg.seed, user_id, r, i) % 2**31)
-            trait = clean_trait(llm.generate([prompt], params)[0][0])
+            trait = clean_trait(TRAIT_START + " " + llm.generate([prompt], params)[0][0].lstrip())
             if len(trait) > 8 and trait not in result.traits:
                 added.append(trait)
         if not added:

@@ -67,9 +67,19 @@ class Response:
 
 
 def _first_question(text: str) -> str:
-    text = text.strip().strip('"').strip()
+    """The question in a generation: a quoted question if any, else the first line or sentence
+    ending with "?", else the first substantial line."""
+    text = text.strip()
+    quoted = re.findall(r'["\u201c]([^"\u201d]{10,}?\?)["\u201d]?', text)
+    if quoted:
+        return quoted[0].strip()
     for line in text.splitlines():
         line = re.sub(r"^\s*(\d+[.)]|[-*]|Question:)\s*", "", line).strip().strip('"')
+        m = re.search(r"([^.!?]*\?)", line)
+        if m and len(m.group(1).strip()) > 10:
+            return m.group(1).strip()
+    for line in text.splitlines():
+        line = line.strip().strip('"')
         if len(line) > 10:
             return line
     return ""
@@ -105,7 +115,7 @@ def generate_questions(llm, domain: str, n: int, seed: int = 0, temperature: flo
     attempt = 0
     while len(out) < n and attempt < 2 * n:
         topic = topics[attempt % len(topics)]
-        params = SamplingParams(temperature=temperature, max_tokens=48,
+        params = SamplingParams(temperature=temperature, max_tokens=40,
                                 seed=seed * 100003 + attempt)
         text = _first_question(llm.generate(
             [[{"role": "user", "content": template.format(topic=topic)}]], params)[0][0])
@@ -163,7 +173,8 @@ def user_steers(users: Sequence[SyntheticUser], qid: str, seed: int, k: int) -> 
 
 # ------------------------------------------------------------------ responses
 def _response_prompt(question: str, instruction: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": f"{instruction}\n\n{question}"}]
+    # The steer goes in the system message: small models otherwise answer the instruction.
+    return [{"role": "system", "content": instruction}, {"role": "user", "content": question}]
 
 
 def _views_prompt(question: str, k: int) -> list[dict[str, str]]:
