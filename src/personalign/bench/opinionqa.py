@@ -137,7 +137,9 @@ def run_user(split: UserSplit, cfg: BenchConfig, task_llm, optimizer_llm, embedd
     preds: dict[str, list] = {}
     extra: dict[str, list] = {}
     fits: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
     for method in cfg.methods:
+        tick = time.time()
         if method == "random":
             preds[method] = [None] * len(test)
             extra[method] = baselines.random_expected(test)
@@ -154,6 +156,7 @@ def run_user(split: UserSplit, cfg: BenchConfig, task_llm, optimizer_llm, embedd
                 preds[method] = baselines.fewshot_predictions(
                     task_llm, shots, test, cfg.fewshot_k, cfg.fewshot_retriever, embedder,
                     scoring)
+        seconds[method] = round(time.time() - tick, 2)
     fermi_methods = [m for m in ("fermi_norop", "fermi") if m in cfg.methods]
     for mode, wanted in (("opro", ["opro"] if "opro" in cfg.methods else []),
                          ("fermi", fermi_methods)):
@@ -161,14 +164,18 @@ def run_user(split: UserSplit, cfg: BenchConfig, task_llm, optimizer_llm, embedd
             continue
         est = Fermi(cfg.fermi_config().with_options(mode=mode), task_llm, optimizer_llm,
                     embedder)
+        tick = time.time()
         est.fit(shots, user.profile, user_id=user.user_id, progress=progress)
+        seconds[f"{mode}_fit"] = round(time.time() - tick, 2)
         fits[mode] = {"pool": [p.to_dict() for p in est.pool],
                       **(est.result.to_dict() if est.result else {})}
         for method in wanted:
             use_rop = method == "fermi"
+            tick = time.time()
             details = est.predict_details(test, use_rop=use_rop, phase=f"{method}/test")
             preds[method] = [d["choice"] for d in details]
             extra[method] = [d["prompt_index"] for d in details]
+            seconds[method] = round(time.time() - tick, 2)
     rows, accuracy = [], {}
     for method in cfg.methods:
         correct = []
@@ -190,7 +197,7 @@ def run_user(split: UserSplit, cfg: BenchConfig, task_llm, optimizer_llm, embedd
         usage["optimizer"] = _diff(_usage(optimizer_llm), before["optimizer"])
     return {"user_id": user.user_id, "n_shots": len(shots), "n_test": len(test),
             "accuracy": accuracy, "predictions": rows, "fits": fits, "usage": usage,
-            "wall_s": round(time.time() - start, 2)}
+            "seconds": seconds, "wall_s": round(time.time() - start, 2)}
 
 
 @dataclass

@@ -126,9 +126,13 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
                                         for r in records if mode in r["fits"]])
                       for mode in ("fermi", "opro")}
     wall = [r["wall_s"] for r in records]
+    step_names = sorted({k for r in records for k in r.get("seconds", {})})
+    seconds_mean = {k: float(np.mean([r["seconds"].get(k, 0.0) for r in records
+                                      if "seconds" in r])) for k in step_names}
     usage = {"total": total_usage, "calls_per_user": calls_per_user,
              "per_user": {r["user_id"]: r["usage"] for r in records},
              "optimizer_failures": failures_by_mode, "optimizer_counts": counts_by_mode,
+             "seconds_per_user_mean": seconds_mean,
              "wall_s_per_user": {"mean": float(np.mean(wall)) if wall else 0.0,
                                  "total": float(np.sum(wall)) if wall else 0.0}}
     _atomic_text(out / "usage.json", json.dumps(usage, indent=1) + "\n")
@@ -168,7 +172,8 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
               "## LLM calls and tokens per phase", "",
               _md(phase_rows) if len(phase_rows) else "(none)", "",
               f"Wall time per user: {usage['wall_s_per_user']['mean']:.1f} s (mean), "
-              f"{usage['wall_s_per_user']['total']:.0f} s in all.", "",
+              f"{usage['wall_s_per_user']['total']:.0f} s in all. Mean seconds per user by step: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in seconds_mean.items()) + ".", "",
               "## Optimizer replies and failures", "",
               _md(fail_rows) if len(fail_rows) else "(no optimizer runs)", "",
               "![accuracy](accuracy.png) ![memory](memory_curve.png)", ""]

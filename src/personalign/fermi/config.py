@@ -46,7 +46,11 @@ class FermiConfig:
     scoring_method: Literal["letter", "text", "generate"] = "letter"
     # --- optimizer model M_opt
     optimizer_temperature: float = 1.0
-    optimizer_max_tokens: int = 160
+    optimizer_max_tokens: int = 64
+    # Start the optimizer's reply with "[" (backends that render chat prompts to text) and stop
+    # at "]": small models then keep the bracket format, and no tokens are spent after the
+    # prompt. Off: plain chat messages, the reply parsed as a whole.
+    prime_bracket: bool = True
     max_retries: int = 2                     # extra optimizer calls per iteration to fill K
     parse_fallback: Literal["whole_reply", "drop"] = "whole_reply"
     max_prompt_chars: int = 600              # longer parsed prompts are dropped
@@ -107,7 +111,8 @@ class FermiConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"iterations": 10, "num_candidates": 4, "memory_size": 5},
-    "quick": {"iterations": 3, "num_candidates": 2, "memory_size": 5},
+    # quick: what 20 users x 7 methods allow on one CPU thread in about an hour or two
+    "quick": {"iterations": 2, "num_candidates": 2, "memory_size": 5},
     "tiny": {"iterations": 1, "num_candidates": 1, "memory_size": 2},
 }
 

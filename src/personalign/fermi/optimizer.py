@@ -165,12 +165,21 @@ class Fermi:
                 break
             if attempt:
                 result.failures["retries"] += 1
+            primed = cfg.prime_bracket and callable(getattr(llm, "render", None))
             params = SamplingParams(
                 n=need, temperature=cfg.optimizer_temperature, max_tokens=cfg.optimizer_max_tokens,
+                stop=("]",) if primed else (),
                 seed=derive_seed(cfg.seed, self.user_id, iteration, attempt))
-            replies = llm.generate([[{"role": "user", "content": meta_prompt}]], params)[0]
+            messages = [{"role": "user", "content": meta_prompt}]
+            prompt = llm.render(messages) + "[" if primed else messages
+            replies = llm.generate([prompt], params)[0]
             for reply in replies:
                 result.counts["optimizer_replies"] += 1
+                if primed:
+                    # The reply continues after "["; a reply that stopped before its token
+                    # limit was cut at the closing "]" (or ended), one at the limit is unclosed.
+                    closed = llm.count_tokens(reply) < cfg.optimizer_max_tokens - 1
+                    reply = "[" + reply + ("]" if closed and "]" not in reply else "")
                 parsed = parse_prompt(reply, cfg.parse_fallback)
                 if parsed.how == "fallback":
                     result.failures["no_brackets_fallback"] += 1
