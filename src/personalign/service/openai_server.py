@@ -83,8 +83,7 @@ class _Served:
             used_in = self.llm.usage.prompt_tokens - before[0]
             used_out = self.llm.usage.completion_tokens - before[1]
         if not used_in:  # a cache hit spends nothing: report what the request amounts to
-            text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-            used_in = self.llm.count_tokens(text)
+            used_in = self.llm.count_tokens(_prompt_text(prompt))
             used_out = sum(self.llm.count_tokens(t) for t in texts if t)
         return texts, used_in, used_out
 
@@ -121,6 +120,19 @@ def _params(body, default_max: int) -> SamplingParams:
     return SamplingParams(n=body.n, temperature=body.temperature,
                           max_tokens=max_tokens or default_max, stop=stop, top_p=body.top_p,
                           seed=body.seed if body.seed is not None else 0)
+
+
+def _prompt_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
+def _complete(model: _Served, prompt: Prompt, params: SamplingParams,
+              top: list[tuple[str, float]] | None) -> tuple[list[str], int, int]:
+    """Texts and token counts; a greedy one-token answer is the most likely next token, which
+    the log-prob pass already computed (letter scoring asks exactly this), so no generation."""
+    if top and params.max_tokens == 1 and params.temperature == 0:
+        return [top[0][0]] * params.n, model.llm.count_tokens(_prompt_text(prompt)), 1
+    return model.generate(prompt, params)
 
 
 def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
@@ -168,10 +180,9 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
         model = model_of(body.model)
         messages = [m.model_dump() for m in body.messages]
         params = _params(body, default_max_tokens)
-        texts, used_in, used_out = model.generate(messages, params)
-        top = None
-        if body.logprobs:
-            top = model.top_logprobs(messages, max(1, body.top_logprobs or 0))
+        top = model.top_logprobs(messages, max(1, body.top_logprobs or 0)) \
+            if body.logprobs else None
+        texts, used_in, used_out = _complete(model, messages, params, top)
         choices = []
         for i, text in enumerate(texts):
             choice: dict[str, Any] = {"index": i, "finish_reason": _finish(model.llm, text, params),
@@ -201,10 +212,10 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
         params = _params(body, 16)
         choices, total_in, total_out = [], 0, 0
         for prompt in prompts:
-            texts, used_in, used_out = model.generate(prompt, params)
-            total_in, total_out = total_in + used_in, total_out + used_out
             top = model.top_logprobs(prompt, max(1, body.logprobs)) \
                 if body.logprobs is not None else None
+            texts, used_in, used_out = _complete(model, prompt, params, top)
+            total_in, total_out = total_in + used_in, total_out + used_out
             for text in texts:
                 choice: dict[str, Any] = {"index": len(choices), "text": text,
                                           "finish_reason": _finish(model.llm, text, params),
