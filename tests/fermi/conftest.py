@@ -63,7 +63,8 @@ def keyword_task_llm() -> FakeLLM:
     (making some prompts better than others, deterministically)."""
 
     def chooser(item):
-        num = int(re.findall(r"number (\d+)", item.prompt)[0])
+        found = re.findall(r"number (\d+)", item.prompt)
+        num = int(found[0]) if found else len(item.prompt)
         if "careful" in item.prefix:
             return num % 3 if num % 2 == 0 else 0
         return 0

@@ -141,3 +141,29 @@ def test_config_validation_and_presets():
 def test_unfitted_predict_raises():
     with pytest.raises(ConfigError):
         Fermi().predict([{"question": "q", "options": ["a", "b"]}])
+
+
+def test_primed_optimizer_replies(user, embedder):
+    """Backends that render chat to text get a reply primed with "[" and stopped at "]"."""
+    params_seen = []
+
+    class Renderer(FakeLLM):
+        def render(self, messages):
+            return "USER: " + messages[0]["content"] + "\nASSISTANT: "
+
+        def _generate(self, prompts, params):
+            params_seen.append(params)
+            assert isinstance(prompts[0], str) and prompts[0].endswith("ASSISTANT: [")
+            return super()._generate(prompts, params)
+
+    replies = iter(["Answer like a rural voter", "x" * 700, "Answer like a city voter"] * 5)
+    opt = Renderer(responder=lambda t, i: next(replies))
+    fermi = Fermi(FermiConfig(iterations=1, num_candidates=3, max_retries=0,
+                              optimizer_max_tokens=64), keyword_task_llm(), opt, embedder)
+    fermi.fit(user.opinions[:20], user.profile)
+    assert params_seen[0].stop == ("]",)
+    # 700 chars ~ 175 fake tokens: hit the limit, counted as unclosed (and too long)
+    assert fermi.result.failures["unclosed_bracket"] == 1
+    assert fermi.result.counts["accepted"] == 2
+    assert [p.prompt for p in fermi.pool] == ["Answer like a rural voter",
+                                              "Answer like a city voter"]
