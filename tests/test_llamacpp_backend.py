@@ -3,6 +3,7 @@ stand-in ``llama_cpp`` module; the real library on the embedded GGUF when it is 
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import math
 import sys
@@ -24,11 +25,19 @@ class StandInLlama:
 
     VOCAB = 16
 
-    def __init__(self, model_path, n_ctx, n_threads, verbose, **kw):
+    def __init__(self, model_path, n_ctx, n_threads, verbose, logits_all=False, **kw):
         self.model_path, self.kw = model_path, kw
         self.n_tokens = 0
+        self._logits_all = logits_all
         self.scores = np.zeros((n_ctx, self.VOCAB), dtype=np.float32)
         self.calls: list = []
+        self._last = np.zeros(self.VOCAB, dtype=np.float32)
+        # Like llama-cpp-python >=0.3 without logits_all: the last row via the context only.
+        self._ctx = types.SimpleNamespace(get_logits=lambda: self._last.ctypes.data_as(
+            ctypes.POINTER(ctypes.c_float)))
+
+    def n_vocab(self):
+        return self.VOCAB
 
     def tokenize(self, text: bytes, add_bos: bool = True):
         ids = [1] if add_bos else []
@@ -45,7 +54,9 @@ class StandInLlama:
             row = np.full(self.VOCAB, -5.0, dtype=np.float32)
             row[12], row[11] = 2.0, 1.0  # after anything: " B" likelier than " A"
             row[(tok + 1) % self.VOCAB] = 3.0  # and the "next" id likelier still
-            self.scores[self.n_tokens] = row
+            if self._logits_all:
+                self.scores[self.n_tokens] = row
+            self._last[:] = row
             self.n_tokens += 1
 
     def create_completion(self, prompt, **kw):
@@ -59,8 +70,8 @@ class StandInLlama:
                 "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
 
 
-@pytest.fixture
-def stand_in(monkeypatch, tmp_path):
+@pytest.fixture(params=[False, True], ids=["last-logits", "logits-all"])
+def stand_in(monkeypatch, tmp_path, request):
     module = types.ModuleType("llama_cpp")
     module.Llama = StandInLlama
     monkeypatch.setitem(sys.modules, "llama_cpp", module)
@@ -68,7 +79,7 @@ def stand_in(monkeypatch, tmp_path):
     gguf.write_bytes(b"GGUF")
     from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
 
-    return LlamaCppLLM(str(gguf), cache=False, seed=7)
+    return LlamaCppLLM(str(gguf), cache=False, seed=7, logits_all=request.param)
 
 
 def test_install_hint_without_the_extra(monkeypatch):

@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, Union, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -244,7 +245,8 @@ def _load(models: dict[str, LLM] | Sequence[str]) -> dict[str, LLM]:
     # "smollm2-135m-instruct" is served under its own name; "name=spec" renames.
     out = {}
     for spec in models:
-        name, _, target = spec.partition("=") if "=" in spec else (spec.split(":")[-1], "", spec)
+        name, _, target = spec.partition("=") if "=" in spec else (
+            Path(spec.split(":", 1)[-1].split("@")[0]).name, "", spec)
         out[name] = load_llm(target)
     return out
 

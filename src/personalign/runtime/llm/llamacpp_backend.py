@@ -81,11 +81,24 @@ class LlamaCppLLM(LLM):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
 
+    def _last_logits(self) -> np.ndarray:
+        """Logits after the last evaluated token."""
+        llama = self.llama
+        if getattr(llama, "_logits_all", False):
+            return np.asarray(llama.scores[llama.n_tokens - 1])
+        # Without logits_all, llama-cpp-python (>=0.3) no longer copies logits into
+        # ``scores``; the context's output buffer holds the last token's row only.
+        import ctypes
+
+        ptr = llama._ctx.get_logits()
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(llama.n_vocab(),)).copy()
+
     def _next_logprobs(self, tokens: list[int]) -> np.ndarray:
         """Log-softmax of the next token after ``tokens`` (evaluated from scratch)."""
         self.llama.reset()
         self.llama.eval(tokens)
-        return _log_softmax(np.asarray(self.llama.scores[self.llama.n_tokens - 1]))
+        return _log_softmax(self._last_logits())
 
     def _continuation(self, context: list[int], continuation: list[int]) -> float:
         logprobs = self._next_logprobs(context)
@@ -94,7 +107,7 @@ class LlamaCppLLM(LLM):
             total += float(logprobs[tok])
             if i + 1 < len(continuation):
                 self.llama.eval([tok])
-                logprobs = _log_softmax(np.asarray(self.llama.scores[self.llama.n_tokens - 1]))
+                logprobs = _log_softmax(self._last_logits())
         return total
 
     # ------------------------------------------------------------------ LLM hooks
