@@ -71,3 +71,17 @@ def test_completion_nll_ignores_prompt_and_padding():
     logps = torch.tensor([[-1.0, -3.0], [-2.0, -100.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     assert completion_nll(logps * mask, mask).item() == pytest.approx(2.0)
+
+
+def test_drop_oldest_shots_keeps_question_and_renumbers():
+    from personalign.fspo.data.serialization import Shot, serialize_prompt
+    from personalign.fspo.train.scoring import drop_oldest_shots
+
+    shots = [Shot(f"Q{i}", f"yes{i}", f"no{i}") for i in range(1, 4)]
+    prompt = serialize_prompt(shots, "Final?")
+    out, dropped = drop_oldest_shots(prompt, lambda t: t.count("# Example") <= 1)
+    assert dropped == 2
+    assert out == serialize_prompt(shots[2:], "Final?")
+    # Nothing left to drop: the task and question are kept whole.
+    out, dropped = drop_oldest_shots(prompt, lambda t: False)
+    assert dropped == 3 and out.endswith("## Question\nFinal?\n") and "Example" not in out

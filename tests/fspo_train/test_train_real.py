@@ -118,18 +118,28 @@ def test_evaluate_trained_vs_base_and_report(trained, tmp_path):
     from personalign.fspo.train.evaluate import evaluate_models
     from personalign.runtime.llm.fake import FakeLLM
 
-    _trainer, final, _, held_out = trained
+    _, final, out, held_out = trained
     models = {"base": (lambda: PersonalizedModel.base(), "as-is"),
-              "fspo": (lambda: PersonalizedModel.load(final), "as-is")}
+              "fspo": (lambda: PersonalizedModel.load(final), "as-is", "sft-only")}
     results = evaluate_models(models, held_out, tmp_path / "report", judge=FakeLLM(),
                               win_against="base", win_max_items=1, gen_max_new_tokens=4,
                               descriptions={"u_c": "Prefers the first of two things."},
                               progress=False)
-    base, fspo = results
+    base, fspo, sft = results
+    assert sft.name == "sft-only"
     assert "reward_accuracy" not in base.summary  # the base model has no reference
     assert fspo.summary["pairs"] == len(held_out) and "reward_accuracy" in fspo.summary
     assert 0.0 <= base.summary["choice_accuracy"] <= 1.0
     assert all(r["n_options"] == 3 for r in fspo.rows)
+    # The reference pass of FSPO is exactly the saved SFT-only model.
+    sft_model = PersonalizedModel.load(out / "sft")
+    rec = held_out[0]
+    options = rec["meta"]["query_meta"]["options"]
+    from personalign.fspo.train.model import completion_text
+
+    direct = sft_model.completion_logps(
+        rec["prompt"], [completion_text(o, sft_model.tokenizer.eos_token) for o in options])
+    np.testing.assert_allclose(sft.rows[0]["option_logps"], direct, atol=1e-3)
     summary = (tmp_path / "report" / "summary.md").read_text()
-    assert "fspo" in summary and "base" in summary
+    assert "fspo" in summary and "sft-only" in summary
     assert (tmp_path / "report" / "accuracy.png").exists()

@@ -131,11 +131,12 @@ def _model_specs(specs: list[str], run: Path | None, base: str) -> dict[str, tup
     models: dict[str, tuple] = {}
     if run is not None:
         models["base-fewshot"] = (loader("base", "base-fewshot"), "as-is")
-        if (run / "sft" / "COMPLETE").exists():
-            models["sft-only"] = (loader(str(run / "sft"), "sft-only"), "as-is")
         if not (run / "final" / "COMPLETE").exists():
             raise ConfigError(f"{run} has no finished training (final/COMPLETE missing)")
-        models["fspo"] = (loader(str(run / "final"), "fspo"), "as-is")
+        # FSPO's reference is the SFT result: its reference pass is the SFT-only baseline.
+        has_sft = (run / "sft" / "COMPLETE").exists()
+        models["fspo"] = (loader(str(run / "final"), "fspo"), "as-is",
+                          "sft-only" if has_sft else "reference")
     for spec in specs:
         name, _, rest = spec.partition("=")
         if not rest:
@@ -163,7 +164,7 @@ def eval_cmd(
     episodes: list[Path] = typer.Option(..., "--episodes", help="Held-out users' episodes."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
     run: Path | None = typer.Option(None, help="A training output folder: evaluates the "
-                                       "base model with the same shots, SFT only and FSPO."),
+                                       "base model with the same shots, FSPO and SFT only."),
     model: list[str] | None = typer.Option(None, "--model", help="More models: NAME=TARGET"
                                               "[:MODE], TARGET = base | model folder, MODE = "
                                               "as-is | zero-shot | oracle."),
@@ -179,7 +180,11 @@ def eval_cmd(
     threads: int | None = typer.Option(None),
     protocol: str = typer.Option("opinionqa-preferences"),
 ):
-    """Reward accuracy, choice accuracy and (with --judge) win rate vs the base model."""
+    """Reward accuracy, choice accuracy and (with --judge) win rate vs the base model.
+
+    With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
+    reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,
+    oracle=base:oracle with --descriptions)."""
     import torch
 
     from personalign.fspo.train.data import load_episodes

@@ -111,16 +111,38 @@ def has_reference(pm: PersonalizedModel) -> bool:
     return pm.reference is not None or hasattr(pm.model, "disable_adapter")
 
 
+def _choice_fields(option_logps: np.ndarray, answer: int) -> dict[str, Any]:
+    choice = int(np.argmax(option_logps))
+    return {"choice": choice, "answer": answer, "choice_correct": float(choice == answer),
+            "n_options": len(option_logps),
+            "option_logps": [round(float(x), 4) for x in option_logps]}
+
+
+def _finish(name: str, rows: list[dict[str, Any]], wall_s: float) -> EvalResult:
+    rows = [{k: (float(v) if isinstance(v, np.floating) else v) for k, v in r.items()}
+            for r in rows]
+    result = EvalResult(name, rows, wall_s)
+    result.summary = summarize(rows)
+    result.summary["wall_s"] = round(wall_s, 1)
+    return result
+
+
 def evaluate_records(pm: PersonalizedModel, records: Sequence[Mapping[str, Any]], *,
                      name: str | None = None, beta: float = 0.01, mode: str = "as-is",
                      descriptions: Mapping[str, str] | None = None,
-                     progress: bool = True) -> EvalResult:
+                     reference_name: str | None = None,
+                     progress: bool = True) -> EvalResult | tuple[EvalResult, EvalResult]:
     """One row per record: log-probs of chosen/rejected (and of every option when known)
-    under the policy and, when the model has one, under its reference."""
+    under the policy and, when the model has one, under its reference.
+
+    With ``reference_name`` (and a model that has a reference) the reference pass is also
+    returned as a model of its own: for a trained FSPO model the reference IS the SFT-only
+    model, so that baseline costs nothing extra.
+    """
     name = name or pm.name
     eos = pm.tokenizer.eos_token
     with_ref = has_reference(pm)
-    rows = []
+    rows, ref_rows = [], []
     start = time.time()
     for rec in tqdm(records, desc=f"eval {name}", disable=not progress, dynamic_ncols=True):
         prompt = transform_prompt(rec, mode, descriptions)
@@ -129,25 +151,27 @@ def evaluate_records(pm: PersonalizedModel, records: Sequence[Mapping[str, Any]]
         if opts:
             completions += [completion_text(o, eos) for o in opts[0]]
         pol, truncated = _score(pm, prompt, completions, reference=False)
-        row: dict[str, Any] = {"user_id": rec["user_id"], "n_shots": rec.get("n_shots"),
-                               "logp_chosen": pol[0], "logp_rejected": pol[1],
-                               "logp_correct": float(pol[0] > pol[1]),
-                               "prompt_truncated": truncated}
+        common = {"user_id": rec["user_id"], "n_shots": rec.get("n_shots"),
+                  "prompt_truncated": truncated}
+        row: dict[str, Any] = {**common, "logp_chosen": pol[0], "logp_rejected": pol[1],
+                               "logp_correct": float(pol[0] > pol[1])}
+        if opts:
+            row.update(_choice_fields(pol[2:], opts[1]))
         if with_ref:
             ref, _ = _score(pm, prompt, completions, reference=True)
             rc, rr = beta * (pol[0] - ref[0]), beta * (pol[1] - ref[1])
             row.update(reward_chosen=rc, reward_rejected=rr, reward_margin=rc - rr,
                        reward_correct=float(rc > rr))
-        if opts:
-            option_logps = pol[2:]
-            choice = int(np.argmax(option_logps))
-            row.update(choice=choice, answer=opts[1], choice_correct=float(choice == opts[1]),
-                       n_options=len(opts[0]), option_logps=[round(float(x), 4)
-                                                             for x in option_logps])
-        rows.append({k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()})
-    result = EvalResult(name, rows, time.time() - start)
-    result.summary = summarize(rows)
-    result.summary["wall_s"] = round(result.wall_s, 1)
+            ref_row = {**common, "logp_chosen": ref[0], "logp_rejected": ref[1],
+                       "logp_correct": float(ref[0] > ref[1])}
+            if opts:
+                ref_row.update(_choice_fields(ref[2:], opts[1]))
+            ref_rows.append(ref_row)
+        rows.append(row)
+    wall = time.time() - start
+    result = _finish(name, rows, wall)
+    if reference_name and with_ref:
+        return result, _finish(reference_name, ref_rows, wall)
     return result
 
 
@@ -353,7 +377,8 @@ def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], 
                     config: dict[str, Any] | None = None, judge=None,
                     win_against: str | None = None, win_max_items: int = 20,
                     gen_max_new_tokens: int = 96, progress: bool = True) -> list[EvalResult]:
-    """Evaluate each named model (loader, prompt mode) on the records and write the report.
+    """Evaluate each named model (loader, prompt mode[, name for its reference pass]) on the
+    records and write the report.
 
     Models are loaded one at a time (one in memory). With a ``judge`` and ``win_against``
     (a model name), each other model's greedy generations for the first ``win_max_items``
@@ -362,11 +387,14 @@ def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], 
     start = time.time()
     results, gens = [], {}
     win_items = list(records[:win_max_items])
-    for name, (loader, mode) in models.items():
+    for name, (loader, mode, *extra) in models.items():
         pm = loader()
-        results.append(evaluate_records(pm, records, name=name, beta=beta, mode=mode,
-                                        descriptions=descriptions, progress=progress))
-        log.info("%s: %s", name, results[-1].summary)
+        out_ = evaluate_records(pm, records, name=name, beta=beta, mode=mode,
+                                descriptions=descriptions,
+                                reference_name=extra[0] if extra else None, progress=progress)
+        for res in out_ if isinstance(out_, tuple) else (out_,):
+            results.append(res)
+            log.info("%s: %s", res.name, res.summary)
         if judge is not None and win_against:
             gens[name] = generations(pm, win_items, mode=mode, descriptions=descriptions,
                                      max_new_tokens=gen_max_new_tokens, progress=progress)
@@ -382,8 +410,8 @@ def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], 
                      for r, t, b in zip(win_items, texts, gens[win_against])]
             win_rates[name] = pairwise_win_rate(judge, items)
     usage = judge.usage.as_dict() if judge is not None and hasattr(judge, "usage") else {}
-    write_report(out, results, config={**(config or {}), "models": {k: v[1] for k, v in
-                                                                     models.items()}},
+    write_report(out, results, config={**(config or {}), "models": {k: list(v[1:]) for k, v
+                                                                     in models.items()}},
                  cost={"wall_s": round(time.time() - start, 1), "judge_usage": usage},
                  win_rates=win_rates, paired_against=next(iter(models), None))
     return results

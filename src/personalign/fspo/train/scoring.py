@@ -9,10 +9,34 @@ serves training (LoRA on the prompt positions too) and scoring.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from trl.trainer.utils import selective_log_softmax
+
+
+_EXAMPLE = re.compile(r"^# Example (\d+)\n", re.MULTILINE)
+
+
+def drop_oldest_shots(prompt: str, fits: Callable[[str], bool]) -> tuple[str, int]:
+    """Remove whole "# Example k" blocks, oldest first, until ``fits(prompt)``; the rest are
+    renumbered from 1. Text before the first example (an oracle description) and the task with
+    the final question are kept. Returns (prompt, number of shots dropped)."""
+    dropped = 0
+    while not fits(prompt):
+        starts = [m.start() for m in _EXAMPLE.finditer(prompt)]
+        task = prompt.rfind("# Task\n")
+        if not starts or task < 0 or starts[0] > task:
+            break
+        end = starts[1] if len(starts) > 1 and starts[1] < task else task
+        prompt = prompt[: starts[0]] + prompt[end:]
+        dropped += 1
+    if dropped:
+        counter = iter(range(1, 10**6))
+        prompt = _EXAMPLE.sub(lambda m: f"# Example {next(counter)}\n", prompt)
+    return prompt, dropped
 
 
 @dataclass
@@ -20,6 +44,7 @@ class EncodedExample:
     prompt_ids: list[int]
     completion_ids: list[list[int]]
     prompt_truncated: bool = False
+    shots_dropped: int = 0
 
 
 def encode(tokenizer, prompt: str, completions: list[str], *, max_prompt_tokens: int,
@@ -27,12 +52,21 @@ def encode(tokenizer, prompt: str, completions: list[str], *, max_prompt_tokens:
     """Token ids of a raw-text prompt and its completions (no chat template, no BOS).
 
     A completion that ends with the EOS text gets the EOS id; one without it gets EOS
-    appended, so scoring always includes the end of the response. Over-long prompts keep
-    their END (the oldest shots go first, the final question stays); over-long completions
-    are cut at ``max_completion_tokens`` including EOS.
+    appended, so scoring always includes the end of the response. Over-long prompts lose
+    whole shots, oldest first; if the rest is still too long, its END is kept (the final
+    question stays). Over-long completions are cut at ``max_completion_tokens`` including EOS.
     """
     eos_text, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def ids_of(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompt_ids = ids_of(prompt)
+    dropped = 0
+    if len(prompt_ids) > max_prompt_tokens:
+        prompt, dropped = drop_oldest_shots(
+            prompt, lambda text: len(ids_of(text)) <= max_prompt_tokens)
+        prompt_ids = ids_of(prompt)
     truncated = len(prompt_ids) > max_prompt_tokens
     if truncated:
         prompt_ids = prompt_ids[-max_prompt_tokens:]
@@ -42,7 +76,7 @@ def encode(tokenizer, prompt: str, completions: list[str], *, max_prompt_tokens:
             text = text[: -len(eos_text)]
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_completion_tokens - 1]
         completion_ids.append(ids + [eos_id])
-    return EncodedExample(prompt_ids, completion_ids, truncated)
+    return EncodedExample(prompt_ids, completion_ids, truncated, dropped)
 
 
 def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[list[int]],
