@@ -1,0 +1,1 @@
+"""Benchmarks: opinionqa-individual (Fermi and its baselines) with report folders."""
