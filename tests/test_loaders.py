@@ -364,3 +364,26 @@ def test_preference_pair_meta_survives_parquet(tmp_path):
     pair = PreferencePair("u", "p", "a", "b", meta={"episode": 3, "tags": ["x"]})
     out = save_preferences([pair], tmp_path / "m.parquet")
     assert load_preferences(out)[0].meta == {"episode": 3, "tags": ["x"]}
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "personalign.cli.main", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+
+
+def test_cli_data_validate_and_sample(tmp_path):
+    sample = _cli("data", "sample")
+    assert sample.returncode == 0 and Path(sample.stdout.strip()) == sample_users_path()
+    ok = _cli("data", "validate", str(sample_users_path()))
+    assert ok.returncode == 0 and "32 / 32 / 32" in ok.stdout and "valid" in ok.stdout
+    lamp = _cli("data", "validate", str(DATA / "lamp3_dev_questions.json"))
+    assert lamp.returncode == 0 and "LaMP-3" in lamp.stdout
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [_oqa_user(), _oqa_user("u2", answer=7)])
+    out = _cli("data", "validate", str(bad), "--format", "opinionqa")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "bad.jsonl:2" in out.stderr and "opinions[0].answer" in out.stderr
