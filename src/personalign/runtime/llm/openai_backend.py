@@ -244,7 +244,7 @@ class OpenAILLM(LLM):
         try:
             response = self.post(path, body)
         except ServerError as e:
-            if e.status is not None and 400 <= e.status < 500 and e.status != 429:
+            if e.status in (400, 422):  # the request shape (logprobs) was refused
                 log.warning("%s refused a log-prob request (%s); scoring by generation",
                             self.base_url, e)
                 return None
