@@ -85,23 +85,17 @@ def test_never_raises_on_noise():
         assert result is None or 0 <= result < len(options)
 
 
-# Known problems (reported to the owner of choice_parser.py; see the helper's report). Kept as
-# non-strict xfails so they document the gap and start passing once the parser is fixed.
-@pytest.mark.xfail(reason="option texts starting with 'A ' are read as letter A", strict=False)
+# Shapes a naive letter regex gets wrong.
 @pytest.mark.parametrize("text,expected", [("A fair amount", 1), ("A fair amount.", 1)])
 def test_option_text_starting_with_article(text, expected):
     assert parse_choice(text, AMOUNT) == expected
 
 
-@pytest.mark.xfail(reason="a sentence starting with the article 'A' is read as letter A",
-                   strict=False)
 def test_article_is_not_a_letter():
     assert parse_choice("A great question! B", YN) != 0
     assert parse_choice("A vegetarian diet, mostly.", ("Meat", "Fish", "Plants")) is None
 
 
-@pytest.mark.xfail(reason="markdown bold, 'option B' and lowercase lone letters not parsed",
-                   strict=False)
 @pytest.mark.parametrize("text,expected", [("**B**", 1), ("Option B", 1),
                                            ("The correct option is (B).", 1), ("b", 1),
                                            ("Answer: 2", 1)])

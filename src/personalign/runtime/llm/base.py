@@ -48,7 +48,8 @@ class LLM(ABC):
     def __init__(self, cache: CallCache | bool | None = True):
         if cache is True:
             cache = CallCache() if settings.cache_enabled() else None
-        self.cache: CallCache | None = cache or None
+        # Not `cache or None`: an empty CallCache has len 0 and would read as false.
+        self.cache: CallCache | None = None if cache in (None, False) else cache
         self.usage = Usage()
         self._phase: str | None = None
 
