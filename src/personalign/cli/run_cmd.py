@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
-    def run() -> None:
-        """Smoke run of the runtime on the embedded models (replaced by the Fermi demo)."""
-        raise typer.Exit(0)
+    def run(out: Path = typer.Option(Path("runs/demo"), help="Report folder (a rerun resumes)."),
+            preset: str = typer.Option("quick", help="Fermi preset: quick, paper or tiny."),
+            data: Path = typer.Option(None, help="OpinionQA JSONL (default: the sample users)."),
+            users: int = typer.Option(None, help="At most this many users.")) -> None:
+        """Fermi and its baselines on the sample users with the embedded models; prints the
+        table and writes the report folder."""
+        from personalign.bench.opinionqa import run_demo
+        from personalign.cli.bench_cmd import print_result
+        from personalign.runtime import models
+
+        for name in models.EMBEDDED:  # a no-op once prepared
+            models.prepare(name)
+        result = run_demo(path=data, out=out, preset=preset, n_users=users)
+        print_result(result, title=f"opinionqa-individual on {data or 'the sample users'} "
+                                   f"(preset {preset})")
