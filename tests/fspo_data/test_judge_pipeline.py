@@ -37,11 +37,17 @@ def test_decide_both_orders():
     assert binary_entropy(1.0) == 0.0
 
 
+def _responses(full):
+    a = full.split("Response A:\n")[1].split("\n\nResponse B:")[0]
+    b = full.split("Response B:\n")[1].split("\n\nUser description:")[0]
+    return a, b
+
+
 def _keyword_chooser(item):
     """Prefers the response mentioning the word after 'User description: '."""
-    word = re.search(r"User description: (\w+)", item.prefix).group(1)
-    a = item.prompt.split("Response A:\n")[1].split("\n\nResponse B:")[0]
-    b = item.prompt.split("Response B:\n")[1].split("\n\nWhich")[0]
+    full = item.prefix + item.prompt
+    word = re.search(r"User description: (\w+)", full).group(1)
+    a, b = _responses(full)
     if (word in a) == (word in b):
         return 0  # undecided: always "A" (order-inconsistent)
     return 0 if word in a else 1
@@ -57,7 +63,9 @@ def test_judge_asks_both_orders_and_drops_inconsistent():
     assert out[0].p_x > 0.5 and out[1].p_x < 0.5 and out[2].p_x == pytest.approx(0.5)
     xy, yx = PairwiseJudge.items("D", "G", jobs[0])
     assert "Ignore the length" in xy.prefix and xy.prompt.endswith("Answer:")
-    assert "Response A:\napple pie" in xy.prompt and "Response A:\nbanana" in yx.prompt
+    assert "Response A:\napple pie" in xy.prefix and "Response A:\nbanana" in yx.prefix
+    # The pair is the shared prefix; the user's description follows it.
+    assert xy.prompt.startswith("User description: D\nScoring guidelines: G\n")
     assert xy.options == ("A", "B")
     with pytest.raises(ConfigError):
         PairwiseJudge(llm, method="vote")
@@ -90,9 +98,9 @@ LEVEL_KEYS = {"a child": "young child", "a preteen": "middle-school", "a teenage
 
 def _level_chooser(item):
     """Prefers the response written for the user's education level."""
-    key = next(v for k, v in LEVEL_KEYS.items() if f"The user is {k}" in item.prefix)
-    a = item.prompt.split("Response A:\n")[1].split("\n\nResponse B:")[0]
-    b = item.prompt.split("Response B:\n")[1].split("\n\nWhich")[0]
+    full = item.prefix + item.prompt
+    key = next(v for k, v in LEVEL_KEYS.items() if f"The user is {k}" in full)
+    a, b = _responses(full)
     if (key in a) == (key in b):
         return 0
     return 0 if key in a else 1
@@ -152,8 +160,9 @@ def test_pipeline_resumes_after_partial_labels(tmp_path):
     first = (tmp_path / "pairs.jsonl").read_text()
     victim = sorted((tmp_path / "labels").glob("*.json"))[0]
     victim.unlink()
-    lines = (tmp_path / "responses.jsonl").read_text().splitlines()
-    (tmp_path / "responses.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    for name in ["responses.jsonl", "labels/r0.jsonl", "labels/traits_r0.jsonl"]:
+        lines = (tmp_path / name).read_text().splitlines()
+        (tmp_path / name).write_text("\n".join(lines[:-1]) + "\n")
     SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(tmp_path)
     assert (tmp_path / "pairs.jsonl").read_text() == first
     usage = json.loads((tmp_path / "usage.json").read_text())

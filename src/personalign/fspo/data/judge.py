@@ -31,17 +31,19 @@ from personalign.runtime.llm.types import ChoiceItem
 JudgeMethod = Literal["letter", "generate"]
 Consistency = Literal["strict", "calibrated"]
 
+# The pair (question and both responses) comes first, so every user judging the same pair
+# shares one prefix: fast backends encode it once for all users (``ChoiceItem.prefix``).
 JUDGE_PREFIX = (
-    "You are deciding which of two responses a specific user would prefer.\n"
-    "User description: {description}\n"
-    "Scoring guidelines: {guidelines}\n"
-    "Judge only by this user's preferences. Ignore the length of the responses: a longer "
-    "response is not better because it is longer.\n\n")
-
-JUDGE_PROMPT = (
+    "You are deciding which of two responses a specific user would prefer. Ignore the length "
+    "of the responses: a longer response is not better because it is longer.\n\n"
     "Question: {question}\n\n"
     "Response A:\n{a}\n\n"
-    "Response B:\n{b}\n\n"
+    "Response B:\n{b}\n\n")
+
+JUDGE_PROMPT = (
+    "User description: {description}\n"
+    "Scoring guidelines: {guidelines}\n"
+    "Judge only by this user's preferences, not by length.\n"
     "Which response would this user prefer?\n(A) Response A\n(B) Response B\nAnswer:")
 
 OPTIONS = ("A", "B")
@@ -85,15 +87,6 @@ def binary_entropy(p: float) -> float:
     return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
-def _prob_a(logprobs: Sequence[float]) -> float:
-    a, b = logprobs[0], logprobs[1]
-    if a == b:
-        return 0.5
-    if math.isinf(a) or math.isinf(b):
-        return 1.0 if a > b else 0.0
-    return 1.0 / (1.0 + math.exp(b - a))
-
-
 def _logodds(logprobs: Sequence[float], clip: float = 20.0) -> float:
     a, b = logprobs[0], logprobs[1]
     if a == b:
@@ -128,12 +121,13 @@ class PairwiseJudge:
 
     @staticmethod
     def items(description: str, guidelines: str, job: PairJob) -> tuple[ChoiceItem, ChoiceItem]:
-        prefix = JUDGE_PREFIX.format(description=description.strip(),
-                                     guidelines=guidelines.strip() or "none")
-        xy = ChoiceItem(JUDGE_PROMPT.format(question=job.question, a=job.x, b=job.y), OPTIONS,
-                        prefix)
-        yx = ChoiceItem(JUDGE_PROMPT.format(question=job.question, a=job.y, b=job.x), OPTIONS,
-                        prefix)
+        """The two orders of one pair for one user (A=x first, then A=y)."""
+        user = JUDGE_PROMPT.format(description=description.strip(),
+                                   guidelines=guidelines.strip() or "none")
+        xy = ChoiceItem(user, OPTIONS, JUDGE_PREFIX.format(question=job.question, a=job.x,
+                                                           b=job.y))
+        yx = ChoiceItem(user, OPTIONS, JUDGE_PREFIX.format(question=job.question, a=job.y,
+                                                           b=job.x))
         return xy, yx
 
     @staticmethod
@@ -143,28 +137,57 @@ class PairwiseJudge:
 
     def judge(self, description: str, guidelines: str, jobs: Sequence[PairJob],
               progress: bool = False) -> list[Judgment]:
-        if not jobs:
-            return []
+        """Judgments of one user's pairs (calibration bias: over these pairs)."""
+        return self.judge_many([(description, guidelines, j) for j in jobs], progress=progress)
+
+    def score(self, requests: Sequence[tuple[str, str, PairJob]],
+              progress: bool = False) -> list[tuple[float, float, bool, str | None, str | None]]:
+        """Raw outcome of each (description, guidelines, job) request, both orders, in one
+        scoring call (requests of many users; pairs shared by users share their prefix):
+        (log-odds A with x as A, log-odds A with y as A, valid, raw answers)."""
         items: list[ChoiceItem] = []
-        for job in jobs:
+        for description, guidelines, job in requests:
             items.extend(self.items(description, guidelines, job))
+        if not items:
+            return []
         results = self.llm.score_choices(items, method=self.method, progress=progress)
-        odds = [_logodds(r.logprobs) for r in results]
-        bias = 0.0
-        if self.consistency == "calibrated":
-            bias = sum(odds) / len(odds)
         out = []
-        for k in range(len(jobs)):
+        for k in range(len(requests)):
             r_xy, r_yx = results[2 * k], results[2 * k + 1]
-            lo_xy, lo_yx = odds[2 * k], odds[2 * k + 1]
-            if self.consistency == "calibrated":
-                p_x = 0.5 * (_sigmoid(lo_xy - bias) + _sigmoid(-(lo_yx - bias)))
-            else:
-                p_x = 0.5 * (_prob_a(r_xy.logprobs) + 1.0 - _prob_a(r_yx.logprobs))
-            invalid = self.method == "generate" and (not r_xy.valid or not r_yx.valid)
-            label = None if invalid else decide(lo_xy, lo_yx, bias)
-            out.append(Judgment(label, p_x, lo_xy, lo_yx, (r_xy.raw, r_yx.raw)))
+            valid = self.method != "generate" or (r_xy.valid and r_yx.valid)
+            out.append((_logodds(r_xy.logprobs), _logodds(r_yx.logprobs), valid, r_xy.raw,
+                        r_yx.raw))
         return out
+
+    def finalize(self, outcomes: Sequence[Sequence]) -> list[Judgment]:
+        """Judgments of ONE user's outcomes (from :meth:`score`); the calibrated position bias
+        is that user's mean log-odds of "A" over all of them."""
+        outcomes = [tuple(o) for o in outcomes]
+        bias = 0.0
+        if self.consistency == "calibrated" and outcomes:
+            bias = sum(o[0] + o[1] for o in outcomes) / (2 * len(outcomes))
+        out = []
+        for lo_xy, lo_yx, valid, raw_xy, raw_yx in outcomes:
+            p_x = 0.5 * (_sigmoid(lo_xy - bias) + _sigmoid(-(lo_yx - bias)))
+            label = decide(lo_xy, lo_yx, bias) if valid else None
+            out.append(Judgment(label, p_x, lo_xy, lo_yx, (raw_xy, raw_yx)))
+        return out
+
+    def judge_many(self, requests: Sequence[tuple[str, str, PairJob]],
+                   groups: Sequence[str] | None = None,
+                   progress: bool = False) -> list[Judgment]:
+        """Judgments of requests of possibly many users in one scoring call; calibration is
+        per group (default: per description)."""
+        outcomes = self.score(requests, progress)
+        keys = list(groups) if groups is not None else [r[0] for r in requests]
+        by_key: dict[str, list[int]] = {}
+        for k, key in enumerate(keys):
+            by_key.setdefault(key, []).append(k)
+        out: list[Judgment | None] = [None] * len(requests)
+        for idx in by_key.values():
+            for k, j in zip(idx, self.finalize([outcomes[k] for k in idx])):
+                out[k] = j
+        return out  # type: ignore[return-value]
 
 
 def _sigmoid(z: float) -> float:

@@ -7,7 +7,10 @@ Output folder::
     users.jsonl        synthetic users (initial descriptions)
     questions.jsonl    questions
     responses.jsonl    one line per finished question: its candidate responses
-    labels/<user>.json one file per finished user: pairs, judgments before/after refinement
+    labels/r0.jsonl    raw judge outcomes, one line per finished question (all users)
+    labels/traits_rK.jsonl  persona traits proposed in refinement round K, one line per user
+    labels/rK.jsonl    re-judged outcomes of the refined users after round K
+    labels/<user>.json per user: pairs, judgments before/after refinement
     pairs_all.jsonl    every judged pair with its labels (dropped ones included)
     pairs.jsonl        the dataset: order-consistent pairs after refinement (PreferencePair rows)
     usage.json         LLM usage and wall time, summed over resumed runs
@@ -31,8 +34,8 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import derived_seed, write_jsonl
-from personalign.fspo.data.judge import Judgment, PairJob, PairwiseJudge
-from personalign.fspo.data.refine import RefineConfig, refine_user
+from personalign.fspo.data.judge import PairJob, PairwiseJudge
+from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
     GeneratorSpec, Question, Response, dump_questions, elix_steers, generate_questions,
     generate_responses, load_questions, read_questions_jsonl, user_steers,
@@ -235,47 +238,107 @@ class SyntheticPipeline:
                     done[q.qid] = rs
         return done
 
-    def user_pairs(self, user: SyntheticUser, questions: Sequence[Question],
-                   responses: dict[str, list[Response]]) -> list[tuple[Question, Response,
-                                                                     Response]]:
-        """The (question, x, y) pairs this user judges: ``pairs_per_question`` distinct
-        response pairs per question, drawn with a seed from (seed, user, question)."""
+    def question_pairs(self, q: Question, rs: Sequence[Response]) -> list[tuple[Response,
+                                                                                Response]]:
+        """``pairs_per_question`` distinct response pairs of a question, drawn (and oriented)
+        with a seed from (seed, question). Every user judges the same pairs, as in the
+        released ELIX/Reviews data (one pair, several scorers), and the judge encodes each
+        pair once for all users."""
+        combos = list(itertools.combinations(range(len(rs)), 2))
+        rng = random.Random(derived_seed(self.cfg.seed, q.qid, "pairs"))
+        rng.shuffle(combos)
         out = []
-        for q in questions:
-            rs = responses.get(q.qid, [])
-            combos = list(itertools.combinations(range(len(rs)), 2))
-            rng = random.Random(derived_seed(self.cfg.seed, user.user_id, q.qid))
-            rng.shuffle(combos)
-            for a, b in combos[: self.cfg.pairs_per_question]:
-                x, y = (rs[a], rs[b]) if rng.random() < 0.5 else (rs[b], rs[a])
-                out.append((q, x, y))
+        for a, b in combos[: self.cfg.pairs_per_question]:
+            out.append((rs[a], rs[b]) if rng.random() < 0.5 else (rs[b], rs[a]))
         return out
+
+    def _judge_stage(self, path: Path, judge: PairwiseJudge, users: Sequence[SyntheticUser],
+                     descriptions: dict[str, str], jobs: dict[str, list[PairJob]],
+                     desc: str) -> dict[str, list]:
+        """Raw judge outcomes of ``users`` on every question's pairs: {user: [outcome, ...]}
+        in question order. One line of ``path`` per finished question (resumable)."""
+        done: dict[str, dict[str, list]] = {}
+        if path.exists():
+            for _, obj in read_jsonl(path):
+                done[obj["qid"]] = obj["outcomes"]
+        todo = [qid for qid in jobs if qid not in done]
+        if todo:
+            with open(path, "a", encoding="utf-8") as f:
+                for qid in tqdm(todo, desc=desc, disable=not self.progress):
+                    requests, owners = [], []
+                    for u in users:
+                        for job in jobs[qid]:
+                            requests.append((descriptions[u.user_id], u.guidelines, job))
+                            owners.append(u.user_id)
+                    outcomes: dict[str, list] = {u.user_id: [] for u in users}
+                    for owner, o in zip(owners, judge.score(requests)):
+                        outcomes[owner].append(list(o))
+                    f.write(json.dumps({"qid": qid, "outcomes": outcomes},
+                                       ensure_ascii=False) + "\n")
+                    f.flush()
+                    done[qid] = outcomes
+        return {u.user_id: [o for qid in jobs for o in done[qid][u.user_id]] for u in users}
 
     def _labels(self, out: Path, users: Sequence[SyntheticUser], questions: Sequence[Question],
                 responses: dict[str, list[Response]]) -> None:
-        todo = [u for u in users if not (out / "labels" / f"{_safe(u.user_id)}.json").exists()]
-        if not todo:
+        if all((out / "labels" / f"{_safe(u.user_id)}.json").exists() for u in users):
             return
         judge_llm = self.llm(self.cfg.judge_model)
         judge = PairwiseJudge(judge_llm, self.cfg.judge_method, self.cfg.consistency)
         refine_llm = self.llm(self.cfg.generators[0])
-        for user in tqdm(todo, desc="judge users", disable=not self.progress):
-            triples = self.user_pairs(user, questions, responses)
-            jobs = [PairJob(q.text, x.text, y.text) for q, x, y in triples]
-            with _phase(judge_llm, "judge"):
-                before = judge.judge(user.description, user.guidelines, jobs)
-            with _phases([judge_llm, refine_llm], "refine"):
-                refined = refine_user(refine_llm, judge, user.description, user.guidelines,
-                                      jobs, before, self.cfg.refine, user.user_id)
+        pairs = {q.qid: self.question_pairs(q, responses.get(q.qid, [])) for q in questions}
+        text = {q.qid: q.text for q in questions}
+        jobs = {qid: [PairJob(text[qid], x.text, y.text) for x, y in ps]
+                for qid, ps in pairs.items()}
+        flat_jobs = [j for qid in jobs for j in jobs[qid]]
+        descriptions = {u.user_id: u.description for u in users}
+        traits: dict[str, list[str]] = {u.user_id: [] for u in users}
+        with _phase(judge_llm, "judge"):
+            raw = self._judge_stage(out / "labels" / "r0.jsonl", judge, users, descriptions,
+                                    jobs, "judge (both orders)")
+        before = {uid: judge.finalize(o) for uid, o in raw.items()}
+        current = dict(before)
+        rounds_run = {u.user_id: 0 for u in users}
+        for r in range(self.cfg.refine.rounds):
+            path = out / "labels" / f"traits_r{r}.jsonl"
+            proposed: dict[str, list[str]] = {}
+            if path.exists():
+                proposed = {o["user_id"]: o["traits"] for _, o in read_jsonl(path)}
+            with open(path, "a", encoding="utf-8") as f, \
+                    _phase(refine_llm, "refine"):
+                for u in tqdm([u for u in users if u.user_id not in proposed],
+                              desc=f"refine personas r{r}", disable=not self.progress):
+                    new = propose_traits(refine_llm, flat_jobs, current[u.user_id],
+                                         self.cfg.refine, u.user_id, r, traits[u.user_id])
+                    f.write(json.dumps({"user_id": u.user_id, "traits": new},
+                                       ensure_ascii=False) + "\n")
+                    f.flush()
+                    proposed[u.user_id] = new
+            changed = [u for u in users if proposed.get(u.user_id)]
+            if not changed:
+                break
+            for u in changed:
+                traits[u.user_id] += proposed[u.user_id]
+                descriptions[u.user_id] = append_traits(descriptions[u.user_id],
+                                                        proposed[u.user_id])
+                rounds_run[u.user_id] = r + 1
+            with _phase(judge_llm, "refine"):
+                raw = self._judge_stage(out / "labels" / f"r{r + 1}.jsonl", judge, changed,
+                                        descriptions, jobs, f"re-judge r{r + 1}")
+            for uid, o in raw.items():
+                current[uid] = judge.finalize(o)
+        triples = [(qid, x, y) for qid in jobs for x, y in pairs[qid]]
+        for u in users:
             record = {
-                "user_id": user.user_id, "description": user.description,
-                "refined_description": refined.description, "traits": refined.traits,
-                "rounds_run": refined.rounds_run,
-                "pairs": [{"qid": q.qid, "x": x.rid, "y": y.rid, "before": b.to_dict(),
+                "user_id": u.user_id, "description": u.description,
+                "refined_description": descriptions[u.user_id], "traits": traits[u.user_id],
+                "rounds_run": rounds_run[u.user_id],
+                "pairs": [{"qid": qid, "x": x.rid, "y": y.rid, "before": b.to_dict(),
                            "after": a.to_dict()}
-                          for (q, x, y), b, a in zip(triples, before, refined.judgments)],
+                          for (qid, x, y), b, a in zip(triples, before[u.user_id],
+                                                       current[u.user_id])],
             }
-            _atomic_json(record, out / "labels" / f"{_safe(user.user_id)}.json")
+            _atomic_json(record, out / "labels" / f"{_safe(u.user_id)}.json")
 
     def _assemble(self, out: Path, users: Sequence[SyntheticUser]) -> dict[str, Any]:
         questions = {q.qid: q for q in read_questions_jsonl(out / "questions.jsonl")}

@@ -70,6 +70,34 @@ def clean_trait(text: str) -> str:
     return text
 
 
+def propose_traits(llm, jobs: Sequence[PairJob], judgments: Sequence[Judgment],
+                   cfg: RefineConfig, user_id: str = "", round_index: int = 0,
+                   known: Sequence[str] = ()) -> list[str]:
+    """New preference sentences for up to ``max_traits`` undecided pairs (one generation each):
+    a side is chosen (seeded coin, or the judge's lean) and the LLM completes "They prefer ..."
+    explaining that choice."""
+    todo = undecided(judgments, cfg.entropy_threshold)
+    rng = random.Random(derived_seed(cfg.seed, user_id, "refine", round_index))
+    rng.shuffle(todo)
+    added: list[str] = []
+    for i in todo[: cfg.max_traits]:
+        job, j = jobs[i], judgments[i]
+        prefer_x = (rng.random() < 0.5) if cfg.choose == "random" else j.p_x >= 0.5
+        chosen, rejected = (job.x, job.y) if prefer_x else (job.y, job.x)
+        # Raw text ending in "They prefer": the model completes the sentence.
+        prompt = TRAIT_PROMPT.format(question=job.question, chosen=chosen, rejected=rejected)
+        params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                                seed=derived_seed(cfg.seed, user_id, round_index, i) % 2**31)
+        trait = clean_trait(TRAIT_START + " " + llm.generate([prompt], params)[0][0].lstrip())
+        if len(trait) > len(TRAIT_START) + 3 and trait not in known and trait not in added:
+            added.append(trait)
+    return added
+
+
+def append_traits(description: str, traits: Sequence[str]) -> str:
+    return (description.rstrip() + " " + " ".join(traits)).strip()
+
+
 def refine_user(llm, judge: PairwiseJudge, description: str, guidelines: str,
                 jobs: Sequence[PairJob], judgments: Sequence[Judgment], cfg: RefineConfig,
                 user_id: str = "") -> RefineResult:
@@ -78,28 +106,11 @@ def refine_user(llm, judge: PairwiseJudge, description: str, guidelines: str,
     current = list(judgments)
     result = RefineResult(description, judgments=current)
     for r in range(cfg.rounds):
-        todo = undecided(current, cfg.entropy_threshold)
-        if not todo:
-            break
-        rng = random.Random(derived_seed(cfg.seed, user_id, "refine", r))
-        rng.shuffle(todo)
-        added = []
-        for i in todo[: cfg.max_traits]:
-            job, j = jobs[i], current[i]
-            prefer_x = (rng.random() < 0.5) if cfg.choose == "random" else j.p_x >= 0.5
-            chosen, rejected = (job.x, job.y) if prefer_x else (job.y, job.x)
-            # Raw text ending in "They prefer": the model completes the sentence.
-            prompt = TRAIT_PROMPT.format(question=job.question, chosen=chosen,
-                                         rejected=rejected)
-            params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                    seed=derived_seed(cfg.seed, user_id, r, i) % 2**31)
-            trait = clean_trait(TRAIT_START + " " + llm.generate([prompt], params)[0][0].lstrip())
-            if len(trait) > 8 and trait not in result.traits:
-                added.append(trait)
+        added = propose_traits(llm, jobs, current, cfg, user_id, r, result.traits)
         if not added:
             break
         result.traits.extend(added)
-        result.description = (result.description.rstrip() + " " + " ".join(added)).strip()
+        result.description = append_traits(result.description, added)
         current = judge.judge(result.description, guidelines, jobs)
         result.judgments = current
         result.rounds_run = r + 1
