@@ -81,18 +81,33 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
         shown[m] = shown[m].map(lambda v: f"{v:.3f}")
     shown.columns = ["user_id", "n_test"] + [LABELS.get(m, m) for m in methods]
     _atomic_text(out / "per_user.md", _md(shown) + "\n")
-    # per method
+    # per method; "top letter" = share of answers on the method's most frequent option letter
+    # (a task model that ignores the prompt answers one letter everywhere)
+    letters: dict[str, dict] = {m: {} for m in methods}
+    for r in records:
+        for row in r["predictions"]:
+            if row["pred"] is not None:
+                d = letters[row["method"]]
+                d[row["pred"]] = d.get(row["pred"], 0) + 1
     rows = []
     for m in methods:
         mean, lo, hi = mean_ci(per_user[m].to_numpy(), seed=meta["seeds"]["global"])
+        counts = letters.get(m, {})
+        top = max(counts, key=counts.get) if counts else None
         rows.append({"method": m, "label": LABELS.get(m, m), "accuracy": mean, "ci_low": lo,
-                     "ci_high": hi, "users": int(per_user[m].notna().sum())})
+                     "ci_high": hi, "users": int(per_user[m].notna().sum()),
+                     "top_letter": "" if top is None else chr(ord("A") + int(top)),
+                     "top_letter_share": (counts[top] / sum(counts.values())) if counts
+                     else float("nan")})
     per_method = pd.DataFrame(rows)
     per_method.to_csv(out / "per_method.csv", index=False)
     md_method = _md(pd.DataFrame([{"Method": r["label"],
                                    "Accuracy": f"{100 * r['accuracy']:.1f}",
                                    "95% CI": f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]",
-                                   "Users": r["users"]} for r in rows]))
+                                   "Users": r["users"],
+                                   "Top letter (share)": f"{r['top_letter']} "
+                                   f"({100 * r['top_letter_share']:.0f}%)" if r["top_letter"]
+                                   else "-"} for r in rows]))
     _atomic_text(out / "per_method.md", md_method + "\n")
     # paired differences: each method minus every method listed before it
     prow = []
