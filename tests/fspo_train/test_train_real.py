@@ -143,3 +143,24 @@ def test_evaluate_trained_vs_base_and_report(trained, tmp_path):
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "fspo" in summary and "sft-only" in summary
     assert (tmp_path / "report" / "accuracy.png").exists()
+
+
+def test_full_finetune_option(tmp_path):
+    from personalign.fspo.train.trainer import FSPOTrainer
+
+    episodes = [e.to_dict() for e in build_episodes(_pairs(), n_shots=1, passes=1, seed=0)]
+    train = [e for e in episodes if e["user_id"] != "u_c"][:2]
+    held_out = [e for e in episodes if e["user_id"] == "u_c"][:1]
+    cfg = FSPOTrainConfig(output_dir=str(tmp_path), finetune="full", sft_steps=1, steps=1,
+                          grad_accum=1, lr=1e-5, sft_lr=1e-5, warmup_steps=0, eval_every=0,
+                          save_every=0, eval_max_pairs=1, loss="dpo", beta=0.1)
+    trainer = FSPOTrainer(cfg, train_records=train, eval_records=held_out, progress=False)
+    final = trainer.fit()
+    loaded = PersonalizedModel.load(final)
+    live = PersonalizedModel(trainer.model, trainer.tokenizer, reference=trainer.reference)
+    shots = [{"question": "Tea or coffee?", "chosen": "Tea", "rejected": "Coffee"}]
+    a = live.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"])
+    np.testing.assert_allclose(a, loaded.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"]),
+                               atol=1e-5)
+    ref = loaded.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"], reference=True)
+    assert not np.allclose(a, ref)

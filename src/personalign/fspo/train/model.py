@@ -118,6 +118,8 @@ class PersonalizedModel:
             lm, tokenizer = load_base(str(folder / m["model"]))
             if m.get("reference"):
                 reference, _ = load_base(str((folder / m["reference"]).resolve()))
+            elif m.get("reference_model"):
+                reference, _ = load_base(m["reference_model"])
         else:
             lm, tokenizer = load_base(m["base"])
             if m.get("sft_adapter"):

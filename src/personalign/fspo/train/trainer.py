@@ -359,7 +359,10 @@ class FSPOTrainer:
                                       elapsed_before + time.time() - began)
         bar.close()
         total = elapsed_before + time.time() - began
-        self._save_checkpoint(stage, step, opt, sched, total)
+        # A finished stage's result is saved next (sft/ or final/); full-model checkpoints
+        # are large, so they are written at the end only when the stage stopped early.
+        if cfg.finetune == "lora" or step < steps:
+            self._save_checkpoint(stage, step, opt, sched, total)
         self.model.eval()
         summary = {"stage": stage, "step": step, "split": "summary", "elapsed_s": total,
                    "stopped_by_budget": stopped_by_budget, "peak_rss_mb": peak_rss_mb()}
@@ -383,12 +386,14 @@ class FSPOTrainer:
                            adapter="adapter", stage=stage)
         else:
             self._save_weights(tmp)
-            reference = None
+            fields: dict[str, Any] = {}
             if stage == "pref":
-                self.reference.save_pretrained(tmp / "reference")
-                self.tokenizer.save_pretrained(tmp / "reference")
-                reference = "reference"
-            write_manifest(tmp, finetune="full", model="model", reference=reference, stage=stage)
+                # The reference is the SFT result already on disk, or the base model.
+                if cfg.sft_steps > 0:
+                    fields["reference"] = "../sft/model"
+                else:
+                    fields["reference_model"] = cfg.model
+            write_manifest(tmp, finetune="full", model="model", stage=stage, **fields)
             if stage == "sft":
                 self._sft_in_memory = True
         (tmp / COMPLETE).write_text("")
