@@ -119,14 +119,14 @@ class FSPOTrainConfig:
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text(encoding="utf-8")
+        import yaml
+
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
                 data = yaml.safe_load(text) or {}
             else:
                 data = json.loads(text)
-        except Exception as e:  # yaml and json raise unrelated types
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: cannot parse: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")

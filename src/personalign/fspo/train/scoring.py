@@ -10,12 +10,11 @@ serves training (LoRA on the prompt positions too) and scoring.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from trl.trainer.utils import selective_log_softmax
-
 
 _EXAMPLE = re.compile(r"^# Example (\d+)\n", re.MULTILINE)
 
