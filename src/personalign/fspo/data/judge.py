@@ -11,9 +11,15 @@ Order consistency (``consistency``):
 
 - ``"strict"``: the argmax must name the same response in both orders; otherwise the pair is
   order-inconsistent and dropped (FSPO).
-- ``"calibrated"``: the judge's position bias (its mean log-odds of "A" over all items judged
-  in the same call) is subtracted first, then the same test applies (contextual calibration,
-  Zhao et al. 2021); for small judges that answer "A" to almost everything.
+- ``"calibrated"``: the judge's position bias for the user (its mean log-odds of "A" over all
+  of that user's items) is subtracted first, then the same test applies (contextual
+  calibration, Zhao et al. 2021); for small judges that answer "A" to almost everything
+  (SmolLM2-135M: log-odds of "A" of +1 to +2 whatever the order, so "strict" drops nearly
+  every pair).
+
+The pair (question, Response A, Response B) is the ``ChoiceItem.prefix`` and the user's
+description and guidelines follow it, so every user judging the same pair shares one encoded
+prefix on backends with prefix caching.
 
 ``p_x`` = the mean over both orders of the probability that x is preferred; label entropy is
 H(p_x) in nats.
