@@ -164,3 +164,20 @@ def test_full_finetune_option(tmp_path):
                                atol=1e-5)
     ref = loaded.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"], reference=True)
     assert not np.allclose(a, ref)
+
+
+def test_cli_eval_on_a_training_run(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from personalign.cli.main import app
+
+    _, _, out, held_out = trained
+    episodes = tmp_path / "test.jsonl"
+    episodes.write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    result = CliRunner().invoke(app, ["fspo", "eval", "--episodes", str(episodes), "--run",
+                                      str(out), "--out", str(tmp_path / "rep"),
+                                      "--max-per-user", "1", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    summary = (tmp_path / "rep" / "summary.csv").read_text()
+    for name in ("base-fewshot", "fspo", "sft-only"):
+        assert name in summary
