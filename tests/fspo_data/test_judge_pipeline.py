@@ -130,6 +130,7 @@ def test_pipeline_end_to_end_fake(tmp_path):
     pairs = read_pairs(tmp_path / "pairs.jsonl")
     assert pairs and all(p.chosen != p.rejected for p in pairs)
     assert len({p.user_id for p in pairs}) >= 2
+    assert {p.meta["difficulty"] for p in pairs} <= {"easy", "hard"}
     card = write_card(tmp_path, embedder=FakeEmbedder())
     assert card["users"] == 10 and card["pairs_judged"] == 180
     assert card["pairs_kept"] == len(pairs)

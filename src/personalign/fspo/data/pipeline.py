@@ -372,6 +372,9 @@ class SyntheticPipeline:
                           "p_chosen": p["after"]["p_x"] if label == 0
                           else 1 - p["after"]["p_x"],
                           "initial_description": rec["description"],
+                          # ELIX: "easy" when exactly one response was written for the
+                          # user's level (FSPO's easy/hard split), else "hard".
+                          "difficulty": _difficulty(user, x, y),
                           "held_out_user": user.held_out}).to_dict())
         write_jsonl(rows_all, out / "pairs_all.jsonl")
         write_jsonl(kept, out / "pairs.jsonl")
@@ -385,6 +388,14 @@ class SyntheticPipeline:
         old["llm_calls_total"] = sum(u.get("calls", 0)
                                      for r in old["runs"] for u in r["usage"].values())
         _atomic_json(old, path)
+
+
+def _difficulty(user: SyntheticUser, x: dict, y: dict) -> str | None:
+    level = user.attributes.get("level")
+    if not level:
+        return None
+    return "easy" if (x["meta"].get("level") == level) != (y["meta"].get("level") == level) \
+        else "hard"
 
 
 class _phase:
