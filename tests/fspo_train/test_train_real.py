@@ -181,3 +181,17 @@ def test_cli_eval_on_a_training_run(trained, tmp_path):
     summary = (tmp_path / "rep" / "summary.csv").read_text()
     for name in ("base-fewshot", "fspo", "sft-only"):
         assert name in summary
+
+
+def test_cpu_budget_stops_training_cleanly(tmp_path):
+    from personalign.fspo.train.trainer import FSPOTrainer
+
+    episodes = [e.to_dict() for e in build_episodes(_pairs(), n_shots=1, passes=1, seed=0)]
+    cfg = FSPOTrainConfig(output_dir=str(tmp_path), lora=LoraSettings(r=2, alpha=4),
+                          sft_steps=0, steps=1000, grad_accum=1, max_minutes=0.0,
+                          budget_clock="cpu", eval_max_pairs=0)
+    final = FSPOTrainer(cfg, train_records=episodes, progress=False).fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    summary = [r for r in rows if r["split"] == "summary"][-1]
+    assert summary["stopped_by_budget"] and summary["step"] <= 1
+    assert (final / "COMPLETE").exists()

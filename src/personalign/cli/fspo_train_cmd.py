@@ -35,6 +35,7 @@ def train_cmd(
     grad_accum: int | None = typer.Option(None, help="Episodes per optimizer step."),
     max_minutes: float | None = typer.Option(None, help="Time budget of the preference stage."),
     sft_max_minutes: float | None = typer.Option(None, help="Time budget of the SFT stage."),
+    budget_clock: str | None = typer.Option(None, help="wall | cpu: what the budgets count."),
     finetune: str | None = typer.Option(None, help="lora | full"),
     max_prompt_tokens: int | None = typer.Option(None),
     eval_every: int | None = typer.Option(None),
@@ -58,7 +59,8 @@ def train_cmd(
         eval_files=[str(p) for p in eval_] if eval_ else None, output_dir=output_dir,
         model=model, loss=loss, beta=beta, steps=steps, sft_steps=sft_steps, lr=lr,
         sft_lr=sft_lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
-        max_minutes=max_minutes, sft_max_minutes=sft_max_minutes, finetune=finetune,
+        max_minutes=max_minutes, sft_max_minutes=sft_max_minutes, budget_clock=budget_clock,
+        finetune=finetune,
         max_prompt_tokens=max_prompt_tokens, eval_every=eval_every,
         eval_max_pairs=eval_max_pairs, save_every=save_every, seed=seed, threads=threads,
         resume=False if no_resume else None)

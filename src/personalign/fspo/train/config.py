@@ -66,6 +66,8 @@ class FSPOTrainConfig:
     # saves when the budget is spent.
     sft_max_minutes: float | None = None
     max_minutes: float | None = None
+    # "wall" (elapsed time) or "cpu" (this process's CPU time: comparable on a shared machine).
+    budget_clock: str = "wall"
 
     eval_every: int = 25
     eval_max_pairs: int = 64
@@ -90,6 +92,8 @@ class FSPOTrainConfig:
             raise ConfigError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ConfigError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
         if self.beta <= 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
         for name in ("steps", "sft_steps", "warmup_steps", "eval_every", "save_every",

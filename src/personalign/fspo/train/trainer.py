@@ -272,14 +272,15 @@ class FSPOTrainer:
         with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def _save_checkpoint(self, stage: str, step: int, opt, sched, elapsed: float) -> None:
+    def _save_checkpoint(self, stage: str, step: int, opt, sched, elapsed: float,
+                         cpu: float = 0.0) -> None:
         target = self.out / "checkpoints" / f"{stage}-{step:06d}"
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self._save_weights(tmp)
         torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "elapsed_s": elapsed, "torch_rng": torch.get_rng_state()},
+                    "elapsed_s": elapsed, "cpu_s": cpu, "torch_rng": torch.get_rng_state()},
                    tmp / "trainer_state.pt")
         (tmp / COMPLETE).write_text("")
         shutil.rmtree(target, ignore_errors=True)
@@ -302,29 +303,35 @@ class FSPOTrainer:
         if stage == "pref" and cfg.finetune == "full" and self.reference is None:
             raise ConfigError("internal: full fine-tuning needs a reference model")
         opt, sched = self._make_optimizer(lr)
-        start_step, elapsed_before = 0, 0.0
+        start_step, elapsed_before, cpu_before = 0, 0.0, 0.0
         if checkpoint is not None:
             state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             start_step, elapsed_before = state["step"], state["elapsed_s"]
+            cpu_before = state.get("cpu_s", 0.0)
             log.info("resuming %s from %s (step %d)", stage, checkpoint, start_step)
         loss_fn = self._sft_loss if stage == "sft" else self._pref_loss
         if stage == "pref" and start_step == 0:
             self._log({"stage": stage, "step": 0, "split": "eval", **self.evaluate(),
                        "elapsed_s": 0.0, "peak_rss_mb": peak_rss_mb()})
         self.model.train()
-        began = time.time()
+        began, cpu_began = time.time(), time.process_time()
+
+        def cpu_used() -> float:
+            return cpu_before + time.process_time() - cpu_began
         step = start_step
         bar = tqdm(total=steps, initial=start_step, desc=f"fspo {stage}",
                    disable=not self.progress, dynamic_ncols=True)
         stopped_by_budget = False
         while step < steps:
             elapsed = elapsed_before + time.time() - began
-            if max_minutes is not None and elapsed > max_minutes * 60:
+            used = cpu_used() if cfg.budget_clock == "cpu" else elapsed
+            if max_minutes is not None and used > max_minutes * 60:
                 stopped_by_budget = True
-                log.info("%s: time budget of %.1f min spent at step %d", stage, max_minutes, step)
+                log.info("%s: %s budget of %.1f min spent at step %d", stage, cfg.budget_clock,
+                         max_minutes, step)
                 break
             losses, chosen, rejected = [], [], []
             for micro in range(cfg.grad_accum):
@@ -345,7 +352,7 @@ class FSPOTrainer:
             bar.update(1)
             record = {"stage": stage, "step": step, "split": "train",
                       "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0],
-                      "elapsed_s": elapsed_before + time.time() - began}
+                      "elapsed_s": elapsed_before + time.time() - began, "cpu_s": cpu_used()}
             if chosen:
                 record.update(reward_metrics(torch.cat(chosen), torch.cat(rejected)))
             bar.set_postfix(loss=f"{record['loss']:.3g}")
@@ -356,15 +363,16 @@ class FSPOTrainer:
                            "peak_rss_mb": peak_rss_mb()})
             if cfg.save_every and step % cfg.save_every == 0 and step < steps:
                 self._save_checkpoint(stage, step, opt, sched,
-                                      elapsed_before + time.time() - began)
+                                      elapsed_before + time.time() - began, cpu_used())
         bar.close()
         total = elapsed_before + time.time() - began
         # A finished stage's result is saved next (sft/ or final/); full-model checkpoints
         # are large, so they are written at the end only when the stage stopped early.
         if cfg.finetune == "lora" or step < steps:
-            self._save_checkpoint(stage, step, opt, sched, total)
+            self._save_checkpoint(stage, step, opt, sched, total, cpu_used())
         self.model.eval()
         summary = {"stage": stage, "step": step, "split": "summary", "elapsed_s": total,
+                   "cpu_s": cpu_used(),
                    "stopped_by_budget": stopped_by_budget, "peak_rss_mb": peak_rss_mb()}
         if stage == "pref":
             summary.update({f"eval_{k}": v for k, v in self.evaluate().items()})
