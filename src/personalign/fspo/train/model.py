@@ -87,7 +87,8 @@ class PersonalizedModel:
     """Base model plus optional adapters; conditions on a user's shots at inference."""
 
     def __init__(self, model, tokenizer, *, reference=None, name: str = "model",
-                 max_prompt_tokens: int = 2048, max_completion_tokens: int = 256):
+                 max_prompt_tokens: int = 2048, max_completion_tokens: int = 256,
+                 variant: str = "default"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         # A separate reference model (full fine-tuning); for LoRA the reference is the
@@ -96,6 +97,8 @@ class PersonalizedModel:
         self.name = name
         self.max_prompt_tokens = max_prompt_tokens
         self.max_completion_tokens = max_completion_tokens
+        # "user-description": trained to write the user's description before the response.
+        self.variant = variant
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -127,6 +130,7 @@ class PersonalizedModel:
                 lm = PeftModel.from_pretrained(lm, folder / m["sft_adapter"]).merge_and_unload()
             if m.get("adapter"):
                 lm = PeftModel.from_pretrained(lm, folder / m["adapter"])
+        kw.setdefault("variant", m.get("variant", "default"))
         return cls(lm, tokenizer, reference=reference, name=kw.pop("name", folder.name), **kw)
 
     # ---- prompts ------------------------------------------------------------------------
@@ -180,10 +184,23 @@ class PersonalizedModel:
     @torch.no_grad()
     def generate_from_prompt(self, prompt: str, *, max_new_tokens: int = 128,
                              temperature: float = 0.0, seed: int = 0) -> str:
-        """Response to a serialized episode prompt (the header is added here)."""
-        example = self.encode(prompt + PREFERRED_HEADER, [])
+        """Response to a serialized episode prompt (the completion header is added here).
+
+        A user-description model first writes "## User Description" and then the response;
+        the description is dropped from the returned text (see :meth:`describe_and_respond`).
+        """
+        return self.describe_and_respond(prompt, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, seed=seed)[1]
+
+    @torch.no_grad()
+    def describe_and_respond(self, prompt: str, *, max_new_tokens: int = 128,
+                             temperature: float = 0.0, seed: int = 0) -> tuple[str | None, str]:
+        """(inferred user description or None, response) for a serialized prompt."""
+        describe = self.variant == "user-description"
+        header = "## User Description\n" if describe else PREFERRED_HEADER
+        example = self.encode(prompt + header, [])
         ids = torch.tensor([example.prompt_ids], device=self.model.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens * (2 if describe else 1),
                                   "eos_token_id": self.tokenizer.eos_token_id,
                                   "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
@@ -193,8 +210,12 @@ class PersonalizedModel:
             kwargs.update(do_sample=False)
         out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         text = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        description = None
+        if describe:
+            description, _, text = text.partition(PREFERRED_HEADER)
+            description = description.strip()
         # The response ends at the next section header if the model runs on.
-        return text.split("\n#")[0].strip()
+        return description, text.split("\n#")[0].strip()
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, folder: str | Path, *, base: str | None = None) -> None:

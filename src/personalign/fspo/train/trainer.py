@@ -391,7 +391,7 @@ class FSPOTrainer:
                 shutil.copytree(self.out / "sft" / "adapter", tmp / "sft_adapter")
                 sft_adapter = "sft_adapter"
             write_manifest(tmp, finetune="lora", base=cfg.model, sft_adapter=sft_adapter,
-                           adapter="adapter", stage=stage)
+                           adapter="adapter", stage=stage, variant=self._variant())
         else:
             self._save_weights(tmp)
             fields: dict[str, Any] = {}
@@ -401,12 +401,21 @@ class FSPOTrainer:
                     fields["reference"] = "../sft/model"
                 else:
                     fields["reference_model"] = cfg.model
-            write_manifest(tmp, finetune="full", model="model", stage=stage, **fields)
+            write_manifest(tmp, finetune="full", model="model", stage=stage,
+                           variant=self._variant(), **fields)
             if stage == "sft":
                 self._sft_in_memory = True
         (tmp / COMPLETE).write_text("")
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
+
+    def _variant(self) -> str:
+        """The episodes' serialization variant (the data side records it in meta)."""
+        from collections import Counter
+
+        counts = Counter((r.get("meta") or {}).get("variant", "default")
+                         for r in self.train_records)
+        return counts.most_common(1)[0][0]
 
     def load_model(self) -> PersonalizedModel:
         return PersonalizedModel.load(self.out / "final")
