@@ -47,6 +47,18 @@ def response_diversity(responses_by_question: dict[str, list[str]], embedder=Non
             "embedder": getattr(embedder, "model_name", type(embedder).__name__)}
 
 
+def _summed_usage(runs: list[dict]) -> dict[str, dict[str, int]]:
+    """Per model spec: calls, cache hits, tokens and scored items summed over resumed runs."""
+    total: dict[str, dict[str, int]] = {}
+    for run in runs:
+        for spec, u in run.get("usage", {}).items():
+            t = total.setdefault(spec, {})
+            for key in ("calls", "cache_hits", "prompt_tokens", "completion_tokens",
+                        "scored_items"):
+                t[key] = t.get(key, 0) + int(u.get(key, 0))
+    return total
+
+
 def data_card(folder: str | Path, embedder=None) -> dict[str, Any]:
     folder = Path(folder)
     needed = ["pairs_all.jsonl", "pairs.jsonl", "responses.jsonl", "users.jsonl"]
@@ -107,7 +119,7 @@ def data_card(folder: str | Path, embedder=None) -> dict[str, Any]:
     if (folder / "usage.json").exists():
         usage = json.loads((folder / "usage.json").read_text())
         card["wall_s"] = usage.get("wall_s_total")
-        card["llm_usage"] = usage.get("runs", [])[-1]["usage"] if usage.get("runs") else {}
+        card["llm_usage"] = _summed_usage(usage.get("runs", []))
         card["llm_calls_total"] = usage.get("llm_calls_total")
     if (folder / "budget.json").exists():
         card["budget_planned"] = json.loads((folder / "budget.json").read_text())
