@@ -75,3 +75,19 @@ def test_summary_macro_over_users_and_report(tmp_path):
         assert (out / name).exists(), name
     assert json.loads((out / "cost.json").read_text())["train_wall_s"] == 3
     assert "fspo" in (out / "summary.md").read_text()
+
+
+def test_leave_one_out_episodes_use_only_the_users_other_pairs():
+    from personalign.fspo.train.evaluate import leave_one_out_episodes
+    from personalign.runtime.data.records import PreferencePair
+
+    pairs = [PreferencePair(u, f"{u}-q{i}", f"{u}-y{i}", f"{u}-n{i}")
+             for u in ("a", "b") for i in range(3)]
+    eps = leave_one_out_episodes(pairs, n_shots=4)
+    assert len(eps) == 6
+    for e in eps:
+        q = final_question(e["prompt"])
+        assert e["n_shots"] == 2 and q.startswith(e["user_id"])
+        assert e["prompt"].count(q) == 1  # the query is never among its own shots
+        other = "b" if e["user_id"] == "a" else "a"
+        assert f"{other}-q" not in e["prompt"]

@@ -153,6 +153,22 @@ def _model_specs(specs: list[str], run: Path | None, base: str) -> dict[str, tup
     return models
 
 
+def _loo_records(pairs_file: Path, users: str | None, shots: int) -> list[dict]:
+    from personalign.fspo.data.episodes import read_pairs
+    from personalign.fspo.train.evaluate import leave_one_out_episodes
+
+    if not users:
+        raise ConfigError("--loo-pairs needs --loo-users (ids or a JSON file with test_users)")
+    if users.endswith(".json"):
+        wanted = set(json.loads(Path(users).read_text(encoding="utf-8"))["test_users"])
+    else:
+        wanted = {u.strip() for u in users.split(",") if u.strip()}
+    pairs = [p for p in read_pairs(pairs_file) if p.user_id in wanted]
+    if not pairs:
+        raise DataError("no pairs of the requested users", path=str(pairs_file))
+    return leave_one_out_episodes(pairs, shots)
+
+
 def _select(records: list[dict], max_users: int | None, max_per_user: int | None) -> list[dict]:
     by_user: dict[str, list[dict]] = {}
     for r in records:
@@ -163,7 +179,13 @@ def _select(records: list[dict], max_users: int | None, max_per_user: int | None
 
 @app.command("eval")
 def eval_cmd(
-    episodes: list[Path] = typer.Option(..., "--episodes", help="Held-out users' episodes."),
+    episodes: list[Path] | None = typer.Option(None, "--episodes",
+                                               help="Held-out users' episodes."),
+    loo_pairs: Path | None = typer.Option(None, help="Preference pairs file: build "
+                                          "leave-one-out episodes for --loo-users instead."),
+    loo_users: str | None = typer.Option(None, help="Comma-separated user ids, or a JSON "
+                                         "file with a test_users list."),
+    loo_shots: int = typer.Option(4, help="Shots per leave-one-out episode."),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
     run: Path | None = typer.Option(None, help="A training output folder: evaluates the "
                                        "base model with the same shots, FSPO and SFT only."),
@@ -194,14 +216,22 @@ def eval_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    records = _select(load_episodes(episodes), max_users, max_per_user)
+    if loo_pairs is not None:
+        records = _loo_records(loo_pairs, loo_users, loo_shots)
+    elif episodes:
+        records = load_episodes(episodes)
+    else:
+        raise ConfigError("pass --episodes FILE or --loo-pairs FILE --loo-users ...")
+    records = _select(records, max_users, max_per_user)
     models = _model_specs(list(model or []), run, base)
     judge_llm = None
     if judge:
         from personalign.runtime.llm.factory import load_llm
 
         judge_llm = load_llm(judge)
-    config = {"protocol": protocol, "episodes": [str(p) for p in episodes], "run": str(run),
+    config = {"protocol": protocol, "episodes": [str(p) for p in episodes or []],
+              "loo_pairs": str(loo_pairs) if loo_pairs else None, "loo_shots": loo_shots,
+              "run": str(run),
               "base": base, "beta": beta, "records": len(records),
               "users": len({r["user_id"] for r in records}), "max_users": max_users,
               "max_per_user": max_per_user, "judge": judge}

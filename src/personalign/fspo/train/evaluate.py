@@ -79,6 +79,24 @@ def zero_shot_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, An
     return [{**r, "prompt": transform_prompt(r, "zero-shot"), "n_shots": 0} for r in records]
 
 
+def leave_one_out_episodes(pairs: Sequence[Any], n_shots: int, seed: int = 0) -> list[dict]:
+    """Evaluation episodes for users with few pairs: each pair of a user is the query once,
+    with up to ``n_shots`` of that user's OTHER pairs (seeded shuffle) as shots."""
+    import random
+
+    from personalign.fspo.data.episodes import derived_seed, group_by_user, make_episode
+
+    out = []
+    for user_id, rows in group_by_user(pairs).items():
+        for q, query in enumerate(rows):
+            others = [p for i, p in enumerate(rows) if i != q]
+            random.Random(derived_seed(seed, user_id, q)).shuffle(others)
+            episode = make_episode(others[:n_shots], query,
+                                   meta={"query": q, "eval": True, "leave_one_out": True})
+            out.append(episode.to_dict())
+    return out
+
+
 def _options(record: Mapping[str, Any]) -> tuple[list[str], int] | None:
     meta = record.get("meta") or {}
     q = meta.get("query_meta") or meta
