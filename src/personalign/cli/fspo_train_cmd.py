@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -214,6 +215,7 @@ def eval_cmd(
     from personalign.fspo.train.data import load_episodes
     from personalign.fspo.train.evaluate import evaluate_models
 
+    threads = threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0)
     if threads:
         torch.set_num_threads(threads)
     if loo_pairs is not None:

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import random
 import resource
 import shutil
@@ -99,8 +100,9 @@ class FSPOTrainer:
         if (final / COMPLETE).exists() and cfg.resume:
             log.info("%s is complete; nothing to do", final)
             return final
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        threads = cfg.threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0)
+        if threads:
+            torch.set_num_threads(threads)
         self.out.mkdir(parents=True, exist_ok=True)
         cfg.save(self.out / "config.json")
         if not cfg.resume:
