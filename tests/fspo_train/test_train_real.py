@@ -144,6 +144,17 @@ def test_evaluate_trained_vs_base_and_report(trained, tmp_path):
     assert "fspo" in summary and "sft-only" in summary
     assert (tmp_path / "report" / "accuracy.png").exists()
 
+    # Finished models are reused: a second run loads nothing.
+    def boom():
+        raise AssertionError("model should not be loaded again")
+
+    again = evaluate_models({"base": (boom, "as-is"), "fspo": (boom, "as-is", "sft-only")},
+                            held_out, tmp_path / "report", judge=FakeLLM(),
+                            win_against="base", win_max_items=1, gen_max_new_tokens=4,
+                            descriptions={"u_c": "Prefers the first of two things."},
+                            progress=False)
+    assert [r.summary for r in again] == [r.summary for r in results]
+
 
 def test_full_finetune_option(tmp_path):
     from personalign.fspo.train.trainer import FSPOTrainer

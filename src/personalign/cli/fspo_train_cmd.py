@@ -204,6 +204,8 @@ def eval_cmd(
     beta: float = typer.Option(0.01),
     threads: int | None = typer.Option(None),
     protocol: str = typer.Option("opinionqa-preferences"),
+    fresh: bool = typer.Option(False, "--fresh", help="Re-evaluate every model (finished "
+                               "models in OUT/parts are reused otherwise)."),
 ):
     """Reward accuracy, choice accuracy and (with --judge) win rate vs the base model.
 
@@ -225,6 +227,10 @@ def eval_cmd(
     else:
         raise ConfigError("pass --episodes FILE or --loo-pairs FILE --loo-users ...")
     records = _select(records, max_users, max_per_user)
+    if fresh:
+        import shutil
+
+        shutil.rmtree(out / "parts", ignore_errors=True)
     models = _model_specs(list(model or []), run, base)
     judge_llm = None
     if judge:

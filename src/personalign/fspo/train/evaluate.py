@@ -389,6 +389,19 @@ def _plot(path: Path, results: Sequence[EvalResult]) -> None:
     plt.close(fig)
 
 
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _signature(records, beta, descriptions, win_items, gen_max_new_tokens) -> list:
+    import hashlib
+
+    blob = json.dumps([[r["user_id"], r["prompt"], r["chosen"], r["rejected"]] for r in records]
+                      + [beta, sorted((descriptions or {}).items()), len(win_items),
+                         gen_max_new_tokens])
+    return [hashlib.sha256(blob.encode()).hexdigest()]
+
+
 def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], str]],
                     records: Sequence[Mapping[str, Any]], out: str | Path, *,
                     beta: float = 0.01, descriptions: Mapping[str, str] | None = None,
@@ -403,20 +416,46 @@ def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], 
     records are judged against that model's, with the user's description.
     """
     start = time.time()
+    out = Path(out)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
     results, gens = [], {}
     win_items = list(records[:win_max_items])
+    signature = _signature(records, beta, descriptions, win_items if judge else [],
+                           gen_max_new_tokens)
+    config = {**(config or {}), "models": {k: list(v[1:]) for k, v in models.items()}}
     for name, (loader, mode, *extra) in models.items():
-        pm = loader()
-        out_ = evaluate_records(pm, records, name=name, beta=beta, mode=mode,
-                                descriptions=descriptions,
-                                reference_name=extra[0] if extra else None, progress=progress)
-        for res in out_ if isinstance(out_, tuple) else (out_,):
+        # Finished models are kept in parts/ so an interrupted evaluation resumes.
+        part = parts / f"{_safe(name)}.json"
+        saved = json.loads(part.read_text(encoding="utf-8")) if part.exists() else None
+        if saved and saved.get("signature") == signature + [mode] + extra:
+            log.info("%s: reusing %s", name, part)
+            got = [EvalResult(r["name"], r["rows"], r["wall_s"], r["summary"])
+                   for r in saved["results"]]
+            if saved.get("generations") is not None:
+                gens[name] = saved["generations"]
+        else:
+            pm = loader()
+            res_ = evaluate_records(pm, records, name=name, beta=beta, mode=mode,
+                                    descriptions=descriptions,
+                                    reference_name=extra[0] if extra else None,
+                                    progress=progress)
+            got = list(res_) if isinstance(res_, tuple) else [res_]
+            if judge is not None and win_against:
+                gens[name] = generations(pm, win_items, mode=mode, descriptions=descriptions,
+                                         max_new_tokens=gen_max_new_tokens, progress=progress)
+            del pm
+            _atomic_text(part, json.dumps({
+                "signature": signature + [mode] + extra, "generations": gens.get(name),
+                "results": [{"name": r.name, "rows": r.rows, "wall_s": r.wall_s,
+                             "summary": r.summary} for r in got]}))
+        for res in got:
             results.append(res)
             log.info("%s: %s", res.name, res.summary)
-        if judge is not None and win_against:
-            gens[name] = generations(pm, win_items, mode=mode, descriptions=descriptions,
-                                     max_new_tokens=gen_max_new_tokens, progress=progress)
-        del pm
+        # A partial report after every model: an interrupted run still leaves numbers.
+        write_report(out, results, config=config,
+                     cost={"wall_s": round(time.time() - start, 1), "partial": True},
+                     paired_against=next(iter(models), None))
     win_rates = {}
     if judge is not None and win_against in gens:
         for name, texts in gens.items():
@@ -428,8 +467,7 @@ def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], 
                      for r, t, b in zip(win_items, texts, gens[win_against])]
             win_rates[name] = pairwise_win_rate(judge, items)
     usage = judge.usage.as_dict() if judge is not None and hasattr(judge, "usage") else {}
-    write_report(out, results, config={**(config or {}), "models": {k: list(v[1:]) for k, v
-                                                                     in models.items()}},
+    write_report(out, results, config=config,
                  cost={"wall_s": round(time.time() - start, 1), "judge_usage": usage},
                  win_rates=win_rates, paired_against=next(iter(models), None))
     return results
