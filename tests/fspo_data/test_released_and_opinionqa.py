@@ -100,3 +100,19 @@ def test_opinionqa_dev_file():
     assert all(p.chosen != p.rejected for p in res.pairs)
     assert {p.meta["rule"] for p in res.pairs} <= {"ordinal-farthest", "random-other"}
     assert all(p.meta["options"][p.meta["answer"]] == p.chosen for p in res.pairs)
+
+
+@pytest.mark.skipif(not DEV.exists(), reason="shared OpinionQA data not present")
+def test_same_split_as_opinionqa_individual():
+    from personalign.bench.opinionqa import split_user
+    from personalign.runtime.data.opinionqa import load_opinionqa
+
+    users = load_opinionqa(DEV)[:5]
+    res = opinionqa_preferences(users, seed=3)
+    for user in users:
+        split = split_user(user, seed=3)
+        mine = [p for p in res.pairs if p.user_id == user.user_id]
+        assert [p.meta["qid"] for p in mine if p.meta["part"] == "shots"] == \
+            [o.qid for o in split.shots]
+        assert [p.meta["qid"] for p in mine if p.meta["part"] == "test"] == \
+            [o.qid for o in split.test]

@@ -9,7 +9,7 @@ rejected = another option. Rule (recorded in each row's ``meta["rule"]``):
 - ``random-other``: otherwise, an option other than a drawn with a seed from (seed, user, qid).
 
 Per user, the opinions are shuffled with a seed derived from (seed, user_id) exactly like
-protocol opinionqa-individual's split: the first ``n_fewshot`` (20) are U_opi (``meta["part"] =
+protocol opinionqa-individual's split (bench/opinionqa.py ``split_user``): the first ``n_fewshot`` (20) are U_opi (``meta["part"] =
 "shots"``), the next ``n_test`` (30) the test questions (``"test"``). Users with fewer than
 ``min_opinions`` (25) opinions are skipped and counted.
 
@@ -20,11 +20,14 @@ accuracy (argmax over options of the policy's log-likelihood).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from personalign.fspo.data.episodes import derived_seed
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
@@ -76,11 +79,19 @@ class OpinionPrefsResult:
     skipped_opinions: int
 
 
+def protocol_seed(*parts) -> int:
+    """The benchmark's per-user seed (same derivation as opinionqa-individual's split)."""
+    blob = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+
+
 def user_opinion_order(user: User, seed: int) -> list[Opinion]:
-    """The user's opinions in the protocol's seeded order (seed derived from seed, user_id)."""
-    ops = list(user.opinions)
-    random.Random(derived_seed(seed, user.user_id)).shuffle(ops)
-    return ops
+    """The user's opinions in the protocol's seeded order: the same permutation as
+    opinionqa-individual (numpy ``default_rng(seed from (seed, user_id)).permutation``), so
+    U_opi and the test questions are the ones Fermi is measured on."""
+    order = np.random.default_rng(protocol_seed(seed, user.user_id)).permutation(
+        len(user.opinions))
+    return [user.opinions[i] for i in order]
 
 
 def opinionqa_preferences(users: Sequence[User], seed: int = 0, n_fewshot: int = 20,
