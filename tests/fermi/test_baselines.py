@@ -7,7 +7,7 @@ from personalign.fermi.baselines import (FEWSHOT_INSTRUCTION, fewshot_items, pro
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.errors import ConfigError
 
-from conftest import BagEmbedder
+from tests.fermi.conftest import BagEmbedder
 
 SHOTS = [Opinion("Do you support gun control laws?", ("Yes", "No"), 1),
          Opinion("Is the economy getting better?", ("Better", "Worse", "Same"), 2),

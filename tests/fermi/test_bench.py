@@ -9,7 +9,7 @@ from personalign.bench.opinionqa import (BenchConfig, parse_methods, run_benchma
                                          select_users, split_user)
 from personalign.runtime.errors import ConfigError
 
-from conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
+from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
 
 DEV = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "opinionqa" / "dev.jsonl"
 

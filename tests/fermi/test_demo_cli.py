@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from personalign.bench.opinionqa import run_demo
 from personalign.cli.main import app
 
-from conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
+from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
 
 
 def test_run_demo_with_users(tmp_path):

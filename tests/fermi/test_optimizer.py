@@ -9,7 +9,7 @@ from personalign.fermi.optimizer import Fermi, derive_seed, initial_prompt
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.fake import FakeLLM
 
-from conftest import keyword_task_llm, scripted_optimizer
+from tests.fermi.conftest import keyword_task_llm, scripted_optimizer
 
 
 def _fit(user, embedder, **cfg):
