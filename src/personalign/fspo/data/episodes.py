@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -20,10 +19,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from personalign.fspo.data.serialization import (
-    Shot, check_variant, serialize_completions, serialize_prompt,
+    Shot,
+    check_variant,
+    serialize_completions,
+    serialize_prompt,
 )
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +192,6 @@ def split_pairs(pairs: Sequence[PreferencePair], test_fraction: float = 0.2, see
 
 
 # ---------------------------------------------------------------------- files
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    tmp.replace(path)
-
-
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
     """JSONL written to a temp file and renamed (nothing half-written)."""
     path = Path(path)
@@ -205,7 +201,7 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -218,7 +214,7 @@ def write_records(records: Sequence[Episode | PreferencePair | dict], path: str 
 
         frame = pd.DataFrame([{**r, "meta": json.dumps(r.get("meta", {}), ensure_ascii=False)}
                               for r in rows])
-        _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
         return path
     return write_jsonl(rows, path)
 

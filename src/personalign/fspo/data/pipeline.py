@@ -37,14 +37,23 @@ from personalign.fspo.data.episodes import derived_seed, write_jsonl
 from personalign.fspo.data.judge import PairJob, PairwiseJudge
 from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
-    GeneratorSpec, Question, Response, dump_questions, elix_steers, generate_questions,
-    generate_responses, load_questions, read_questions_jsonl, user_steers,
+    GeneratorSpec,
+    Question,
+    Response,
+    dump_questions,
+    elix_steers,
+    generate_questions,
+    generate_responses,
+    load_questions,
+    read_questions_jsonl,
+    user_steers,
 )
 from personalign.fspo.data.users import SyntheticUser, dump_users, make_users
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.validate import read_jsonl
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.models import DEFAULT_GENERATOR
+from personalign.runtime.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +108,6 @@ def plan_budget(cfg: SynthConfig, n_users: int | None = None,
     }
     budget["total"] = sum(budget.values())
     return budget
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(path)
 
 
 def _safe(user_id: str) -> str:
@@ -171,8 +174,8 @@ class SyntheticPipeline:
         if max_calls is not None and budget["total"] > max_calls:
             raise ConfigError(f"planned LLM calls {budget['total']} exceed --max-calls "
                               f"{max_calls}; reduce users/questions/pairs or raise the budget")
-        _atomic_json(self.cfg.to_dict(), cfg_path)
-        _atomic_json(budget, out / "budget.json")
+        atomic_write_json(cfg_path, self.cfg.to_dict())
+        atomic_write_json(out / "budget.json", budget)
         start = time.time()
         users = self._users(out)
         questions = self._questions(out)
@@ -338,7 +341,7 @@ class SyntheticPipeline:
                           for (qid, x, y), b, a in zip(triples, before[u.user_id],
                                                        current[u.user_id])],
             }
-            _atomic_json(record, out / "labels" / f"{_safe(u.user_id)}.json")
+            atomic_write_json(out / "labels" / f"{_safe(u.user_id)}.json", record)
 
     def _assemble(self, out: Path, users: Sequence[SyntheticUser]) -> dict[str, Any]:
         questions = {q.qid: q for q in read_questions_jsonl(out / "questions.jsonl")}
@@ -387,7 +390,7 @@ class SyntheticPipeline:
         old["wall_s_total"] = round(sum(r["wall_s"] for r in old["runs"]), 1)
         old["llm_calls_total"] = sum(u.get("calls", 0)
                                      for r in old["runs"] for u in r["usage"].values())
-        _atomic_json(old, path)
+        atomic_write_json(path, old)
 
 
 def _difficulty(user: SyntheticUser, x: dict, y: dict) -> str | None:

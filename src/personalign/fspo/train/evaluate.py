@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from personalign.fspo.train.trainer import peak_rss_mb
 from personalign.runtime.errors import DataError
 from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
+from personalign.runtime.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -277,13 +276,6 @@ def generations(pm: PersonalizedModel, records: Sequence[Mapping[str, Any]], *,
 
 
 # ---------------------------------------------------------------------------- report
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -309,10 +301,8 @@ def write_report(out: str | Path, results: Sequence[EvalResult], *, config: dict
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     win_rates = dict(win_rates or {})
-    with open(out / "predictions.jsonl.tmp", "w", encoding="utf-8") as f:
-        for res in results:
-            f.writelines(json.dumps({"method": res.name, **row}) + "\n" for row in res.rows)
-    os.replace(out / "predictions.jsonl.tmp", out / "predictions.jsonl")
+    atomic_write_text(out / "predictions.jsonl", "".join(
+        json.dumps({"method": res.name, **row}) + "\n" for res in results for row in res.rows))
 
     table = []
     for res in results:
@@ -323,7 +313,7 @@ def write_report(out: str | Path, results: Sequence[EvalResult], *, config: dict
     frame = pd.DataFrame(table, columns=list(SUMMARY_COLUMNS))
     frame.to_csv(out / "summary.csv", index=False)
     summary_md = _md_table(SUMMARY_COLUMNS, table)
-    _atomic_text(out / "summary.md", summary_md + "\n")
+    atomic_write_text(out / "summary.md", summary_md + "\n")
 
     paired_md = ""
     if paired_against:
@@ -341,13 +331,13 @@ def write_report(out: str | Path, results: Sequence[EvalResult], *, config: dict
                 "ci_high", "users")
         pd.DataFrame(rows, columns=list(cols)).to_csv(out / "paired.csv", index=False)
         paired_md = _md_table(cols, rows)
-        _atomic_text(out / "paired.md", paired_md + "\n")
+        atomic_write_text(out / "paired.md", paired_md + "\n")
 
     _plot(out / "accuracy.png", results)
-    _atomic_text(out / "config.json", json.dumps(config, indent=2, default=str))
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2, default=str))
     cost = {**cost, "peak_rss_mb": round(peak_rss_mb(), 1),
             "eval_wall_s": {r.name: round(r.wall_s, 1) for r in results}}
-    _atomic_text(out / "cost.json", json.dumps(cost, indent=2))
+    atomic_write_text(out / "cost.json", json.dumps(cost, indent=2))
     readme = ["# FSPO evaluation", "", f"Protocol: {config.get('protocol', '?')}", "",
               "## Summary", "", summary_md, ""]
     if win_rates:
@@ -360,7 +350,7 @@ def write_report(out: str | Path, results: Sequence[EvalResult], *, config: dict
     readme += ["![accuracy](accuracy.png)", "", "## Config", "", "```json",
                json.dumps(config, indent=2, default=str), "```", "", "## Cost", "", "```json",
                json.dumps(cost, indent=2), "```", ""]
-    _atomic_text(out / "README.md", "\n".join(readme))
+    atomic_write_text(out / "README.md", "\n".join(readme))
     return out
 
 
@@ -445,7 +435,7 @@ def evaluate_models(models: Mapping[str, tuple[Callable[[], PersonalizedModel], 
                 gens[name] = generations(pm, win_items, mode=mode, descriptions=descriptions,
                                          max_new_tokens=gen_max_new_tokens, progress=progress)
             del pm
-            _atomic_text(part, json.dumps({
+            atomic_write_text(part, json.dumps({
                 "signature": signature + [mode] + extra, "generations": gens.get(name),
                 "results": [{"name": r.name, "rows": r.rows, "wall_s": r.wall_s,
                              "summary": r.summary} for r in got]}))

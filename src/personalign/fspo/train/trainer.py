@@ -56,12 +56,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
-
-
 class FSPOTrainer:
     """Configure with :class:`FSPOTrainConfig`, then :meth:`fit`; resumes where it stopped."""
 

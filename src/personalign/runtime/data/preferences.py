@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.validate import read_jsonl, require
 from personalign.runtime.errors import DataError
+from personalign.runtime.storage import atomic_write
 
 REQUIRED = ("prompt", "chosen", "rejected")
 OPTIONAL = ("user_id", "user_description", "rejected_description")
@@ -159,13 +159,10 @@ def _records(pairs: Iterable[PreferencePair]) -> list[dict]:
 
 def save_preferences(pairs: Iterable[PreferencePair], path: str | Path) -> Path:
     """Write ``.jsonl`` or ``.parquet`` (by suffix), atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = _records(pairs)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
+
+    def write(tmp: Path) -> None:
+        if Path(path).suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
@@ -177,11 +174,8 @@ def save_preferences(pairs: Iterable[PreferencePair], path: str | Path) -> Path:
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return atomic_write(path, write)
 
 
 def to_dataset(pairs: Iterable[PreferencePair]):
