@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +23,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from personalign.fermi import baselines
-from personalign.fermi.config import FermiConfig, preset as fermi_preset
+from personalign.fermi.config import FermiConfig
+from personalign.fermi.config import preset as fermi_preset
 from personalign.fermi.optimizer import Fermi, derive_seed
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,6 @@ def _diff(after: dict, before: dict) -> dict:
         else:
             out[k] = v - before.get(k, 0)
     return out
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
 
 
 def _safe_name(user_id: str) -> str:
@@ -252,7 +245,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *, task
             raise ConfigError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                               "use another --out or the same settings to resume")
     else:
-        _write_json(sig_path, {"protocol": PROTOCOL, "signature": signature,
+        atomic_write_json(sig_path, {"protocol": PROTOCOL, "signature": signature,
                                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if users is None:
         users = load_opinionqa(cfg.data)
@@ -285,7 +278,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *, task
     for split, path in todo:
         bar.set_postfix(user=split.user.user_id)
         record = run_user(split, cfg, task_llm, optimizer_llm, embedder, progress=progress)
-        _write_json(path, record)
+        atomic_write_json(path, record)
         records.append(record)
         if on_user:
             on_user(record)

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +21,10 @@ import numpy as np
 import pandas as pd
 
 from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
+from personalign.runtime.storage import atomic_write_text
 
 LABELS = {"random": "Random (expected)", "vanilla": "Vanilla", "profile": "Profile prompt",
           "fewshot": "Few-shot", "opro": "OPRO", "fermi_norop": "Fermi w/o RoP", "fermi": "Fermi"}
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -70,7 +62,7 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
                                                     if quick else "")
     # predictions
     lines = [json.dumps(row, ensure_ascii=False) for r in records for row in r["predictions"]]
-    _atomic_text(out / "predictions.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     # per user
     per_user = pd.DataFrame([{"user_id": r["user_id"], "n_test": r["n_test"],
                               **{m: r["accuracy"].get(m, np.nan) for m in methods}}
@@ -80,7 +72,7 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
     for m in methods:
         shown[m] = shown[m].map(lambda v: f"{v:.3f}")
     shown.columns = ["user_id", "n_test"] + [LABELS.get(m, m) for m in methods]
-    _atomic_text(out / "per_user.md", _md(shown) + "\n")
+    atomic_write_text(out / "per_user.md", _md(shown) + "\n")
     # per method; "top letter" = share of answers on the method's most frequent option letter
     # (a task model that ignores the prompt answers one letter everywhere)
     letters: dict[str, dict] = {m: {} for m in methods}
@@ -108,7 +100,7 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
                                    "Top letter (share)": f"{r['top_letter']} "
                                    f"({100 * r['top_letter_share']:.0f}%)" if r["top_letter"]
                                    else "-"} for r in rows]))
-    _atomic_text(out / "per_method.md", md_method + "\n")
+    atomic_write_text(out / "per_method.md", md_method + "\n")
     # paired differences: each method minus every method listed before it
     prow = []
     for i, m in enumerate(methods):
@@ -127,7 +119,7 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
                                              f"{100 * r['ci_high']:+.1f}]",
                                    "CI excludes 0": "yes" if r["significant"] else "no"}
                                   for r in prow])) if prow else "(one method: no pairs)"
-    _atomic_text(out / "paired.md", md_paired + "\n")
+    atomic_write_text(out / "paired.md", md_paired + "\n")
     # usage and failures
     per_user_usage = [r["usage"] for r in records]
     total_usage = _sum_usage(per_user_usage)
@@ -150,8 +142,8 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
              "seconds_per_user_mean": seconds_mean,
              "wall_s_per_user": {"mean": float(np.mean(wall)) if wall else 0.0,
                                  "total": float(np.sum(wall)) if wall else 0.0}}
-    _atomic_text(out / "usage.json", json.dumps(usage, indent=1) + "\n")
-    _atomic_text(out / "config.json", json.dumps({**meta, "users": len(records)}, indent=1,
+    atomic_write_text(out / "usage.json", json.dumps(usage, indent=1) + "\n")
+    atomic_write_text(out / "config.json", json.dumps({**meta, "users": len(records)}, indent=1,
                                                  default=str) + "\n")
     # best memory score per iteration (mean over users)
     curves = {}
@@ -192,7 +184,7 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
               "## Optimizer replies and failures", "",
               _md(fail_rows) if len(fail_rows) else "(no optimizer runs)", "",
               "![accuracy](accuracy.png) ![memory](memory_curve.png)", ""]
-    _atomic_text(out / "README.md", "\n".join(readme))
+    atomic_write_text(out / "README.md", "\n".join(readme))
     return {"per_method": rows, "paired": prow, "per_method_md": md_method,
             "paired_md": md_paired, "per_user_md": _md(shown), "usage": usage,
             "curves": curves, "label": label}

@@ -15,9 +15,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -26,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from personalign.fermi import rop
-from personalign.fermi.config import (FermiConfig, PROFILE_INSTRUCTION, TASK_INSTRUCTION)
+from personalign.fermi.config import PROFILE_INSTRUCTION, TASK_INSTRUCTION, FermiConfig
 from personalign.fermi.memory import Candidate, Memory
 from personalign.fermi.meta_prompt import build_meta_prompt
 from personalign.fermi.parsing import parse_prompt
@@ -36,6 +33,7 @@ from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+from personalign.runtime.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -326,13 +324,7 @@ class Fermi:
 
     def save(self, path: str | Path) -> Path:
         """Write the learned pool as JSON (tmp file + rename: never half-written)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], task_llm: LLM | None = None,
