@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from personalign.fermi import baselines
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
-from personalign.fermi.optimizer import Fermi, derive_seed
+from personalign.fermi.optimizer import Fermi
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.storage import atomic_write_json
 
@@ -52,9 +53,7 @@ def split_user(user: User, seed: int = 0, n_shots: int = 20, n_test: int = 30,
     """The protocol's split, or None when the user has fewer than ``min_opinions``."""
     if len(user.opinions) < min_opinions:
         return None
-    rng = np.random.default_rng(derive_seed(seed, user.user_id))
-    order = rng.permutation(len(user.opinions))
-    ops = [user.opinions[i] for i in order]
+    ops = protocol_order(user, seed)
     return UserSplit(user, tuple(ops[:n_shots]), tuple(ops[n_shots:n_shots + n_test]))
 
 

@@ -12,7 +12,6 @@ prediction uses the best prompt (no RoP), as does ``predict(..., use_rop=False)`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from personalign.fermi.parsing import parse_prompt
 from personalign.fermi.tasks import is_misaligned, question_block, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.data.splits import derive_seed  # noqa: F401 (re-exported)
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
@@ -41,12 +41,6 @@ FORMAT_VERSION = 1
 # What can go wrong with an optimizer reply; every key is reported (zero or not).
 FAILURE_KEYS = ("no_brackets_fallback", "unclosed_bracket", "unparseable", "empty",
                 "duplicate", "too_long", "retries", "short_iterations")
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from (global seed, user, iteration, ...), stable across processes."""
-    blob = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def initial_prompt(profile: str) -> str:

@@ -20,18 +20,16 @@ accuracy (argmax over options of the policy's log-likelihood).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from personalign.fspo.data.episodes import derived_seed
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.records import Opinion, PreferencePair, User
+from personalign.runtime.data.splits import protocol_order
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +77,10 @@ class OpinionPrefsResult:
     skipped_opinions: int
 
 
-def protocol_seed(*parts) -> int:
-    """The benchmark's per-user seed (same derivation as opinionqa-individual's split)."""
-    blob = "\x1f".join(str(p) for p in parts).encode("utf-8")
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
-
-
 def user_opinion_order(user: User, seed: int) -> list[Opinion]:
-    """The user's opinions in the protocol's seeded order: the same permutation as
-    opinionqa-individual (numpy ``default_rng(seed from (seed, user_id)).permutation``), so
-    U_opi and the test questions are the ones Fermi is measured on."""
-    order = np.random.default_rng(protocol_seed(seed, user.user_id)).permutation(
-        len(user.opinions))
-    return [user.opinions[i] for i in order]
+    """The user's opinions in opinionqa-individual's seeded order, so U_opi and the test
+    questions are the ones Fermi is measured on."""
+    return protocol_order(user, seed)
 
 
 def opinionqa_preferences(users: Sequence[User], seed: int = 0, n_fewshot: int = 20,
