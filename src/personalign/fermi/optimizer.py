@@ -29,7 +29,7 @@ from personalign.fermi.parsing import parse_prompt
 from personalign.fermi.tasks import is_misaligned, question_block, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.data.splits import derive_seed  # noqa: F401 (re-exported)
+from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
