@@ -212,7 +212,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             if len(values) > 1 else float("nan")
         macro = _macro(rows, key)
         m, lo, hi = mean_ci(macro)
-        out[f"{label}_macro"], out[f"{label}_macro_ci"] = m, [lo, hi]
+        out[f"{label}_macro"], out[f"{label}_macro_ci"] = m, [round(lo, 4), round(hi, 4)]
     margins = [r["reward_margin"] for r in rows if r.get("reward_margin") is not None]
     if margins:
         out["reward_margin"] = float(np.mean(margins))
