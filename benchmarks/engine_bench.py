@@ -25,7 +25,8 @@ import torch
 
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.llm.reference_scoring import plain_score
-from personalign.runtime.llm.transformers_backend import TransformersLLM, configure_threads
+from personalign.runtime.llm.transformers_backend import TransformersLLM
+from personalign.runtime.settings import configure_threads
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
 
 REPO = Path(__file__).resolve().parents[1]

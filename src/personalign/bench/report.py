@@ -125,7 +125,6 @@ def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any])
     total_usage = _sum_usage(per_user_usage)
     n = max(1, len(records))
     calls_per_user = {k: v.get("calls", 0) / n for k, v in total_usage.items()}
-    failures = _sum_usage([f.get("failures", {}) for r in records for f in r["fits"].values()])
     failures_by_mode = {mode: _sum_usage([r["fits"][mode].get("failures", {})
                                           for r in records if mode in r["fits"]])
                         for mode in ("fermi", "opro")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -212,14 +211,12 @@ def eval_cmd(
     With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
     reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,
     oracle=base:oracle with --descriptions)."""
-    import torch
 
     from personalign.fspo.train.data import load_episodes
     from personalign.fspo.train.evaluate import evaluate_models
+    from personalign.runtime.settings import configure_threads
 
-    threads = threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0)
-    if threads:
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     if loo_pairs is not None:
         records = _loo_records(loo_pairs, loo_users, loo_shots)
     elif episodes:

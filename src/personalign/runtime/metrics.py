@@ -45,6 +45,12 @@ def rouge_l(pred: str | None, gold: str) -> float:
     return float(_rouge_scorer().score(gold, pred)["rougeL"].fmeasure)
 
 
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean (nan for fewer than two values)."""
+    x = np.asarray(values, dtype=float)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
 def mean_ci(values: Sequence[float], confidence: float = 0.95, n_resamples: int = 9999,
             seed: int = 0) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap interval of the mean."""

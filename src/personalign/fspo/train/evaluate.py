@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from personalign.fspo.train.scoring import completion_logps
 from personalign.fspo.train.trainer import peak_rss_mb
 from personalign.runtime.errors import DataError
 from personalign.runtime.llm.types import ChoiceItem
-from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
+from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci, standard_error
 from personalign.runtime.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -208,8 +207,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not values:
             continue
         out[label] = float(np.mean(values))
-        out[f"{label}_se"] = float(np.std(values, ddof=1) / math.sqrt(len(values))) \
-            if len(values) > 1 else float("nan")
+        out[f"{label}_se"] = standard_error(values)
         macro = _macro(rows, key)
         m, lo, hi = mean_ci(macro)
         out[f"{label}_macro"], out[f"{label}_macro_ci"] = m, [round(lo, 4), round(hi, 4)]
@@ -262,7 +260,7 @@ def pairwise_win_rate(judge, items: Sequence[Mapping[str, str]]) -> WinRate:
         losses = int(first == 1) + int(second == 0)
         scores.append(1.0 if wins == 2 else 0.0 if losses == 2 else 0.5)
     x = np.asarray(scores)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+    se = standard_error(x)
     return WinRate(float(x.mean()), se, len(x), scores, getattr(judge, "model_id", str(judge)))
 
 

@@ -27,7 +27,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import random
 import resource
 import shutil
@@ -45,6 +44,7 @@ from personalign.fspo.train.losses import completion_nll, preference_loss, rewar
 from personalign.fspo.train.model import PersonalizedModel, load_base, write_manifest
 from personalign.fspo.train.scoring import EncodedExample, completion_token_logps, encode
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.settings import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ class FSPOTrainer:
         if (final / COMPLETE).exists() and cfg.resume:
             log.info("%s is complete; nothing to do", final)
             return final
-        threads = cfg.threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0)
-        if threads:
-            torch.set_num_threads(threads)
+        configure_threads(cfg.threads)
         self.out.mkdir(parents=True, exist_ok=True)
         cfg.save(self.out / "config.json")
         if not cfg.resume:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Sequence
@@ -19,8 +18,13 @@ from typing import Sequence
 from personalign.runtime import models
 from personalign.runtime.llm.base import LLM, Generation, ProgressFn
 from personalign.runtime.llm.types import (
-    ChoiceItem, ChoiceResult, Prompt, SamplingParams, ScoringMethod,
+    ChoiceItem,
+    ChoiceResult,
+    Prompt,
+    SamplingParams,
+    ScoringMethod,
 )
+from personalign.runtime.settings import configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +33,6 @@ def _torch():
     import torch
 
     return torch
-
-
-def configure_threads(threads: int | None) -> None:
-    """Use ``threads`` (or $PERSONALIGN_THREADS) intra-op threads; torch's default otherwise."""
-    threads = threads or int(os.environ.get("PERSONALIGN_THREADS", "0") or 0)
-    if threads:
-        _torch().set_num_threads(threads)
 
 
 @dataclass(frozen=True)
