@@ -84,6 +84,23 @@ def test_save_load_gives_identical_scores(trained):
     assert isinstance(text, str)
 
 
+def test_prompt_cache_reuses_the_shared_shots_with_equal_scores(trained):
+    _trainer, final, _, _ = trained
+    cached = PersonalizedModel.load(final)
+    fresh = PersonalizedModel.load(final)
+    shots = [{"question": q, "chosen": a, "rejected": b} for q, (a, b) in zip(QUESTIONS, ANSWERS)]
+    for question, options in (("Cats or dogs?", ["Cats", "Dogs"]),
+                              ("Tea or coffee?", ["Tea", "Coffee", "Neither"])):
+        cached.prompt_cache.reused_tokens = cached.prompt_cache.run_tokens = 0
+        for reference in (False, True):
+            fresh.prompt_cache.clear()
+            want = fresh.option_logps(shots, question, options, reference=reference)
+            got = cached.option_logps(shots, question, options, reference=reference)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    # The second question ran only the tokens after the shared shots, for both passes.
+    assert cached.prompt_cache.reused_tokens > 5 * cached.prompt_cache.run_tokens
+
+
 def test_rerun_is_a_no_op_and_resume_continues(trained):
     import shutil
 

@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from personalign.fspo.data.serialization import serialize_prompt
 from personalign.fspo.train.model import PersonalizedModel, completion_text
-from personalign.fspo.train.scoring import completion_logps
 from personalign.fspo.train.trainer import peak_rss_mb
 from personalign.runtime.errors import DataError
 from personalign.runtime.llm.types import ChoiceItem
@@ -114,12 +113,7 @@ class EvalResult:
 
 def _score(pm: PersonalizedModel, prompt: str, completions: list[str], reference: bool):
     example = pm.encode(prompt, completions)
-    with torch.no_grad():
-        if reference:
-            with pm._reference_context() as ref:
-                logps, _ = completion_logps(ref, example, pm.tokenizer.pad_token_id)
-        else:
-            logps, _ = completion_logps(pm.model, example, pm.tokenizer.pad_token_id)
+    logps, _ = pm.score_encoded(example, reference=reference)
     return logps.double().numpy(), example.prompt_truncated
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from personalign.fspo.data.serialization import Shot, serialize_prompt
-from personalign.fspo.train.scoring import completion_logps, encode
+from personalign.fspo.train.scoring import PromptCache, completion_logps, encode
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.errors import ModelError
 from personalign.runtime.llm.types import ChoiceResult
@@ -99,6 +99,8 @@ class PersonalizedModel:
         self.max_completion_tokens = max_completion_tokens
         # "user-description": trained to write the user's description before the response.
         self.variant = variant
+        # Consecutive queries of one user share their shots: reuse that prefix's KV cache.
+        self.prompt_cache = PromptCache()
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -153,13 +155,17 @@ class PersonalizedModel:
     def completion_logps(self, prompt: str, completions: Sequence[str], *,
                          reference: bool = False) -> np.ndarray:
         """Summed log-probs of each completion (EOS included) after a raw-text prompt."""
-        example = self.encode(prompt, completions)
+        logps, _ = self.score_encoded(self.encode(prompt, completions), reference=reference)
+        return logps.double().cpu().numpy()
+
+    @torch.no_grad()
+    def score_encoded(self, example, *, reference: bool = False):
+        """(summed log-probs [k], lengths [k]) of an encoded example, policy or reference."""
+        pad = self.tokenizer.pad_token_id
         if reference:
             with self._reference_context() as ref:
-                logps, _ = completion_logps(ref, example, self.tokenizer.pad_token_id)
-        else:
-            logps, _ = completion_logps(self.model, example, self.tokenizer.pad_token_id)
-        return logps.double().cpu().numpy()
+                return completion_logps(ref, example, pad, self.prompt_cache, "reference")
+        return completion_logps(self.model, example, pad, self.prompt_cache, "policy")
 
     def option_logps(self, shots, question: str, options: Sequence[str],
                      description: str | None = None, *, reference: bool = False) -> np.ndarray:

@@ -9,8 +9,9 @@ serves training (LoRA on the prompt positions too) and scoring.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -78,9 +79,52 @@ def encode(tokenizer, prompt: str, completions: list[str], *, max_prompt_tokens:
     return EncodedExample(prompt_ids, completion_ids, truncated, dropped)
 
 
+class PromptCache:
+    """The KV cache of the last prompt run per key (model, adapter on/off), reused for the
+    longest common token prefix of the next prompt.
+
+    A user's evaluation episodes share the same N shots and differ only in the final
+    question, so each query then runs only its question and completions. Inference only: the
+    cached keys and values are detached, and a cache must be dropped when weights change.
+    """
+
+    def __init__(self):
+        self._last: dict[Hashable, tuple[list[int], object]] = {}
+        self.reused_tokens = 0
+        self.run_tokens = 0
+
+    def prefill(self, model, key: Hashable, prompt_ids: list[int]):
+        """(logits of the last prompt position [1, 1, V], a private copy of the KV cache)."""
+        device = next(model.parameters()).device
+        ids, kv = self._last.get(key, ((), None))
+        shared = 0
+        for a, b in zip(ids, prompt_ids):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(prompt_ids) - 1)  # run one token at least: its logits
+        if kv is not None and shared > 0:
+            cache = copy.deepcopy(kv)
+            if len(ids) > shared:
+                cache.crop(-(len(ids) - shared))  # transformers 5: a negative count removes
+        else:
+            cache, shared = None, 0
+        new = torch.tensor([prompt_ids[shared:]], dtype=torch.long, device=device)
+        out = model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        self._last[key] = (list(prompt_ids), copy.deepcopy(out.past_key_values))
+        self.reused_tokens += shared
+        self.run_tokens += len(prompt_ids) - shared
+        return out.logits[:, -1:, :], out.past_key_values
+
+    def clear(self) -> None:
+        self._last.clear()
+
+
 def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[list[int]],
-                           pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs [k, L] of k completions given one prompt, and their mask [k, L]."""
+                           pad_id: int, prompt_cache: PromptCache | None = None,
+                           cache_key: Hashable = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [k, L] of k completions given one prompt, and their mask [k, L].
+    With a ``prompt_cache`` (no gradients) the prompt's shared prefix is not run again."""
     device = next(model.parameters()).device
     k = len(completion_ids)
     width = max(len(c) for c in completion_ids)
@@ -89,14 +133,17 @@ def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[li
     for i, ids in enumerate(completion_ids):
         tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[i, : len(ids)] = 1.0
-    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    head = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    cache = head.past_key_values
+    if prompt_cache is not None:
+        last_logits, cache = prompt_cache.prefill(model, cache_key, prompt_ids)
+    else:
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+        head = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        last_logits, cache = head.logits[:, -1:, :], head.past_key_values
     # The last prompt position predicts every completion's first token.
-    first_logits = head.logits[:, -1:, :].expand(k, 1, -1)
+    first_logits = last_logits.expand(k, 1, -1)
     if width > 1:
         cache.batch_repeat_interleave(k)
-        attention = torch.cat([torch.ones((k, prompt.shape[1]), device=device), mask], dim=1)
+        attention = torch.cat([torch.ones((k, len(prompt_ids)), device=device), mask], dim=1)
         tail = model(input_ids=tokens[:, :-1], past_key_values=cache,
                      attention_mask=attention[:, :-1].long(), use_cache=True)
         logits = torch.cat([first_logits, tail.logits], dim=1)
@@ -106,8 +153,10 @@ def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[li
     return token_logps * mask, mask
 
 
-def completion_logps(model, example: EncodedExample, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model, example: EncodedExample, pad_id: int,
+                     prompt_cache: PromptCache | None = None,
+                     cache_key: Hashable = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs [k] of each completion, and the completion lengths [k]."""
     token_logps, mask = completion_token_logps(model, example.prompt_ids, example.completion_ids,
-                                               pad_id)
+                                               pad_id, prompt_cache, cache_key)
     return token_logps.sum(dim=1), mask.sum(dim=1)
