@@ -12,11 +12,14 @@ from personalign.runtime.llm.types import ChoiceItem, ChoiceResult, ScoringMetho
 
 
 def plain_score(llm, items: Sequence[ChoiceItem], method: ScoringMethod) -> list[ChoiceResult]:
-    """Score with ``llm`` (a TransformersLLM) without prefix caching or projection pruning."""
+    """Score with ``llm`` (a TransformersLLM) without prefix caching, projection pruning or
+    packed weights."""
     import torch
 
+    from personalign.runtime.llm.packed_linear import plain_linears
+
     results = []
-    with torch.inference_mode():
+    with torch.inference_mode(), plain_linears(llm.model):
         for item in items:
             context = llm.encode(item.prefix, specials=True) + llm.encode(item.prompt)
             if method == "letter":

@@ -49,20 +49,25 @@ class TransformersLLM(LLM):
 
     def __init__(self, model: str = models.DEFAULT_SCORER, *, dtype: str = "float32",
                  device: str = "cpu", threads: int | None = None, batch_size: int = 16,
-                 cache=True):
+                 cache=True, pack_weights: bool = True, max_padding: float = 0.15):
         super().__init__(cache=cache)
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from personalign.runtime.llm.packed_linear import pack_linears
 
         configure_threads(threads)
         self.path = models.resolve(model)
         self.model_id = model
         self.device = device
         self.batch_size = batch_size
+        self.max_padding = max_padding
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=getattr(torch, dtype)).to(device).eval()
         self.dtype = dtype
+        # oneDNN-packed linear weights (see packed_linear): same results, faster on CPU.
+        self.packed_layers = pack_linears(self.model) if pack_weights and device == "cpu" else 0
         self.has_chat_template = bool(self.tokenizer.chat_template)
         self.default_scoring = "letter"
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -70,8 +75,9 @@ class TransformersLLM(LLM):
         self._letter_ids: dict[str, int] = {}
 
     def _identity(self) -> tuple[str, str]:
-        # dtype changes results slightly, so it is part of the cache key.
-        return (self.backend, f"{self.model_id}|{self.dtype}")
+        # dtype and weight packing change results slightly, so they are part of the cache key.
+        packed = "|packed" if self.packed_layers else ""
+        return (self.backend, f"{self.model_id}|{self.dtype}{packed}")
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str, *, specials: bool = False) -> list[int]:
@@ -103,8 +109,16 @@ class TransformersLLM(LLM):
         return self.encode(text, specials=isinstance(prompt, str) or not self.has_chat_template)
 
     # ------------------------------------------------------------------ engine
-    def _logits(self, hidden):
-        logits = self.model.lm_head(hidden).float()
+    def _logits(self, hidden, vocab: Sequence[int] | None = None):
+        """Output logits at ``hidden``; with ``vocab``, only those rows of the output layer
+        (letter scoring reads a handful of tokens out of Gemma's 262k)."""
+        head = self.model.lm_head
+        if vocab is None:
+            logits = head(hidden).float()
+        else:
+            index = _torch().tensor(list(vocab), device=hidden.device)
+            bias = None if head.bias is None else head.bias[index]
+            logits = _torch().nn.functional.linear(hidden, head.weight[index], bias).float()
         if self._softcap:
             logits = self._softcap * _torch().tanh(logits / self._softcap)
         return logits
@@ -139,14 +153,26 @@ class TransformersLLM(LLM):
         return out.last_hidden_state
 
     def _batches(self, rows: Sequence[Row]):
-        """Index batches of rows, similar lengths together to limit padding."""
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].body) + len(rows[i].target))
-        for start in range(0, len(order), self.batch_size):
-            yield order[start: start + self.batch_size]
+        """Index batches of rows sorted by length; a batch closes when it is full or when the
+        next row would make padding more than ``max_padding`` of its real tokens (padded
+        positions cost as much as real ones, and question lengths vary 3x in OpinionQA)."""
+        length = [len(r.body) + len(r.target) for r in rows]
+        batch: list[int] = []
+        for i in sorted(range(len(rows)), key=length.__getitem__):
+            real = sum(length[j] for j in batch) + length[i]
+            if batch and (len(batch) == self.batch_size
+                          or length[i] * (len(batch) + 1) > (1 + self.max_padding) * real):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
 
-    def score_rows(self, prefix_ids: list[int], rows: Sequence[Row]) -> tuple[list, list[float]]:
+    def score_rows(self, prefix_ids: list[int], rows: Sequence[Row],
+                   vocab: Sequence[int] | None = None) -> tuple[list, list[float]]:
         """For rows sharing ``prefix_ids``: the next-token log-softmax after each body (rows
-        without target) and the summed log-prob of each row's target (rows with one)."""
+        without target; over ``vocab`` only when given, else the whole vocabulary) and the
+        summed log-prob of each row's target (rows with one)."""
         torch = _torch()
         # The prefix's last token moves into every body, so no body is empty and the first
         # target token is predicted from a position we compute.
@@ -158,25 +184,25 @@ class TransformersLLM(LLM):
             prefix_cache = self._encode_prefix(cached)
             for batch in self._batches(rows):
                 hidden = self._run_rows(prefix_cache, len(cached), [rows[i] for i in batch])
-                picks, owners, targets = [], [], []
+                nexts, picks, targets = [], [], []
                 for b, i in enumerate(batch):
                     row = rows[i]
                     n_body = len(row.body)
                     if not row.target:
-                        picks.append(hidden[b, n_body - 1])
-                        owners.append((i, None))
+                        nexts.append((i, hidden[b, n_body - 1]))
                     for j, tok in enumerate(row.target):
-                        picks.append(hidden[b, n_body - 1 + j])
-                        owners.append((i, j))
+                        picks.append((i, hidden[b, n_body - 1 + j]))
                         targets.append(tok)
-                logprobs = torch.log_softmax(self._logits(torch.stack(picks)), dim=-1)
-                t = 0
-                for k, (i, j) in enumerate(owners):
-                    if j is None:
-                        next_logprobs[i] = logprobs[k]
-                    else:
-                        target_sums[i] += float(logprobs[k, targets[t]])
-                        t += 1
+                if nexts:
+                    logits = self._logits(torch.stack([h for _, h in nexts]), vocab)
+                    for (i, _), lp in zip(nexts, torch.log_softmax(logits, dim=-1)):
+                        next_logprobs[i] = lp
+                if picks:
+                    logprobs = torch.log_softmax(
+                        self._logits(torch.stack([h for _, h in picks])), dim=-1)
+                    chosen = logprobs[torch.arange(len(targets)), torch.tensor(targets)]
+                    for (i, _), value in zip(picks, chosen.tolist()):
+                        target_sums[i] += value
         return next_logprobs, target_sums
 
     # ------------------------------------------------------------------ LLM hooks
@@ -195,9 +221,13 @@ class TransformersLLM(LLM):
             tokens = len(prefix_ids)
             if method == "letter":
                 rows = [Row(tuple(self.encode(it.prompt))) for it in group]
-                next_lp, _ = self.score_rows(prefix_ids, rows)
+                # Only the letters' rows of the output layer; renormalizing over each item's
+                # letters below makes the result the same as with the full vocabulary.
+                vocab = sorted({self.letter_id(x) for it in group for x in it.letters})
+                column = {tok: k for k, tok in enumerate(vocab)}
+                next_lp, _ = self.score_rows(prefix_ids, rows, vocab)
                 for it, row, lp in zip(group, rows, next_lp):
-                    raw = lp[[self.letter_id(x) for x in it.letters]]
+                    raw = lp[[column[self.letter_id(x)] for x in it.letters]]
                     results.append(self._result(torch.log_softmax(raw, -1).tolist()))
                     tokens += len(row.body)
             elif method == "text":

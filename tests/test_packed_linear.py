@@ -1,0 +1,49 @@
+"""oneDNN-packed linear layers: same outputs as nn.Linear, switchable back for reference runs."""
+
+import pytest
+import torch
+
+from personalign.runtime.llm.packed_linear import (
+    PackedLinear,
+    pack_linears,
+    packing_available,
+    plain_linears,
+)
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="no oneDNN in this torch")
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(),
+                                        torch.nn.Linear(64, 32, bias=False))
+        self.head = torch.nn.Linear(32, 4096, bias=False)  # most of the weights: not packed
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("rows", [1, 4, 37])
+def test_packed_model_matches_plain(rows):
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.randn(2, rows, 32)
+    with torch.inference_mode():
+        want = model(x)
+        assert pack_linears(model) == 2
+        assert isinstance(model.body[0], PackedLinear) and type(model.head) is torch.nn.Linear
+        got = model(x)
+        with plain_linears(model):
+            again = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(again, want)  # the plain path is the original computation
+    assert all(m.enabled for m in model.modules() if isinstance(m, PackedLinear))
+
+
+def test_gradients_use_the_plain_weight():
+    torch.manual_seed(0)
+    model = Tiny()
+    pack_linears(model)
+    model(torch.randn(3, 32)).sum().backward()
+    assert model.body[0].weight.grad is not None
