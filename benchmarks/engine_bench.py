@@ -102,11 +102,15 @@ def bench_scoring(llm: TransformersLLM, items: list[ChoiceItem], report: dict) -
 
 
 def bench_generation(llm: TransformersLLM, report: dict) -> None:
-    """Four 150-token samples of one optimizer-style prompt. EOS is ignored so every sample
-    really has 150 tokens (the optimizer's replies usually stop earlier)."""
+    """Four 150-token samples of one optimizer-style prompt, EOS ignored so every sample
+    really has 150 tokens (the optimizer's replies usually stop earlier): HF ``generate`` with
+    4 return sequences and plain linear layers vs the engine (packed weights, one prompt pass,
+    own decode loop)."""
+    from personalign.runtime.llm.packed_linear import plain_linears
+
     prompt = [{"role": "user", "content": "Write a short instruction that tells a model to "
                                           "answer survey questions like a specific person."}]
-    params = SamplingParams(n=4, temperature=1.0, max_tokens=150, seed=0)
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=150, seed=0, ignore_eos=True)
     ids = torch.tensor([llm.prompt_ids(prompt)])
     config = llm.model.generation_config
     eos = config.eos_token_id
@@ -114,18 +118,23 @@ def bench_generation(llm: TransformersLLM, report: dict) -> None:
     try:
         def hf_plain():
             torch.manual_seed(0)
-            with torch.inference_mode():
+            with torch.inference_mode(), plain_linears(llm.model):
                 return llm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                           do_sample=True, temperature=1.0, top_k=0,
                                           num_return_sequences=4, max_new_tokens=150,
                                           pad_token_id=llm.tokenizer.pad_token_id)
 
         out, t_plain = timed(hf_plain)
-        plain_tokens = int(out[:, ids.shape[1]:].numel())
-        gen, t_engine = timed(lambda: llm._generate([prompt], params))
-        engine_tokens = gen[0].completion_tokens
     finally:
         config.eos_token_id = eos
+    plain_tokens = int(out[:, ids.shape[1]:].numel())
+
+    def engine():
+        llm.prompt_cache.clear()  # time the prompt pass too
+        return llm._generate([prompt], params)
+
+    gen, t_engine = timed(engine)
+    engine_tokens = gen[0].completion_tokens
     # Decoding is bound by reading the weights once per step: bytes per step / step time.
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     steps = 150
@@ -133,6 +142,7 @@ def bench_generation(llm: TransformersLLM, report: dict) -> None:
         "hf_generate_s": t_plain, "hf_generate_tokens_per_s": plain_tokens / t_plain,
         "engine_s": t_engine, "engine_tokens": engine_tokens,
         "engine_tokens_per_s": engine_tokens / t_engine,
+        "engine_vs_hf_generate": t_plain / t_engine,
         "four_150_token_samples_s": t_engine,
         "weight_stream_gb_per_s": weight_bytes * steps / t_engine / 1e9,
     }

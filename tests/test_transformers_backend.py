@@ -82,3 +82,28 @@ def test_embeddings_rank_paraphrase_above_unrelated(embedder):
     sims = embedder.similarity(["How old are you?"],
                                ["What is your age?", "The stock market fell sharply today."])
     assert sims[0, 0] > sims[0, 1] + 0.2
+
+
+def test_decode_loop_matches_hf_generate_and_reuses_the_prompt(smollm):
+    import torch
+
+    prompt = [{"role": "user", "content": "List three colors."}]
+    ids = smollm.prompt_ids(prompt)
+    with torch.inference_mode():
+        hf = smollm.model.generate(input_ids=torch.tensor([ids]), do_sample=False,
+                                   max_new_tokens=20, pad_token_id=smollm.tokenizer.eos_token_id)
+    want = [t for t in hf[0, len(ids):].tolist() if t != smollm.tokenizer.eos_token_id]
+    smollm.prompt_cache.clear()
+    params = SamplingParams(max_tokens=20)
+    with torch.inference_mode():
+        first = smollm._decode(ids, 1, params)[0]
+        before = smollm.prompt_cache.reused_tokens
+        again = smollm._decode(ids, 1, params)[0]
+    assert first == want and again == want
+    assert smollm.prompt_cache.reused_tokens - before == len(ids) - 1  # only the last token ran
+
+
+def test_ignore_eos_generates_max_tokens_per_sample(smollm):
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=0, ignore_eos=True)
+    gen = smollm._generate([[{"role": "user", "content": "Hi"}]], params)[0]
+    assert len(gen.texts) == 3 and gen.completion_tokens == 36

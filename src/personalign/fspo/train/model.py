@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from personalign.fspo.data.serialization import Shot, serialize_prompt
-from personalign.fspo.train.scoring import PromptCache, completion_logps, encode
+from personalign.fspo.train.scoring import completion_logps, encode
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.errors import ModelError
+from personalign.runtime.llm.prompt_cache import PromptCache
 from personalign.runtime.llm.types import ChoiceResult
 
 log = logging.getLogger(__name__)

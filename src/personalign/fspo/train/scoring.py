@@ -9,13 +9,14 @@ serves training (LoRA on the prompt positions too) and scoring.
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
 from trl.trainer.utils import selective_log_softmax
+
+from personalign.runtime.llm.prompt_cache import PromptCache
 
 _EXAMPLE = re.compile(r"^# Example (\d+)\n", re.MULTILINE)
 
@@ -77,47 +78,6 @@ def encode(tokenizer, prompt: str, completions: list[str], *, max_prompt_tokens:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_completion_tokens - 1]
         completion_ids.append(ids + [eos_id])
     return EncodedExample(prompt_ids, completion_ids, truncated, dropped)
-
-
-class PromptCache:
-    """The KV cache of the last prompt run per key (model, adapter on/off), reused for the
-    longest common token prefix of the next prompt.
-
-    A user's evaluation episodes share the same N shots and differ only in the final
-    question, so each query then runs only its question and completions. Inference only: the
-    cached keys and values are detached, and a cache must be dropped when weights change.
-    """
-
-    def __init__(self):
-        self._last: dict[Hashable, tuple[list[int], object]] = {}
-        self.reused_tokens = 0
-        self.run_tokens = 0
-
-    def prefill(self, model, key: Hashable, prompt_ids: list[int]):
-        """(logits of the last prompt position [1, 1, V], a private copy of the KV cache)."""
-        device = next(model.parameters()).device
-        ids, kv = self._last.get(key, ((), None))
-        shared = 0
-        for a, b in zip(ids, prompt_ids):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(prompt_ids) - 1)  # run one token at least: its logits
-        if kv is not None and shared > 0:
-            cache = copy.deepcopy(kv)
-            if len(ids) > shared:
-                cache.crop(-(len(ids) - shared))  # transformers 5: a negative count removes
-        else:
-            cache, shared = None, 0
-        new = torch.tensor([prompt_ids[shared:]], dtype=torch.long, device=device)
-        out = model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self._last[key] = (list(prompt_ids), copy.deepcopy(out.past_key_values))
-        self.reused_tokens += shared
-        self.run_tokens += len(prompt_ids) - shared
-        return out.logits[:, -1:, :], out.past_key_values
-
-    def clear(self) -> None:
-        self._last.clear()
 
 
 def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[list[int]],

@@ -172,6 +172,8 @@ class OpenAILLM(LLM):
                                 "temperature": params.temperature,
                                 "max_tokens": params.max_tokens, "top_p": params.top_p,
                                 "seed": params.seed}
+        if params.ignore_eos:
+            body["ignore_eos"] = True  # a vLLM extension
         if params.stop:
             body["stop"] = list(params.stop)
         body.update(extra)

@@ -55,6 +55,7 @@ class TransformersLLM(LLM):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from personalign.runtime.llm.packed_linear import pack_linears
+        from personalign.runtime.llm.prompt_cache import PromptCache
 
         configure_threads(threads)
         self.path = models.resolve(model)
@@ -73,6 +74,8 @@ class TransformersLLM(LLM):
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self._lock = threading.Lock()  # one forward at a time per model (service threads)
         self._letter_ids: dict[str, int] = {}
+        # Generation prompts often repeat (optimizer retries) or share a long head.
+        self.prompt_cache = PromptCache()
 
     def _identity(self) -> tuple[str, str]:
         # dtype and weight packing change results slightly, so they are part of the cache key.
@@ -281,45 +284,77 @@ class TransformersLLM(LLM):
 
     def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         torch = _torch()
-        from transformers import DynamicCache
-
         out = []
         for prompt in prompts:
             ids = self.prompt_ids(prompt)
-            input_ids = torch.tensor([ids], device=self.device)
             sample = params.temperature > 0
-            kwargs = dict(max_new_tokens=params.max_tokens, do_sample=sample,
-                          pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-            if sample:
-                kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-            if params.stop:
-                kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
             n = params.n if sample else 1
             with self._lock, torch.inference_mode():
-                torch.manual_seed(params.seed)
-                # Encode the prompt once, then sample the n continuations from copies of its
-                # cache (generate would otherwise prefill the prompt n times).
-                cache = DynamicCache(config=self.model.config)
-                if len(ids) > 1:
-                    self.model(input_ids=input_ids[:, :-1], past_key_values=cache,
-                               use_cache=True)
-                    cache.batch_repeat_interleave(n)
-                generated = self.model.generate(input_ids=input_ids.repeat(n, 1),
-                                                attention_mask=torch.ones_like(
-                                                    input_ids.repeat(n, 1)),
-                                                past_key_values=cache, **kwargs)
-            new = generated[:, len(ids):]
-            texts, completion_tokens = [], 0
-            for row in new:
-                toks = [t for t in row.tolist() if t != kwargs["pad_token_id"]]
-                completion_tokens += len(toks)
-                texts.append(_cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True),
-                                          params.stop))
+                rows = self._decode(ids, n, params)
+            texts = [_cut_at_stop(self.tokenizer.decode(r, skip_special_tokens=True),
+                                  params.stop) for r in rows]
             if not sample:
                 texts = texts * params.n  # greedy samples are identical
             out.append(Generation(texts, prompt_tokens=len(ids),
-                                  completion_tokens=completion_tokens))
+                                  completion_tokens=sum(len(r) for r in rows)))
         return out
+
+    def _stop_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _decode(self, ids: list[int], n: int, params: SamplingParams) -> list[list[int]]:
+        """``n`` continuations of ``ids``: the prompt runs once (its shared prefix with the
+        previous prompt not at all), the samples decode together from copies of its cache, and
+        a sample leaves the batch at EOS, a stop string or ``max_tokens``."""
+        torch = _torch()
+        generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        logits, cache = self.prompt_cache.prefill(self.model, "generate", ids)
+        logits = logits[:, -1, :].expand(n, -1)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        stop_ids = set() if params.ignore_eos else self._stop_ids()
+        rows: list[list[int]] = [[] for _ in range(n)]
+        alive = list(range(n))
+        for _ in range(params.max_tokens):
+            picked = _pick_tokens(logits, params, generator)
+            keep = []
+            for k, (row, tok) in enumerate(zip(alive, picked.tolist())):
+                if tok in stop_ids:
+                    continue
+                rows[row].append(tok)
+                if len(rows[row]) >= params.max_tokens or (params.stop and any(
+                        s in self.tokenizer.decode(rows[row][-32:]) for s in params.stop)):
+                    continue
+                keep.append(k)
+            if not keep:
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                picked = picked[index]
+                alive = [alive[k] for k in keep]
+            logits = self.model(input_ids=picked[:, None], past_key_values=cache,
+                                use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return rows
+
+
+def _pick_tokens(logits, params: SamplingParams, generator):
+    """Greedy at temperature 0; otherwise a sample from the temperature-scaled distribution,
+    restricted to the nucleus of mass ``top_p``."""
+    torch = _torch()
+    if params.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > params.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        return order.gather(-1, torch.multinomial(sorted_probs, 1, generator=generator))[:, 0]
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -26,6 +26,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     top_p: float = 1.0
     seed: int = 0
+    # Generate all max_tokens past end-of-sequence (vLLM's name; for benchmarks).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)
