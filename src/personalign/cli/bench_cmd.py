@@ -50,7 +50,7 @@ def opinionqa(
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
     methods: str = typer.Option("all", help="all or a comma list of random, vanilla, profile, "
                                             "fewshot, opro, fermi_norop, fermi."),
-    preset: str = typer.Option("quick", help="paper (T=10, K=4, L=5), quick (T=3, K=2) or tiny."),
+    preset: str = typer.Option("quick", help="paper (T=10, K=4, L=5), quick (T=2, K=2) or tiny."),
     seed: int = typer.Option(0),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-T", help="Override T."),
     candidates: Optional[int] = typer.Option(None, "--candidates", "-K", help="Override K."),
@@ -82,3 +82,26 @@ def opinionqa(
     result = run_benchmark(cfg)
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
     print_result(result, f"opinionqa-individual, {len(result.records)} users, preset {label}")
+
+
+@app.command("compare")
+def compare_cmd(
+    fermi: Path = typer.Option(..., help="A `bench opinionqa` report folder."),
+    fspo: Path = typer.Option(..., help="A `fspo eval` report folder (same data and seed)."),
+    out: Path = typer.Option(..., help="Folder for the side-by-side report."),
+    baseline: str = typer.Option("Fermi", help="Method the paired differences subtract."),
+) -> None:
+    """Fermi and FSPO accuracy on the (user, question) pairs both reports answered."""
+    from personalign.bench.compare import compare
+
+    result = compare(fermi, fspo, out, baseline)
+    table = Table(title=f"Same {result['users']} users, {result['questions']} questions")
+    for col in ("Method", "Accuracy (%)", "95% CI"):
+        table.add_column(col, justify="left" if col == "Method" else "right")
+    for r in result["per_method"]:
+        table.add_row(r["method"], f"{r['accuracy']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]")
+    console.print(table)
+    for p in result["paired"]:
+        console.print(f"{p['method']} minus {p['minus']}: {p['diff']:+.1f} "
+                      f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]")
+    console.print(f"Report: {out}/README.md")

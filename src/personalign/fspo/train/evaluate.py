@@ -160,8 +160,9 @@ def evaluate_records(pm: PersonalizedModel, records: Sequence[Mapping[str, Any]]
         if opts:
             completions += [completion_text(o, eos) for o in opts[0]]
         pol, truncated = _score(pm, prompt, completions, reference=False)
-        common = {"user_id": rec["user_id"], "n_shots": rec.get("n_shots"),
-                  "prompt_truncated": truncated}
+        query = (rec.get("meta") or {}).get("query_meta") or {}
+        common = {"user_id": rec["user_id"], "qid": query.get("qid"),
+                  "n_shots": rec.get("n_shots"), "prompt_truncated": truncated}
         row: dict[str, Any] = {**common, "logp_chosen": pol[0], "logp_rejected": pol[1],
                                "logp_correct": float(pol[0] > pol[1])}
         if opts:
