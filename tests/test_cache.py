@@ -113,3 +113,20 @@ def test_two_processes_share_the_cache(tmp_path):
     assert (calls, hits) == (0, 20)
     assert results == got[0][2]
     assert len(CallCache(path)) == 30
+
+
+def test_phase_time_excludes_nested_phases():
+    import time
+
+    import pytest
+
+    llm = FakeLLM(cache=False)
+    with llm.phase("outer"):
+        time.sleep(0.02)
+        with llm.phase("inner"):
+            time.sleep(0.05)
+    phases = llm.usage.by_phase
+    assert 0.05 <= phases["inner"].seconds < phases["inner"].seconds + phases["outer"].seconds
+    assert 0.02 <= phases["outer"].seconds < 0.05
+    assert llm.usage.seconds == pytest.approx(phases["inner"].seconds + phases["outer"].seconds)
+    assert llm.usage.as_dict()["by_phase"]["inner"]["seconds"] >= 0.05

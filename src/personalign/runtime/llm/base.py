@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -56,12 +57,18 @@ class LLM(ABC):
     # ------------------------------------------------------------------ bookkeeping
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Attribute calls and tokens made inside the block to ``name`` in ``usage.by_phase``."""
+        """Attribute calls, tokens and wall time inside the block to ``name`` in
+        ``usage.by_phase`` (nested blocks count their time to the inner phase only)."""
         previous, self._phase = self._phase, name
+        start = time.perf_counter()
         try:
             yield
         finally:
             self._phase = previous
+            elapsed = time.perf_counter() - start
+            self.usage.add(phase=name, seconds=elapsed)
+            if previous is not None:  # the outer phase's time excludes this block
+                self.usage.add(phase=previous, seconds=-elapsed)
 
     def _count(self, **kw) -> None:
         self.usage.add(phase=self._phase, **kw)

@@ -74,22 +74,27 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     scored_items: int = 0
+    seconds: float = 0.0  # wall time inside phase blocks (LLM.phase)
     by_phase: dict[str, "Usage"] = field(default_factory=dict)
 
     def add(self, calls: int = 0, cache_hits: int = 0, prompt_tokens: int = 0,
-            completion_tokens: int = 0, scored_items: int = 0, phase: str | None = None) -> None:
+            completion_tokens: int = 0, scored_items: int = 0, phase: str | None = None,
+            seconds: float = 0.0) -> None:
         self.calls += calls
         self.cache_hits += cache_hits
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.scored_items += scored_items
+        self.seconds += seconds
         if phase:
             self.by_phase.setdefault(phase, Usage()).add(
-                calls, cache_hits, prompt_tokens, completion_tokens, scored_items)
+                calls, cache_hits, prompt_tokens, completion_tokens, scored_items,
+                seconds=seconds)
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in
              ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "scored_items")}
+        d["seconds"] = round(self.seconds, 2)
         if self.by_phase:
             d["by_phase"] = {k: v.as_dict() for k, v in self.by_phase.items()}
         return d
