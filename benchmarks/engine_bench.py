@@ -9,9 +9,12 @@ Scoring inputs: one dev user's profile prompt as the shared prefix and 16 of the
   (c) the engine (shared-prefix KV cache, batched items, pruned output projection).
 (b) and (c) must give the same choices and log-probs within a tolerance, for both scoring
 definitions. Also: the machine's dense matmul rate and the engine's achieved rate, generation
-tokens/s (4 x 150-token samples, HF generate with n return sequences vs the engine's cached
-prompt; fp32 and bf16), memory bandwidth (what bounds decoding), and optionally one user's
-Fermi optimization at the paper preset (--fermi).
+tokens/s (4 x 150-token samples: HF generate with n return sequences and plain linear layers
+vs the engine's packed weights, single prompt pass and own decode loop; fp32 and bf16; llama.cpp
+with --llamacpp), memory bandwidth (what bounds decoding), and optionally one user's Fermi
+optimization at the paper preset with time per phase (--fermi).
+
+    python benchmarks/engine_bench.py --threads 1 2 --fermi --out runs/engine_bench.json
 """
 
 from __future__ import annotations
@@ -148,6 +151,21 @@ def bench_generation(llm: TransformersLLM, report: dict) -> None:
     }
 
 
+def bench_llamacpp_generation(threads: int, report: dict) -> None:
+    """The same four 150-token samples through llama.cpp on the embedded GGUF (its own
+    quantization, so only the speed is comparable). Samples run one after another."""
+    from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
+
+    llm = LlamaCppLLM("smollm2-135m-instruct", threads=threads, cache=False)
+    prompt = [{"role": "user", "content": "Write a short instruction that tells a model to "
+                                          "answer survey questions like a specific person."}]
+    params = SamplingParams(n=4, temperature=1.0, max_tokens=150, seed=0, ignore_eos=True)
+    gen, seconds = timed(lambda: llm._generate([prompt], params))
+    report["generation_llamacpp"] = {"gguf": llm.path.name, "four_150_token_samples_s": seconds,
+                                     "tokens": gen[0].completion_tokens,
+                                     "tokens_per_s": gen[0].completion_tokens / seconds}
+
+
 def memory_bandwidth_gbps(mb: int = 512, repeats: int = 5) -> float:
     """Copy bandwidth (read + write) of a large buffer: the bound for one decode step."""
     src = torch.empty(mb * 2**20 // 4, dtype=torch.float32).fill_(1.0)
@@ -185,6 +203,8 @@ def main() -> None:
     parser.add_argument("--gen-dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--fermi", action="store_true",
                         help="Also time one user's Fermi optimization at the paper preset.")
+    parser.add_argument("--llamacpp", action="store_true",
+                        help="Also time generation with llama.cpp (the optional extra).")
     parser.add_argument("--out", default=None, help="Write the report as JSON here too.")
     args = parser.parse_args()
 
@@ -210,6 +230,8 @@ def main() -> None:
                                    cache=False)
             bench_generation(smol, run)
             del smol
+        if args.llamacpp:
+            bench_llamacpp_generation(threads, run)
         if args.fermi:
             run["fermi_paper_one_user"] = bench_fermi_paper(user, threads)
         report["runs"].append(run)

@@ -120,6 +120,8 @@ class LlamaCppLLM(LLM):
                 kwargs = dict(temperature=params.temperature, top_p=params.top_p,
                               max_tokens=params.max_tokens, stop=list(params.stop) or None,
                               seed=params.seed + k)
+                if params.ignore_eos:
+                    kwargs["logit_bias"] = {self.llama.token_eos(): -1e9}  # EOS never wins
                 if isinstance(prompt, str):
                     response = self.llama.create_completion(prompt=prompt, **kwargs)
                     text = response["choices"][0]["text"]
