@@ -100,7 +100,8 @@ class PersonalizedModel:
         self.max_completion_tokens = max_completion_tokens
         # "user-description": trained to write the user's description before the response.
         self.variant = variant
-        # Consecutive queries of one user share their shots: reuse that prefix's KV cache.
+        # Consecutive queries of one user share their shots: reuse that prefix's KV cache
+        # (clear it if the weights change under this object).
         self.prompt_cache = PromptCache()
 
     # ---- construction -------------------------------------------------------------------
