@@ -136,3 +136,7 @@ def test_real_llama_cpp_on_embedded_gguf():
     assert texts[0].strip()
     (res,) = llm.score_choices([ITEM], "letter")
     assert res.valid and sum(math.exp(v) for v in res.logprobs) == pytest.approx(1.0)
+    # ignore_eos: every sample runs to max_tokens (a "Hi" reply would otherwise end early).
+    gen = llm._generate([[{"role": "user", "content": "Hi"}]],
+                        SamplingParams(n=2, temperature=1.0, max_tokens=40, ignore_eos=True))
+    assert gen[0].completion_tokens == 80
