@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from personalign.bench.report import LABELS
+from personalign.bench.report import LABELS, _md
 from personalign.runtime.errors import DataError
 from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
 from personalign.runtime.storage import atomic_write_text
@@ -35,10 +35,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def fermi_predictions(report: Path) -> pd.DataFrame:
     rows = _read_jsonl(Path(report) / "predictions.jsonl")
-    frame = pd.DataFrame([{"user_id": r["user_id"], "qid": r["qid"],
-                           "method": LABELS.get(r["method"], r["method"]),
-                           "correct": float(r["correct"])} for r in rows])
-    return frame
+    return pd.DataFrame([{"user_id": r["user_id"], "qid": r["qid"],
+                          "method": LABELS.get(r["method"], r["method"]),
+                          "correct": float(r["correct"])} for r in rows])
 
 
 def fspo_predictions(report: Path, prefix: str = "FSPO eval: ") -> pd.DataFrame:
@@ -83,8 +82,6 @@ def compare(fermi_report: Path, fspo_report: Path, out: Path,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wide.reset_index().to_csv(out / "compare.csv", index=False)
-    from personalign.bench.report import _md
-
     per_method, paired_df = pd.DataFrame(table), pd.DataFrame(paired)
     per_method.to_csv(out / "per_method.csv", index=False)
     paired_df.to_csv(out / "paired.csv", index=False)

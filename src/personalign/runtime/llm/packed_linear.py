@@ -69,7 +69,7 @@ def pack_linears(model: torch.nn.Module) -> int:
         return 0
     total = sum(p.numel() for p in model.parameters())
     targets = []
-    for name, module in model.named_modules():
+    for module in model.modules():
         for child_name, child in module.named_children():
             if type(child) is not torch.nn.Linear or child.weight.device.type != "cpu":
                 continue
