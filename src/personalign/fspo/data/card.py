@@ -47,15 +47,16 @@ def response_diversity(responses_by_question: dict[str, list[str]], embedder=Non
             "embedder": getattr(embedder, "model_name", type(embedder).__name__)}
 
 
-def _summed_usage(runs: list[dict]) -> dict[str, dict[str, int]]:
-    """Per model spec: calls, cache hits, tokens and scored items summed over resumed runs."""
-    total: dict[str, dict[str, int]] = {}
+def _summed_usage(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per model spec: the numeric usage counts (calls, tokens, seconds, ...) summed over
+    resumed runs."""
+    total: dict[str, dict[str, float]] = {}
     for run in runs:
         for spec, u in run.get("usage", {}).items():
             t = total.setdefault(spec, {})
-            for key in ("calls", "cache_hits", "prompt_tokens", "completion_tokens",
-                        "scored_items"):
-                t[key] = t.get(key, 0) + int(u.get(key, 0))
+            for key, value in u.items():
+                if isinstance(value, (int, float)):
+                    t[key] = t.get(key, 0) + value
     return total
 
 

@@ -8,9 +8,10 @@ rejected = another option. Rule (recorded in each row's ``meta["rule"]``):
   lowest option index). Options without an ordinal value ("Don't know") are not candidates.
 - ``random-other``: otherwise, an option other than a drawn with a seed from (seed, user, qid).
 
-Per user, the opinions are shuffled with a seed derived from (seed, user_id) exactly like
-protocol opinionqa-individual's split (bench/opinionqa.py ``split_user``): the first ``n_fewshot`` (20) are U_opi (``meta["part"] =
-"shots"``), the next ``n_test`` (30) the test questions (``"test"``). Users with fewer than
+Per user, the opinions are in protocol opinionqa-individual's seeded order
+(``runtime.data.splits.protocol_order``, which Fermi's benchmark uses too): the first
+``n_fewshot`` (20) are U_opi (``meta["part"] = "shots"``), the next ``n_test`` (30) the test
+questions (``"test"``). Users with fewer than
 ``min_opinions`` (25) opinions are skipped and counted.
 
 The prompt is the question followed by its answer choices ("Options: a | b | c"), so the
@@ -77,12 +78,6 @@ class OpinionPrefsResult:
     skipped_opinions: int
 
 
-def user_opinion_order(user: User, seed: int) -> list[Opinion]:
-    """The user's opinions in opinionqa-individual's seeded order, so U_opi and the test
-    questions are the ones Fermi is measured on."""
-    return protocol_order(user, seed)
-
-
 def opinionqa_preferences(users: Sequence[User], seed: int = 0, n_fewshot: int = 20,
                           n_test: int = 30, min_opinions: int = 25,
                           show_options: bool = True) -> OpinionPrefsResult:
@@ -91,7 +86,7 @@ def opinionqa_preferences(users: Sequence[User], seed: int = 0, n_fewshot: int =
         if len(user.opinions) < min_opinions:
             skipped.append(user.user_id)
             continue
-        ordered = user_opinion_order(user, seed)[: n_fewshot + n_test]
+        ordered = protocol_order(user, seed)[: n_fewshot + n_test]
         for pos, op in enumerate(ordered):
             if len(op.options) < 2:
                 bad += 1
