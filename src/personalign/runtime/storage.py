@@ -30,3 +30,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent))
+
+
+def safe_filename(name: str) -> str:
+    """``name`` as one file name: characters outside [A-Za-z0-9._+-] become "_", and a short
+    digest is appended when anything changed, so distinct names never share a file."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() and c.isascii() or c in "-_+." else "_" for c in name)
+    if safe != name or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return safe

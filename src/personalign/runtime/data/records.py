@@ -46,6 +46,13 @@ class Opinion:
         d["options"] = list(self.options)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Opinion":
+        """The inverse of :meth:`to_dict` (for saved, already validated records)."""
+        tuples = {k: tuple(d[k]) for k in ("options", "ordinal", "distribution")
+                  if d.get(k) is not None}
+        return cls(**{**d, **tuples})
+
 
 @dataclass(frozen=True)
 class User:
@@ -55,11 +62,14 @@ class User:
     profile: dict[str, str] = field(default_factory=dict)
     opinions: tuple[Opinion, ...] = ()
     description: str | None = None
+    # Labeled preferences of this user (FSPO's shots), beside or instead of opinions.
+    pairs: tuple["PreferencePair", ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "profile": dict(self.profile),
                 "description": self.description,
-                "opinions": [o.to_dict() for o in self.opinions]}
+                "opinions": [o.to_dict() for o in self.opinions],
+                **({"pairs": [p.to_dict() for p in self.pairs]} if self.pairs else {})}
 
 
 @dataclass(frozen=True)

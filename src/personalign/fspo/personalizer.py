@@ -1,0 +1,166 @@
+"""FSPO behind the method protocol: a (meta-trained) model conditioned on the user's shots.
+
+``fspo:RUN`` answers with the model a ``personalign fspo train`` run left in ``RUN/final``
+(``RUN`` may also name a model folder, or ``base`` for the untrained base model with the same
+shots); ``pooled:RUN`` is preference training without shots, asked without shots; ``oracle``
+puts the user's description before the shots. ``fit`` only chooses the user's N shots: their
+preference pairs, or pairs made from their opinions (protocol opinionqa-preferences).
+
+The model runs on the runtime's engine: LoRA adapters merged at load, the shots as the cached
+prefix shared by all of a user's questions, each option scored as FSPO's completion
+("## Preferred Response\\n{option}\\n" and EOS), so calls, cache and usage are the runtime's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+from personalign.fspo.data.episodes import select_shots
+from personalign.fspo.data.opinionqa_prefs import opinion_pair, opinion_prompt
+from personalign.fspo.data.serialization import Shot, serialize_prompt
+from personalign.methods.prompting import check_questions, check_user
+from personalign.runtime import models as embedded
+from personalign.runtime.data.opinionqa import profile_text
+from personalign.runtime.data.records import Opinion, PreferencePair, User
+from personalign.runtime.errors import ConfigError, DataError, ModelError
+from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+from personalign.runtime.personalizer import Answer, Personalizer, SharedModels
+
+MANIFEST = "fspo_model.json"
+RESPONSE_HEADER = "## Preferred Response\n"
+TASK_HEADER = "# Task\n"
+
+
+def model_files(spec: str) -> tuple[str, list[str]]:
+    """(base model, adapter folders in merge order) of ``base``, a model folder written by
+    the FSPO trainer, or a training run folder (its ``final/``)."""
+    if spec == "base":
+        return embedded.DEFAULT_GENERATOR, []
+    folder = Path(spec)
+    if not (folder / MANIFEST).exists() and (folder / "final" / MANIFEST).exists():
+        folder = folder / "final"
+    if not (folder / MANIFEST).exists():
+        raise ModelError(f"{spec}: no {MANIFEST} here or in final/ (not an FSPO model or run); "
+                         "use base for the untrained model")
+    m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if m.get("finetune") == "full":
+        return str(folder / m["model"]), []
+    return m["base"], [str(folder / m[k]) for k in ("sft_adapter", "adapter") if m.get(k)]
+
+
+def fspo_llm(models: SharedModels, spec: str) -> LLM:
+    """The FSPO model of ``spec`` on the engine, loaded once per run."""
+    base, adapters = model_files(spec)
+    return models.llm(base, adapters=tuple(adapters), name=f"fspo:{spec}", option_eos=True,
+                      option_template=RESPONSE_HEADER + "{option}\n")
+
+
+def as_shot(pair: PreferencePair) -> Shot:
+    return Shot(pair.prompt.strip(), pair.chosen.strip(), pair.rejected.strip())
+
+
+class FSPO(Personalizer):
+    name, label = "fspo", "FSPO"
+    depends_on: ClassVar[tuple[str, ...]] = ()  # the model is a parameter
+    prompt_mode: ClassVar[Literal["shots", "zero-shot", "oracle"]] = "shots"
+    default_model: ClassVar[str | None] = "base"
+
+    def __init__(self, models: SharedModels, model: str = "base", n_shots: int = 8,
+                 seed: int = 0):
+        super().__init__(models)
+        if n_shots < 0:
+            raise ConfigError(f"n_shots must be >= 0, got {n_shots}")
+        self.model, self.n_shots, self.seed = model, n_shots, seed
+        self.shots: list[Shot] = []
+        self.description = ""
+
+    @classmethod
+    def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FSPO":
+        model = arg or cls.default_model
+        if model is None:
+            raise ConfigError(f"method {cls.name} needs a trained model: {cls.name}:RUN_FOLDER")
+        model_files(model)  # a wrong folder fails now, not after the first users
+        return cls(models, model, settings.fspo_shots, settings.seed)
+
+    @property
+    def llm(self) -> LLM:
+        return fspo_llm(self.models, self.model)
+
+    def fit(self, user: User) -> "FSPO":
+        user = check_user(user)
+        pairs = list(user.pairs) or [opinion_pair(user, op, self.seed) for op in user.opinions
+                                     if len(op.options) >= 2]
+        if self.prompt_mode != "zero-shot" and self.n_shots and not pairs:
+            raise DataError(f"user {user.user_id!r} has no preference pairs or opinions",
+                            field="opinions")
+        chosen = select_shots(pairs, self.n_shots, self.seed, user.user_id)
+        self.shots = [] if self.prompt_mode == "zero-shot" else [as_shot(p) for p in chosen]
+        self.description = user.description or profile_text(user.profile)
+        if self.prompt_mode == "oracle" and not self.description:
+            raise DataError(f"user {user.user_id!r} has no description or profile (oracle)",
+                            field="profile")
+        self.user_id = user.user_id
+        return self
+
+    def prompt_parts(self, question: str) -> tuple[str, str]:
+        """(the user's shots: a prefix shared by all questions, the task and question)."""
+        prompt = serialize_prompt(self.shots, question.strip(),
+                                  "oracle" if self.prompt_mode == "oracle" else "default",
+                                  user_description=self.description or None)
+        # Split inside the blank line before the task: tokenizers merge "\n\n" into one
+        # token, so a split after it would not tokenize like the whole prompt.
+        at = max(prompt.rindex(TASK_HEADER) - 1, 0)
+        return prompt[:at], prompt[at:]
+
+    def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
+        self._require_fitted()
+        items = []
+        for q in check_questions(questions):
+            prefix, task = self.prompt_parts(opinion_prompt(q))
+            items.append(ChoiceItem(prefix=prefix, prompt=task, options=q.options))
+        llm = self.llm
+        with llm.phase(f"{self.name}/predict"):
+            results = llm.score_choices(items, method="text")
+        shown = [s.question for s in self.shots]
+        return [Answer(r.choice, r.logprobs, shots=shown) for r in results]
+
+    def respond(self, messages, max_tokens: int = 256) -> str:
+        """The preferred response to the last user message, in FSPO's raw-text format."""
+        self._require_fitted()
+        from personalign.runtime.personalizer import _last_user_text
+
+        prefix, task = self.prompt_parts(_last_user_text(messages))
+        llm = self.llm
+        with llm.phase(f"{self.name}/respond"):
+            text = llm.generate([prefix + task + RESPONSE_HEADER],
+                                SamplingParams(max_tokens=max_tokens, stop=("\n#",)))[0][0]
+        return text.strip()
+
+    def params(self) -> dict[str, Any]:
+        return {"model": self.model, "n_shots": self.n_shots, "seed": self.seed}
+
+    def state(self) -> dict[str, Any]:
+        return {"shots": [[s.question, s.preferred, s.dispreferred] for s in self.shots],
+                "description": self.description}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.shots = [Shot(*s) for s in state["shots"]]
+        self.description = state["description"]
+
+
+class Pooled(FSPO):
+    """Preference training pooled over users, without shots (FSPO's zero-shot baseline)."""
+
+    name, label = "pooled", "Pooled preferences"
+    prompt_mode = "zero-shot"
+    default_model = None
+
+
+class Oracle(FSPO):
+    """The user's true description before the shots (an upper reference for FSPO)."""
+
+    name, label = "oracle", "Oracle description"
+    prompt_mode = "oracle"

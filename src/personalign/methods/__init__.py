@@ -1,0 +1,118 @@
+"""Every personalization method behind the one protocol, by name.
+
+The CLI, the benchmarks and the service build methods from specs: ``vanilla``, ``fewshot``,
+``fewshot:bm25``, ``fermi``, ``fspo:runs/fspo_x/final`` (``name`` or ``name:argument``)::
+
+    models = SharedModels()                       # task, optimizer, embedder, scoring
+    method = build("fermi", models, MethodSettings(preset="paper"))
+    method.fit(user).predict(questions)
+    method.save("user.json"); load("user.json", models)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.personalizer import FORMAT, FORMAT_VERSION, Personalizer, SharedModels
+
+
+@dataclass
+class MethodSettings:
+    """Knobs shared by the methods of one run; each method takes the ones it needs."""
+
+    seed: int = 0
+    preset: Literal["paper", "quick", "tiny"] = "quick"   # Fermi and OPRO
+    fermi: dict[str, Any] = field(default_factory=dict)    # FermiConfig overrides
+    fewshot_k: int = 3
+    retriever: Literal["embeddings", "bm25"] = "embeddings"
+    fspo_shots: int = 8
+
+    def __post_init__(self) -> None:
+        if self.fewshot_k < 1 or self.fspo_shots < 0:
+            raise ConfigError("fewshot_k must be >= 1 and fspo_shots >= 0")
+        if self.retriever not in ("embeddings", "bm25"):
+            raise ConfigError(f"retriever must be embeddings or bm25, got {self.retriever!r}")
+
+
+def _registry() -> dict[str, type[Personalizer]]:
+    from personalign.fermi.personalizer import FermiNoRoP, FermiPersonalizer, OPRO
+    from personalign.fspo.personalizer import FSPO, Oracle, Pooled
+    from personalign.methods.prompting import FewShot, Profile, RandomChoice, Vanilla
+
+    classes = (RandomChoice, Vanilla, Profile, FewShot, OPRO, FermiNoRoP, FermiPersonalizer,
+               FSPO, Pooled, Oracle)
+    return {c.name: c for c in classes}
+
+
+#: what ``--methods all`` runs: every method that needs no trained model
+DEFAULT_METHODS = ("random", "vanilla", "profile", "fewshot", "opro", "fermi_norop", "fermi")
+
+
+def method_names() -> list[str]:
+    return list(_registry())
+
+
+def method_class(name: str) -> type[Personalizer]:
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(registry)}")
+    return registry[name]
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    name, sep, arg = spec.strip().partition(":")
+    return name, (arg if sep else None)
+
+
+def parse_specs(text: str) -> list[str]:
+    """Method specs from a comma list (``all``: :data:`DEFAULT_METHODS`), checked by name."""
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs or specs == ["all"]:
+        return list(DEFAULT_METHODS)
+    for spec in specs:
+        method_class(split_spec(spec)[0])
+    if len(set(specs)) != len(specs):
+        raise ConfigError(f"a method is listed twice in {text!r}")
+    return specs
+
+
+def build(spec: str, models: SharedModels, settings: MethodSettings | None = None
+          ) -> Personalizer:
+    """A fresh (unfitted) method from its spec."""
+    name, arg = split_spec(spec)
+    return method_class(name).from_spec(models, arg, settings or MethodSettings())
+
+
+def load(path: str | Path, models: SharedModels) -> Personalizer:
+    """A personalizer saved by :meth:`Personalizer.save`. It must be loaded with the models it
+    was fit with (a Fermi pool's correctness was measured with its task model)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read: {e}", path=str(path)) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DataError("not a saved personalizer", path=str(path), field="format")
+    if data.get("version") != FORMAT_VERSION:
+        raise DataError(f"format version {data.get('version')!r} is not {FORMAT_VERSION}",
+                        path=str(path), field="version")
+    klass = method_class(str(data.get("method")))
+    saved, now = data.get("models") or {}, models.identity()
+    mismatch = [k for k in klass.depends_on if saved.get(k) != now.get(k)]
+    if mismatch:
+        raise ConfigError(f"{path} was fit with " + ", ".join(
+            f"{k} {saved.get(k)!r}" for k in mismatch) + "; load it with the same models (now "
+            + ", ".join(f"{k} {now[k]!r}" for k in mismatch) + ")")
+    try:
+        method = klass(models, **data["params"])
+        method.user_id = data["user_id"]
+        method.set_state(data["state"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"incomplete saved personalizer: {e}", path=str(path)) from None
+    return method

@@ -1,0 +1,205 @@
+"""The method protocol: every personalization method is a :class:`Personalizer`.
+
+The contract, checked for every registered method by ``tests/test_personalizers.py``:
+
+- Construction takes the shared runtime models (:class:`SharedModels`) and the method's own
+  explicit parameters, and does no work.
+- ``fit(user)`` learns from ONE user's profile, past opinions and preference pairs, and returns
+  ``self``. Nothing of other users is pooled at fit time: a meta-trained model (FSPO) is a
+  constructor parameter.
+- ``predict(questions)`` returns one :class:`Answer` per question, in order.
+- ``respond(messages)`` answers an open-ended chat, personalized the same way.
+- ``save(path)`` / ``personalign.methods.load(path, models)``: answers after load equal those
+  before; a fit saved with other models (task model, scoring) is refused at load.
+- Cost is counted by the LLMs' usage, per phase ``<method>/fit`` and ``<method>/predict``.
+- Bad input raises the project's ``DataError`` or ``ConfigError``, never another exception.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from personalign.runtime import models as embedded
+from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.types import Message, ScoringMethod
+from personalign.runtime.storage import atomic_write_json
+
+FORMAT = "personalign.personalizer"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Answer:
+    """A method's answer to one multiple-choice question.
+
+    ``logprobs`` are normalized over the options. An answer without a ``choice`` (random
+    guessing, an unparseable generation) is read as the distribution ``logprobs``: its expected
+    correctness is the probability it gives the right option.
+    """
+
+    choice: int | None
+    logprobs: list[float]
+    prompt: str | None = None                 # the instruction or prompt applied
+    shots: list[str] = field(default_factory=list)  # past opinions shown (qid or question)
+    prompt_index: int | None = None           # which of a method's prompts (Fermi's RoP)
+
+    def correctness(self, answer: int) -> float:
+        if self.choice is not None:
+            return float(self.choice == answer)
+        return math.exp(self.logprobs[answer]) if self.logprobs else 0.0
+
+
+@dataclass
+class SharedModels:
+    """The runtime models every method draws from, loaded once on first use and shared.
+
+    ``task`` answers the questions, ``optimizer`` writes prompts (Fermi, OPRO), ``embedder``
+    retrieves; ``scoring`` is how choices are read from the task model. Any spec
+    :func:`~personalign.runtime.llm.factory.load_llm` takes works (an OpenAI-compatible server
+    included).
+    """
+
+    task: str = embedded.DEFAULT_SCORER
+    optimizer: str = embedded.DEFAULT_GENERATOR
+    embedder: str = embedded.DEFAULT_EMBEDDER
+    scoring: ScoringMethod = "letter"
+    _loaded: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, task_llm: LLM, optimizer_llm: LLM | None = None, embedder=None,
+           scoring: ScoringMethod = "letter") -> "SharedModels":
+        """Models that are already loaded (tests, notebooks, the service)."""
+        shared = cls(task=task_llm.model_id,
+                     optimizer=(optimizer_llm or task_llm).model_id,
+                     embedder=getattr(embedder, "model_name", embedded.DEFAULT_EMBEDDER),
+                     scoring=scoring)
+        shared._loaded[(shared.task, ())] = task_llm
+        if optimizer_llm is not None:
+            shared._loaded[(shared.optimizer, ())] = optimizer_llm
+        if embedder is not None:
+            shared._loaded["embedder"] = embedder
+        return shared
+
+    def llm(self, spec: str, **options: Any) -> LLM:
+        key = (spec, tuple(sorted(options.items())))
+        if key not in self._loaded:
+            from personalign.runtime.llm.factory import load_llm
+
+            self._loaded[key] = load_llm(spec, **options)
+        return self._loaded[key]
+
+    @property
+    def task_llm(self) -> LLM:
+        return self.llm(self.task)
+
+    @property
+    def optimizer_llm(self) -> LLM:
+        return self.llm(self.optimizer)
+
+    @property
+    def embedding(self):
+        if "embedder" not in self._loaded:
+            from personalign.runtime.embeddings import Embedder
+
+            self._loaded["embedder"] = Embedder(self.embedder)
+        return self._loaded["embedder"]
+
+    def loaded_llms(self) -> dict[str, LLM]:
+        """Every LLM loaded so far, by its model id (for usage reports)."""
+        return {llm.model_id: llm for key, llm in self._loaded.items() if key != "embedder"}
+
+    def identity(self) -> dict[str, str]:
+        return {"task": self.task, "optimizer": self.optimizer, "embedder": self.embedder,
+                "scoring": self.scoring}
+
+
+class Personalizer(ABC):
+    """One personalization method for one user (see the module docstring for the contract)."""
+
+    #: registry name; a registered method is built from "name" or "name:argument"
+    name: ClassVar[str] = "abstract"
+    #: what the report calls it
+    label: ClassVar[str] = "abstract"
+    #: models whose identity a saved fit depends on (checked by ``load``)
+    depends_on: ClassVar[tuple[str, ...]] = ("task", "scoring")
+
+    def __init__(self, models: SharedModels):
+        self.models = models
+        self.user_id: str | None = None
+
+    # ---- the protocol ---------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, user: User) -> "Personalizer":
+        ...
+
+    @abstractmethod
+    def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
+        ...
+
+    def respond(self, messages: Sequence[Message], max_tokens: int = 256) -> str:
+        """An open-ended answer: the method's personalized instruction as the system message
+        before ``messages``, answered by the task model."""
+        self._require_fitted()
+        system = self.system_prompt(_last_user_text(messages))
+        prompt = ([{"role": "system", "content": system}] if system else []) + list(messages)
+        from personalign.runtime.llm.types import SamplingParams
+
+        llm = self.models.task_llm
+        with llm.phase(f"{self.name}/respond"):
+            return llm.generate([prompt], SamplingParams(max_tokens=max_tokens))[0][0]
+
+    def system_prompt(self, query: str) -> str | None:
+        """The personalized instruction applied to ``query`` (None: none)."""
+        return None
+
+    # ---- learned state --------------------------------------------------------------------
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The constructor parameters (JSON-able) that rebuild this method."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """What ``fit`` learned, JSON-able."""
+
+    @abstractmethod
+    def set_state(self, state: dict[str, Any]) -> None:
+        ...
+
+    @property
+    def fitted(self) -> bool:
+        return self.user_id is not None
+
+    def fit_report(self) -> dict[str, Any]:
+        """What the fit did, for reports (optimizer history, failures, collapse)."""
+        return {}
+
+    def score(self, questions: Sequence[Opinion]) -> float:
+        """Mean accuracy on answered questions, through :meth:`predict`."""
+        answers = self.predict(questions)
+        return sum(a.correctness(q.answer) for a, q in zip(answers, questions)) / max(
+            1, len(questions))
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise ConfigError(f"{self.name} is not fitted: call fit(user) or load() first")
+
+    def save(self, path: str | Path) -> Path:
+        self._require_fitted()
+        return atomic_write_json(path, {
+            "format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
+            "params": self.params(), "models": self.models.identity(), "user_id": self.user_id,
+            "state": self.state()})
+
+
+def _last_user_text(messages: Sequence[Message]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            return content if isinstance(content, str) else ""
+    return ""
