@@ -1,16 +1,18 @@
 """One rule for every long run's folder (benchmarks, FSPO data, training, evaluation).
 
     run = RunFolder.open(out, kind="bench opinionqa-individual",
-                         inputs={"data": rows_digest(rows), "config": cfg, "models": {...}})
-    if not run.has(user_id):
-        run.save(user_id, record)            # atomic: a unit is there whole or not at all
-    records = run.load_all()
+                         inputs={"config": cfg, "models": {...}})
+    record = run.load(unit, inputs=user_rows)      # None: not done yet
+    if record is None:
+        record = compute(...)
+        run.save(unit, record, inputs=user_rows)   # atomic: there whole or not at all
 
-``run.json`` holds a fingerprint of the inputs actually used (data rows, config, model
-identities). Reopening the folder with other inputs stops with a message naming what changed,
-or with ``force=True`` drops the old units and starts over: a rerun never silently reuses
-results computed from other inputs. Budgets and thread counts are not inputs: a run resumed
-with a larger budget continues.
+``run.json`` holds a fingerprint of the run-wide inputs (config, model identities); each unit
+holds the digest of its own inputs (a user's data rows, a method's model). Reopening the folder
+with other run-wide inputs, or meeting a unit computed from other inputs, stops with a message
+naming what changed; with ``force=True`` what changed is recomputed. A rerun never silently
+reuses results computed from other inputs. Budgets and thread counts are not inputs: a run
+resumed with a larger budget continues.
 """
 
 from __future__ import annotations
@@ -58,15 +60,17 @@ def model_identity(spec: str) -> str:
 class RunFolder:
     """A long run's output folder: its input fingerprint and atomic per-unit results."""
 
-    def __init__(self, path: Path, kind: str, inputs: dict[str, Any]):
+    def __init__(self, path: Path, kind: str, inputs: dict[str, Any], force: bool = False):
         self.path = path
         self.kind = kind
         self.inputs = inputs
+        self.force = force  # units computed from other inputs are recomputed, not refused
 
     @classmethod
     def open(cls, path: str | Path, *, kind: str, inputs: dict[str, Any],
              force: bool = False) -> "RunFolder":
-        """Create the folder, or reopen it when its inputs match (``force``: start over)."""
+        """Create the folder, or reopen it when its run-wide inputs match (``force``: other
+        inputs drop the old units and start over)."""
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{path} is a file, not a run folder")
@@ -82,18 +86,18 @@ class RunFolder:
                              if old_fp.get(k) != fingerprint.get(k))
             if old.get("kind") != kind:
                 changed.insert(0, "kind")
-            if not changed and not force:
-                return cls(path, kind, inputs)
             if changed and not force:
                 raise ConfigError(
                     f"{path} holds a run with other inputs (changed: {', '.join(changed)}); "
                     "rerun with --force to recompute it, or use another output folder")
+            if not changed:
+                return cls(path, kind, inputs, force)
             shutil.rmtree(path / UNITS, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_file, {
             "kind": kind, "fingerprint": fingerprint,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        return cls(path, kind, inputs)
+        return cls(path, kind, inputs, force)
 
     # ---- units --------------------------------------------------------------------------
     def unit_path(self, unit: str) -> Path:
@@ -102,15 +106,22 @@ class RunFolder:
     def has(self, unit: str) -> bool:
         return self.unit_path(unit).exists()
 
-    def save(self, unit: str, record: dict[str, Any]) -> Path:
-        return atomic_write_json(self.unit_path(unit), {"unit": unit, "record": record})
+    def save(self, unit: str, record: dict[str, Any], inputs: Any = None) -> Path:
+        """Store a finished unit with the digest of the inputs it was computed from."""
+        return atomic_write_json(self.unit_path(unit), {
+            "unit": unit, "inputs": digest(inputs), "record": record})
 
-    def load(self, unit: str) -> dict[str, Any] | None:
+    def load(self, unit: str, inputs: Any = None) -> dict[str, Any] | None:
+        """A finished unit's record; None when there is none (or, with ``force``, when it was
+        computed from other inputs). Other inputs without ``force`` stop the run."""
         path = self.unit_path(unit)
         if not path.exists():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))["record"]
-
-    def load_all(self, units: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The finished units among ``units``."""
-        return {u: rec for u in units if (rec := self.load(u)) is not None}
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved.get("inputs") != digest(inputs):
+            if self.force:
+                return None
+            raise ConfigError(
+                f"{self.path}: {unit} was computed from other inputs (its data or model "
+                "changed); rerun with --force to recompute it, or use another output folder")
+        return saved["record"]
