@@ -1,1 +1,1 @@
-"""Benchmarks: opinionqa-individual (Fermi and its baselines) with report folders."""
+"""Benchmarks: every method through the one protocol, on the same users and questions."""

@@ -1,220 +1,259 @@
-"""The benchmark's report folder: predictions, tables, paired CIs, plots, config and usage.
+"""The one report writer: every protocol and method, from one long results table.
 
-    predictions.jsonl      one row per (user, method, test question)
+    results.jsonl          one row per (user, question, method): choice, correct, option scores
     per_user.csv/.md       accuracy per user and method
-    per_method.csv/.md     macro accuracy over users with a 95% bootstrap CI
+    per_method.csv/.md     macro accuracy over users with a 95% bootstrap CI, top-letter share,
+                           answers that differ from vanilla's, users whose prompt pool collapsed
     paired.csv/.md         each method minus every earlier method, paired over users, 95% CI
     accuracy.png           accuracy per method with CIs
-    memory_curve.png       best memory score per iteration (Fermi, OPRO; mean over users)
-    usage.json             LLM calls and tokens per phase (total and per user), optimizer failures
-    config.json            protocol, data, preset, models, seeds, settings, skipped users
-    README.md              all of the above in one page
+    memory_curve.png       best memory score per iteration (prompt optimizers; mean over users)
+    usage.json             LLM calls, tokens and seconds per model and phase; optimizer failures
+    config.json            protocol, data, models, methods, settings, seeds, skipped users
+    README.md              all of the above on one page
+
+Other per-question metrics in the rows (``logp_correct``, ``reward_correct``) get their own
+macro column in the method table.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
-from personalign.runtime.storage import atomic_write_text
+from personalign.runtime.storage import atomic_write, atomic_write_text
 
-LABELS = {"random": "Random (expected)", "vanilla": "Vanilla", "profile": "Profile prompt",
-          "fewshot": "Few-shot", "opro": "OPRO", "fermi_norop": "Fermi w/o RoP", "fermi": "Fermi"}
+#: per-question 0/1 metrics a row may carry, and what the report calls them
+METRICS = {"correct": "Accuracy", "logp_correct": "Log-prob accuracy",
+           "reward_correct": "Reward accuracy"}
 
 
-def _md(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no tabulate dependency)."""
+def markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table."""
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(str(v) for v in row.tolist()) + " |")
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(False)]
     return "\n".join(lines)
 
 
-def _sum_usage(items: list[dict]) -> dict:
+def sum_usage(items: Sequence[dict]) -> dict:
+    """Field-wise sum of nested usage dicts."""
     total: dict = {}
     for u in items:
         for k, v in u.items():
-            if isinstance(v, dict):
-                total[k] = _sum_usage([total.get(k, {}), v])
-            else:
-                total[k] = total.get(k, 0) + v
+            total[k] = sum_usage([total.get(k, {}), v]) if isinstance(v, dict) \
+                else total.get(k, 0) + v
     return total
 
 
-def _methods(records: list[dict]) -> list[str]:
-    order = list(LABELS)
-    found = {m for r in records for m in r["accuracy"]}
-    return [m for m in order if m in found] + sorted(found - set(order))
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f}"
 
 
-def write_report(out: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
+def _letter(i) -> str:
+    return chr(ord("A") + int(i))
+
+
+def _top_share(values: Sequence) -> tuple[str, float]:
+    counts = pd.Series([v for v in values if v is not None]).value_counts()
+    if counts.empty:
+        return "", float("nan")
+    return _letter(counts.index[0]), float(counts.iloc[0] / counts.sum())
+
+
+def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
+    """Write the report folder from per-user records (``rows``, ``fits``, ``usage``,
+    ``seconds``, ``wall_s``) and the run's ``meta``; returns the summary tables."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = _methods(records)
-    quick = meta.get("preset") != "paper"
-    label = f" [preset: {meta.get('preset')}]" + (" (quick: smaller T and K than the paper)"
-                                                    if quick else "")
-    # predictions
-    lines = [json.dumps(row, ensure_ascii=False) for r in records for row in r["predictions"]]
-    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    # per user
-    per_user = pd.DataFrame([{"user_id": r["user_id"], "n_test": r["n_test"],
-                              **{m: r["accuracy"].get(m, np.nan) for m in methods}}
-                             for r in records])
-    per_user.to_csv(out / "per_user.csv", index=False)
-    shown = per_user.copy()
-    for m in methods:
-        shown[m] = shown[m].map(lambda v: f"{v:.3f}")
-    shown.columns = ["user_id", "n_test"] + [LABELS.get(m, m) for m in methods]
-    atomic_write_text(out / "per_user.md", _md(shown) + "\n")
-    # per method; "top letter" = share of answers on the method's most frequent option letter
-    # (a task model that ignores the prompt answers one letter everywhere)
-    letters: dict[str, dict] = {m: {} for m in methods}
-    for r in records:
-        for row in r["predictions"]:
-            if row["pred"] is not None:
-                d = letters[row["method"]]
-                d[row["pred"]] = d.get(row["pred"], 0) + 1
-    rows = []
-    for m in methods:
-        mean, lo, hi = mean_ci(per_user[m].to_numpy(), seed=meta["seeds"]["global"])
-        counts = letters.get(m, {})
-        top = max(counts, key=counts.get) if counts else None
-        rows.append({"method": m, "label": LABELS.get(m, m), "accuracy": mean, "ci_low": lo,
-                     "ci_high": hi, "users": int(per_user[m].notna().sum()),
-                     "top_letter": "" if top is None else chr(ord("A") + int(top)),
-                     "top_letter_share": (counts[top] / sum(counts.values())) if counts
-                     else float("nan")})
-    per_method = pd.DataFrame(rows)
+    labels = {m["spec"]: m["label"] for m in meta["methods"]}
+    specs = list(labels)
+    seed = meta.get("seed", 0)
+    rows = [row for r in records for row in r["rows"]]
+    atomic_write_text(out / "results.jsonl", "".join(
+        json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(
+        columns=["user_id", "qid", "method", "choice", "answer", "correct"])
+    metrics = [m for m in METRICS if m in frame and frame[m].notna().any()]
+
+    # per user x method, every metric
+    per_user = {m: frame.pivot_table(index="user_id", columns="method", values=m,
+                                     aggfunc="mean", sort=False).reindex(columns=specs)
+                for m in metrics}
+    accuracy = per_user.get("correct", pd.DataFrame(columns=specs))
+    users = [r["user_id"] for r in records]
+    accuracy = accuracy.reindex(users)
+    shown = accuracy.map(_pct).rename(columns=labels)
+    shown.insert(0, "test questions", [r["n_test"] for r in records])
+    shown = shown.reset_index().rename(columns={"index": "user_id"})
+    accuracy.to_csv(out / "per_user.csv")
+    atomic_write_text(out / "per_user.md", markdown(shown) + "\n")
+
+    # per method
+    vanilla = frame[frame["method"] == "vanilla"].set_index(["user_id", "qid"])["choice"] \
+        if "vanilla" in specs else None
+    collapsed = {s: sum(bool(r["fits"].get(s, {}).get("collapsed")) for r in records)
+                 for s in specs}
+    table = []
+    for spec in specs:
+        mine = frame[frame["method"] == spec]
+        row: dict[str, Any] = {"method": spec, "label": labels[spec]}
+        for m in metrics:
+            values = per_user[m][spec].reindex(users).dropna().to_numpy()
+            mean, lo, hi = mean_ci(values, seed=seed)
+            key = "accuracy" if m == "correct" else m.replace("_correct", "_accuracy")
+            row.update({key: mean, f"{key}_ci_low": lo, f"{key}_ci_high": hi})
+        row["users"] = int(accuracy[spec].notna().sum()) if spec in accuracy else 0
+        row["top_letter"], row["top_letter_share"] = _top_share(mine["choice"].tolist())
+        if vanilla is not None and spec != "vanilla" and len(mine):
+            theirs = vanilla.reindex(mine.set_index(["user_id", "qid"]).index).to_numpy()
+            answered = mine["choice"].notna().to_numpy()
+            row["differs_from_vanilla"] = float(np.mean(
+                mine["choice"].to_numpy()[answered] != theirs[answered])) if answered.any() \
+                else float("nan")
+        row["collapsed_users"] = collapsed[spec]
+        table.append(row)
+    per_method = pd.DataFrame(table)
     per_method.to_csv(out / "per_method.csv", index=False)
-    md_method = _md(pd.DataFrame([{"Method": r["label"],
-                                   "Accuracy": f"{100 * r['accuracy']:.1f}",
-                                   "95% CI": f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]",
-                                   "Users": r["users"],
-                                   "Top letter (share)": f"{r['top_letter']} "
-                                   f"({100 * r['top_letter_share']:.0f}%)" if r["top_letter"]
-                                   else "-"} for r in rows]))
+    gold_letter, gold_share = _top_share(frame.drop_duplicates(["user_id", "qid"])["answer"]
+                                         .tolist() if len(frame) else [])
+    md_rows = []
+    for r in table:
+        cells = {"Method": r["label"]}
+        for m in metrics:
+            key = "accuracy" if m == "correct" else m.replace("_correct", "_accuracy")
+            cells[METRICS[m]] = _pct(r[key])
+            cells[f"{METRICS[m]} 95% CI"] = f"[{_pct(r[key + '_ci_low'])}, " \
+                                            f"{_pct(r[key + '_ci_high'])}]"
+        cells["Users"] = r["users"]
+        cells["Top letter"] = f"{r['top_letter']} ({_pct(r['top_letter_share'])}%)" \
+            if r["top_letter"] else "-"
+        if vanilla is not None:
+            cells["Differs from vanilla"] = f"{_pct(r.get('differs_from_vanilla', np.nan))}%"
+        cells["Collapsed pools"] = r["collapsed_users"] if any(collapsed.values()) else "-"
+        md_rows.append(cells)
+    md_method = markdown(pd.DataFrame(md_rows)) if md_rows else "(no methods)"
     atomic_write_text(out / "per_method.md", md_method + "\n")
-    # paired differences: each method minus every method listed before it
-    prow = []
-    for i, m in enumerate(methods):
-        for b in methods[:i]:
-            d, lo, hi = paired_bootstrap_ci(per_user[m].to_numpy(), per_user[b].to_numpy(),
-                                            seed=meta["seeds"]["global"])
-            prow.append({"method": m, "baseline": b, "diff": d, "ci_low": lo, "ci_high": hi,
-                         "significant": bool(lo > 0 or hi < 0)})
-    paired = pd.DataFrame(prow, columns=["method", "baseline", "diff", "ci_low", "ci_high",
-                                         "significant"])
-    paired.to_csv(out / "paired.csv", index=False)
-    md_paired = _md(pd.DataFrame([{"Method": LABELS.get(r["method"], r["method"]),
-                                   "minus": LABELS.get(r["baseline"], r["baseline"]),
-                                   "Diff (points)": f"{100 * r['diff']:+.1f}",
-                                   "95% CI": f"[{100 * r['ci_low']:+.1f}, "
-                                             f"{100 * r['ci_high']:+.1f}]",
-                                   "CI excludes 0": "yes" if r["significant"] else "no"}
-                                  for r in prow])) if prow else "(one method: no pairs)"
+
+    # paired differences over users: each method minus every method listed before it
+    paired = []
+    complete = accuracy.dropna()
+    for i, spec in enumerate(specs):
+        for base in specs[:i]:
+            if complete.empty:
+                continue
+            d, lo, hi = paired_bootstrap_ci(complete[spec].to_numpy(),
+                                            complete[base].to_numpy(), seed=seed)
+            paired.append({"method": spec, "baseline": base, "diff": d, "ci_low": lo,
+                           "ci_high": hi, "significant": bool(lo > 0 or hi < 0),
+                           "users": len(complete)})
+    paired_df = pd.DataFrame(paired, columns=["method", "baseline", "diff", "ci_low",
+                                              "ci_high", "significant", "users"])
+    paired_df.to_csv(out / "paired.csv", index=False)
+    md_paired = markdown(pd.DataFrame([{
+        "Method": labels[p["method"]], "minus": labels[p["baseline"]],
+        "Diff (points)": f"{100 * p['diff']:+.1f}",
+        "95% CI": f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]",
+        "CI excludes 0": "yes" if p["significant"] else "no"} for p in paired])) \
+        if paired else "(fewer than two methods: no pairs)"
     atomic_write_text(out / "paired.md", md_paired + "\n")
-    # usage and failures
-    per_user_usage = [r["usage"] for r in records]
-    total_usage = _sum_usage(per_user_usage)
+
+    # cost, optimizer failures, memory curves
     n = max(1, len(records))
-    calls_per_user = {k: v.get("calls", 0) / n for k, v in total_usage.items()}
-    failures_by_mode = {mode: _sum_usage([r["fits"][mode].get("failures", {})
-                                          for r in records if mode in r["fits"]])
-                        for mode in ("fermi", "opro")}
-    counts_by_mode = {mode: _sum_usage([r["fits"][mode].get("counts", {})
-                                        for r in records if mode in r["fits"]])
-                      for mode in ("fermi", "opro")}
+    total = sum_usage([r["usage"] for r in records])
+    fits = {s: [r["fits"][s] for r in records if r["fits"].get(s)] for s in specs}
+    failures = {s: sum_usage([f.get("failures", {}) for f in fs]) for s, fs in fits.items()}
+    counts = {s: sum_usage([f.get("counts", {}) for f in fs]) for s, fs in fits.items()}
+    seconds = {s: float(np.mean([r["seconds"].get(s, 0.0) for r in records]))
+               for s in specs} if records else {}
     wall = [r["wall_s"] for r in records]
-    step_names = sorted({k for r in records for k in r.get("seconds", {})})
-    seconds_mean = {k: float(np.mean([r["seconds"].get(k, 0.0) for r in records
-                                      if "seconds" in r])) for k in step_names}
-    usage = {"total": total_usage, "calls_per_user": calls_per_user,
+    usage = {"total": total, "calls_per_user": {k: v.get("calls", 0) / n
+                                                for k, v in total.items()},
              "per_user": {r["user_id"]: r["usage"] for r in records},
-             "optimizer_failures": failures_by_mode, "optimizer_counts": counts_by_mode,
-             "seconds_per_user_mean": seconds_mean,
+             "optimizer_failures": {s: f for s, f in failures.items() if f},
+             "optimizer_counts": {s: c for s, c in counts.items() if c},
+             "seconds_per_user_by_method": seconds,
              "wall_s_per_user": {"mean": float(np.mean(wall)) if wall else 0.0,
                                  "total": float(np.sum(wall)) if wall else 0.0}}
     atomic_write_text(out / "usage.json", json.dumps(usage, indent=1) + "\n")
-    atomic_write_text(out / "config.json", json.dumps({**meta, "users": len(records)}, indent=1,
-                                                 default=str) + "\n")
-    # best memory score per iteration (mean over users)
+    atomic_write_text(out / "config.json", json.dumps({**meta, "users": len(records)},
+                                                      indent=1, default=str) + "\n")
     curves = {}
-    for mode in ("fermi", "opro"):
-        series = [[h["best_score"] for h in r["fits"][mode]["history"]]
-                  for r in records if mode in r["fits"]]
+    for spec, fs in fits.items():
+        series = [[h["best_score"] for h in f["history"]] for f in fs if f.get("history")]
         if series:
             width = max(len(s) for s in series)
-            arr = np.array([s + [s[-1]] * (width - len(s)) for s in series], dtype=float)
-            curves[mode] = arr.mean(axis=0).tolist()
-    _plots(out, per_method, curves, label)
-    # README
+            curves[labels[spec]] = np.array([s + [s[-1]] * (width - len(s)) for s in series],
+                                            dtype=float).mean(axis=0).tolist()
+    title = f"{meta['protocol']} on {meta['data']}"
+    _plots(out, per_method, curves, title)
+
     phase_rows = pd.DataFrame([
         {"model": model, "phase": phase, "calls": u.get("calls", 0),
          "cache hits": u.get("cache_hits", 0), "prompt tokens": u.get("prompt_tokens", 0),
          "completion tokens": u.get("completion_tokens", 0),
-         "calls/user": f"{u.get('calls', 0) / n:.1f}"}
-        for model, tot in total_usage.items() for phase, u in sorted(
-            tot.get("by_phase", {}).items())])
-    fail_rows = pd.DataFrame([{"mode": mode, **counts_by_mode[mode], **f}
-                              for mode, f in failures_by_mode.items() if f])
-    readme = [f"# {meta['protocol']} on {meta['data']}{label}", "",
-              f"Users: {len(records)} (skipped, fewer than the minimum opinions: "
-              f"{len(meta.get('skipped_users', []))}). Models: task {meta['models']['task']}, "
-              f"optimizer {meta['models']['optimizer']}, embedder {meta['models']['embedder']}. "
-              f"Fermi settings: T={meta['fermi_config']['iterations']}, "
-              f"K={meta['fermi_config']['num_candidates']}, "
-              f"L={meta['fermi_config']['memory_size']}, RoP neighbours "
-              f"{meta['fermi_config']['rop_neighbors']}, seed {meta['seeds']['global']}.", "",
+         "seconds": f"{u.get('seconds', 0):.0f}", "calls/user": f"{u.get('calls', 0) / n:.1f}"}
+        for model, tot in total.items() for phase, u in sorted(tot.get("by_phase", {}).items())])
+    fail_rows = pd.DataFrame([{"method": labels[s], **counts[s], **failures[s]}
+                              for s in specs if failures[s] or counts[s]])
+    models = meta.get("models", {})
+    readme = [f"# {title}", "",
+              f"Users: {len(records)} (skipped, too few opinions: "
+              f"{len(meta.get('skipped_users', []))}). Models: "
+              + ", ".join(f"{k} {v}" for k, v in models.items()) + ". "
+              + " ".join(str(x) for x in meta.get("notes", [])), "",
               "## Accuracy (macro over users, 95% bootstrap CI)", "", md_method, "",
+              f"The users' own answers: most frequent letter {gold_letter} "
+              f"({_pct(gold_share)}%).", "",
               "## Paired differences over users (95% bootstrap CI)", "", md_paired, "",
-              "## Per user", "", _md(shown), "",
-              "## LLM calls and tokens per phase", "",
-              _md(phase_rows) if len(phase_rows) else "(none)", "",
+              "## Per user", "", markdown(shown), "",
+              "## LLM calls, tokens and seconds per phase", "",
+              markdown(phase_rows) if len(phase_rows) else "(none)", "",
               f"Wall time per user: {usage['wall_s_per_user']['mean']:.1f} s (mean), "
-              f"{usage['wall_s_per_user']['total']:.0f} s in all. Mean seconds per user by step: "
-              + ", ".join(f"{k} {v:.0f}" for k, v in seconds_mean.items()) + ".", "",
+              f"{usage['wall_s_per_user']['total']:.0f} s in all. Mean seconds per user by "
+              "method (fit and predict): "
+              + ", ".join(f"{labels[k]} {v:.1f}" for k, v in seconds.items()) + ".", "",
               "## Optimizer replies and failures", "",
-              _md(fail_rows) if len(fail_rows) else "(no optimizer runs)", "",
-              "![accuracy](accuracy.png) ![memory](memory_curve.png)", ""]
+              markdown(fail_rows) if len(fail_rows) else "(no prompt optimizer in this run)",
+              "", "![accuracy](accuracy.png)"
+              + (" ![memory](memory_curve.png)" if curves else ""), ""]
     atomic_write_text(out / "README.md", "\n".join(readme))
-    return {"per_method": rows, "paired": prow, "per_method_md": md_method,
-            "paired_md": md_paired, "per_user_md": _md(shown), "usage": usage,
-            "curves": curves, "label": label}
+    return {"per_method": table, "paired": paired, "per_method_md": md_method,
+            "paired_md": md_paired, "per_user_md": markdown(shown), "usage": usage,
+            "curves": curves}
 
 
-def _plots(out: Path, per_method: pd.DataFrame, curves: dict, label: str) -> None:
+def _plots(out: Path, per_method: pd.DataFrame, curves: dict, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if len(per_method):
-        fig, ax = plt.subplots(figsize=(8, 4))
+    if len(per_method) and "accuracy" in per_method:
+        fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(per_method), 4))
         acc = per_method["accuracy"].to_numpy() * 100
-        err = np.vstack([acc - per_method["ci_low"].to_numpy() * 100,
-                         per_method["ci_high"].to_numpy() * 100 - acc])
+        err = np.nan_to_num(np.vstack([acc - per_method["accuracy_ci_low"].to_numpy() * 100,
+                                       per_method["accuracy_ci_high"].to_numpy() * 100 - acc]))
         ax.bar(per_method["label"], acc, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"opinionqa-individual{label}", fontsize=9)
+        ax.set_ylabel("accuracy (%), 95% CI")
+        ax.set_title(title, fontsize=9)
         plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
         fig.tight_layout()
-        fig.savefig(out / "accuracy.png", dpi=120)
+        atomic_write(out / "accuracy.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, curve in curves.items():
-        ax.plot(range(len(curve)), [100 * c for c in curve], marker="o", label=LABELS[mode])
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("best memory score (%)")
-    ax.set_title(f"best memory score per iteration{label}", fontsize=9)
     if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, curve in curves.items():
+            ax.plot(range(len(curve)), [100 * c for c in curve], marker="o", label=label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("best memory score (%)")
+        ax.set_title(f"best memory score per iteration: {title}", fontsize=9)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "memory_curve.png", dpi=120)
-    plt.close(fig)
+        fig.tight_layout()
+        atomic_write(out / "memory_curve.png",
+                     lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        plt.close(fig)

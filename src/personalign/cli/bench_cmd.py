@@ -1,4 +1,4 @@
-"""`personalign bench opinionqa`: Fermi and its baselines under protocol opinionqa-individual."""
+"""`personalign bench opinionqa`: every method on the same users under opinionqa-individual."""
 
 from __future__ import annotations
 
@@ -17,23 +17,24 @@ console = Console()
 
 
 def print_result(result, title: str) -> None:
-    """The per-method table and the paired CIs of Fermi, as rich tables."""
+    """The per-method table and the paired CIs against vanilla, as rich tables."""
     table = Table(title=title)
-    for col in ("Method", "Accuracy (%)", "95% CI", "Users"):
+    for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla"):
         table.add_column(col, justify="left" if col == "Method" else "right")
     for r in result.summary["per_method"]:
+        differs = r.get("differs_from_vanilla")
         table.add_row(r["label"], f"{100 * r['accuracy']:.1f}",
-                      f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]", str(r["users"]))
+                      f"[{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]",
+                      str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%")
     console.print(table)
-    pairs = [p for p in result.summary["paired"] if p["method"] in ("fermi", "fermi_norop")]
+    labels = {r["method"]: r["label"] for r in result.summary["per_method"]}
+    pairs = [p for p in result.summary["paired"] if p["baseline"] in ("vanilla", "fewshot")]
     if pairs:
-        from personalign.bench.report import LABELS
-
         t2 = Table(title="Paired differences over users (points, 95% bootstrap CI)")
         for col in ("Method", "minus", "Diff", "95% CI"):
             t2.add_column(col)
         for p in pairs:
-            t2.add_row(LABELS[p["method"]], LABELS[p["baseline"]], f"{100 * p['diff']:+.1f}",
+            t2.add_row(labels[p["method"]], labels[p["baseline"]], f"{100 * p['diff']:+.1f}",
                        f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]")
         console.print(t2)
     usage = result.summary["usage"]
@@ -48,8 +49,9 @@ def opinionqa(
     out: Path = typer.Option(..., help="Report folder (a rerun resumes it)."),
     users: Optional[int] = typer.Option(20, help="First N eligible users in file order."),
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
-    methods: str = typer.Option("all", help="all or a comma list of random, vanilla, profile, "
-                                            "fewshot, opro, fermi_norop, fermi."),
+    methods: str = typer.Option("all", help="all, or a comma list of method specs: random, "
+                                "vanilla, profile, fewshot[:bm25], opro, fermi_norop, fermi, "
+                                "fspo[:RUN|base], pooled:RUN, oracle[:RUN]."),
     preset: str = typer.Option("quick", help="paper (T=10, K=4, L=5), quick (T=2, K=2) or tiny."),
     seed: int = typer.Option(0),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-T", help="Override T."),
@@ -57,51 +59,30 @@ def opinionqa(
     memory: Optional[int] = typer.Option(None, "--memory", "-L", help="Override L."),
     final_pool: Optional[str] = typer.Option(None, help="last_k or memory."),
     reference_entry: Optional[str] = typer.Option(None, help="best or worst."),
-    scoring: Optional[str] = typer.Option(None, help="letter, text or generate."),
+    scoring: str = typer.Option("letter", help="How choices are read from the task model."),
     fewshot_k: int = typer.Option(3, help="Past opinions in the few-shot baseline."),
     retriever: str = typer.Option("embeddings", help="embeddings or bm25 (few-shot)."),
+    fspo_shots: int = typer.Option(8, help="Preference pairs FSPO methods show."),
     task_model: str = typer.Option("gemma3-270m", help="Task model spec (load_llm)."),
     optimizer_model: str = typer.Option("smollm2-135m-instruct", help="Optimizer model spec."),
+    force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
 ) -> None:
     """Run (or resume) the benchmark and write the report folder."""
-    from personalign.bench.opinionqa import BenchConfig, parse_methods, run_benchmark
+    from personalign.bench.runner import BenchConfig, run_benchmark
+    from personalign.methods import MethodSettings, parse_specs
 
-    if not data.exists():
-        raise DataError("data file not found", path=str(data))
+    if not data.is_file():
+        raise DataError("not a data file", path=str(data))
     overrides = {k: v for k, v in {"iterations": iterations, "num_candidates": candidates,
                                    "memory_size": memory, "final_pool": final_pool,
-                                   "reference_entry": reference_entry,
-                                   "scoring_method": scoring}.items() if v is not None}
+                                   "reference_entry": reference_entry}.items() if v is not None}
+    settings = MethodSettings(seed=seed, preset=preset, fermi=overrides, fewshot_k=fewshot_k,
+                              retriever=retriever, fspo_shots=fspo_shots)
     cfg = BenchConfig(data=str(data), out=str(out), users=users,
                       user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None,
-                      methods=parse_methods(methods), preset=preset, seed=seed,
-                      fewshot_k=fewshot_k, fewshot_retriever=retriever, task_model=task_model,
-                      optimizer_model=optimizer_model, fermi_overrides=overrides)
-    cfg.fermi_config()  # validate before loading models
+                      methods=parse_specs(methods), settings=settings, task_model=task_model,
+                      optimizer_model=optimizer_model, scoring=scoring, force=force)
     logging.getLogger("personalign").setLevel(logging.INFO)
     result = run_benchmark(cfg)
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
     print_result(result, f"opinionqa-individual, {len(result.records)} users, preset {label}")
-
-
-@app.command("compare")
-def compare_cmd(
-    fermi: Path = typer.Option(..., help="A `bench opinionqa` report folder."),
-    fspo: Path = typer.Option(..., help="A `fspo eval` report folder (same data and seed)."),
-    out: Path = typer.Option(..., help="Folder for the side-by-side report."),
-    baseline: str = typer.Option("Fermi", help="Method the paired differences subtract."),
-) -> None:
-    """Fermi and FSPO accuracy on the (user, question) pairs both reports answered."""
-    from personalign.bench.compare import compare
-
-    result = compare(fermi, fspo, out, baseline)
-    table = Table(title=f"Same {result['users']} users, {result['questions']} questions")
-    for col in ("Method", "Accuracy (%)", "95% CI"):
-        table.add_column(col, justify="left" if col == "Method" else "right")
-    for r in result["per_method"]:
-        table.add_row(r["method"], f"{r['accuracy']:.1f}", f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}]")
-    console.print(table)
-    for p in result["paired"]:
-        console.print(f"{p['method']} minus {p['minus']}: {p['diff']:+.1f} "
-                      f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]")
-    console.print(f"Report: {out}/README.md")

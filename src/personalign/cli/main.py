@@ -22,17 +22,17 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def _register() -> None:
-    from personalign.cli import (bench_cmd, data_cmd, fermi_cmd, fspo_data_cmd, fspo_train_cmd,
+    from personalign.cli import (bench_cmd, data_cmd, fit_cmd, fspo_data_cmd, fspo_train_cmd,
                                  models_cmd, run_cmd, serve_cmd)
 
     app.add_typer(models_cmd.app, name="models", help="Prepare and list the embedded models.")
     app.add_typer(data_cmd.app, name="data", help="Validate and inspect datasets.")
-    app.add_typer(fermi_cmd.app, name="fermi", help="Fermi: per-user prompt optimization.")
     app.add_typer(bench_cmd.app, name="bench", help="Benchmarks (opinionqa-individual, ...).")
     app.add_typer(fspo_data_cmd.app, name="fspo-data", help="FSPO data: synthetic, episodes.")
     app.add_typer(fspo_train_cmd.app, name="fspo", help="FSPO training and evaluation.")
     app.add_typer(serve_cmd.app, name="serve", help="HTTP service and OpenAI-compatible server.")
     run_cmd.register(app)
+    fit_cmd.register(app)
 
 
 _register()

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
             users: int = typer.Option(None, help="At most this many users.")) -> None:
         """Fermi and its baselines on the sample users with the embedded models; prints the
         table and writes the report folder."""
-        from personalign.bench.opinionqa import run_demo
+        from personalign.bench.runner import run_demo
         from personalign.cli.bench_cmd import print_result
         from personalign.runtime import models
 

@@ -1,0 +1,246 @@
+"""The benchmark: every method, through the one protocol, on the same users and questions.
+
+Protocol ``opinionqa-individual`` (docs/benchmark.md): per user, shuffle the opinions with a
+seed derived from (seed, user_id); the first 20 are the user's past opinions (what every method
+fits on), the next 30 (or all that remain) the test questions; users with fewer than 25
+opinions are skipped and counted. Accuracy is macro-averaged over users with paired bootstrap
+CIs, in one report for every method (:mod:`personalign.bench.report`).
+
+A run folder (:mod:`personalign.runtime.runs`) keeps one unit per (user, method), written
+atomically as it finishes: a rerun resumes, a new method runs only itself, and a unit whose
+user data or model changed stops the run (``force``: recompute it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from tqdm.auto import tqdm
+
+from personalign.methods import DEFAULT_METHODS, MethodSettings, build, method_class, split_spec
+from personalign.runtime.data.opinionqa import load_opinionqa
+from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.data.splits import protocol_order
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.personalizer import SharedModels
+from personalign.runtime.runs import RunFolder, model_identity
+
+PROTOCOL = "opinionqa-individual"
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """What a method may fit on (``train``: the user with their past opinions only) and the
+    questions it is tested on."""
+
+    train: User
+    test: tuple[Opinion, ...]
+
+    @property
+    def user_id(self) -> str:
+        return self.train.user_id
+
+    def rows(self) -> list[dict]:
+        """The data this user's results depend on (their fingerprint)."""
+        return [self.train.to_dict(), [q.to_dict() for q in self.test]]
+
+
+def split_user(user: User, seed: int = 0, n_shots: int = 20, n_test: int = 30,
+               min_opinions: int = 25) -> UserSplit | None:
+    """The protocol's split, or None when the user has fewer than ``min_opinions``."""
+    if len(user.opinions) < min_opinions:
+        return None
+    ops = protocol_order(user, seed)
+    train = User(user.user_id, dict(user.profile), tuple(ops[:n_shots]), user.description)
+    return UserSplit(train, tuple(ops[n_shots:n_shots + n_test]))
+
+
+@dataclass
+class BenchConfig:
+    """One benchmark run. Every field is a run-wide input except ``out``, ``users``,
+    ``user_ids`` and ``force``."""
+
+    data: str
+    out: str
+    protocol: Literal["opinionqa-individual"] = PROTOCOL
+    users: int | None = 20                    # the first N eligible users in file order
+    user_ids: list[str] | None = None         # or exactly these
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    settings: MethodSettings = field(default_factory=MethodSettings)
+    n_shots: int = 20
+    n_test: int = 30
+    min_opinions: int = 25
+    task_model: str = "gemma3-270m"
+    optimizer_model: str = "smollm2-135m-instruct"
+    embedder: str = "all-minilm-l6-v2"
+    scoring: str = "letter"
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.settings, dict):
+            self.settings = MethodSettings(**self.settings)
+        if self.protocol != PROTOCOL:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; known: {PROTOCOL}")
+        if not self.methods:
+            raise ConfigError("no methods to run")
+        for spec in self.methods:
+            method_class(split_spec(spec)[0])
+        if self.n_shots < 1 or self.n_test < 1 or self.min_opinions < self.n_shots + 1:
+            raise ConfigError("need n_shots >= 1, n_test >= 1 and min_opinions > n_shots")
+        if self.users is not None and self.users < 1:
+            raise ConfigError(f"users must be >= 1, got {self.users}")
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    def shared_models(self) -> SharedModels:
+        return SharedModels(self.task_model, self.optimizer_model, self.embedder, self.scoring)
+
+    def run_inputs(self, models: SharedModels) -> dict[str, Any]:
+        """Run-wide inputs: the protocol, its split, the models and the methods' settings."""
+        return {"protocol": [self.protocol, self.n_shots, self.n_test, self.min_opinions],
+                "settings": asdict(self.settings),
+                "models": {k: model_identity(v) for k, v in models.identity().items()}}
+
+
+def method_inputs(spec: str) -> str:
+    """A method's own identity: its spec with the contents digest of a model folder it names."""
+    name, arg = split_spec(spec)
+    return spec if arg is None else f"{name}:{model_identity(arg)}"
+
+
+def select_users(users: Sequence[User], cfg: BenchConfig) -> tuple[list[UserSplit], list[str]]:
+    """Protocol splits of the chosen users (file order) and the ids of skipped users."""
+    if cfg.user_ids:
+        missing = set(cfg.user_ids) - {u.user_id for u in users}
+        if missing:
+            raise ConfigError(f"user id(s) not in {cfg.data}: {', '.join(sorted(missing))}")
+        users = [u for u in users if u.user_id in set(cfg.user_ids)]
+    splits, skipped = [], []
+    for u in users:
+        s = split_user(u, cfg.seed, cfg.n_shots, cfg.n_test, cfg.min_opinions)
+        if s is None:
+            skipped.append(u.user_id)
+        elif cfg.users is None or len(splits) < cfg.users:
+            splits.append(s)
+    return splits, skipped
+
+
+def _usage(models: SharedModels) -> dict[str, dict]:
+    return {name: llm.usage.as_dict() for name, llm in models.loaded_llms().items()}
+
+
+def _diff(after: dict, before: dict) -> dict:
+    return {k: _diff(v, before.get(k, {})) if isinstance(v, dict) else v - before.get(k, 0)
+            for k, v in after.items()}
+
+
+def run_method(spec: str, split: UserSplit, models: SharedModels,
+               settings: MethodSettings) -> dict[str, Any]:
+    """Fit one method on one user's past opinions and answer their test questions."""
+    start, before = time.perf_counter(), _usage(models)
+    method = build(spec, models, settings).fit(split.train)
+    answers = method.predict(list(split.test))
+    rows = []
+    for i, (q, a) in enumerate(zip(split.test, answers)):
+        row = {"protocol": PROTOCOL, "user_id": split.user_id, "qid": q.qid, "index": i,
+               "method": spec, "choice": a.choice, "answer": q.answer,
+               "n_options": len(q.options), "correct": a.correctness(q.answer),
+               "logprobs": [round(x, 4) for x in a.logprobs]}
+        if a.prompt_index is not None:
+            row["prompt_index"] = a.prompt_index
+        rows.append(row)
+    return {"rows": rows, "fit": method.fit_report(),
+            "usage": _diff(_usage(models), before), "seconds": time.perf_counter() - start}
+
+
+@dataclass
+class BenchResult:
+    out: Path
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
+                  models: SharedModels | None = None, progress: bool = True,
+                  on_unit: Callable[[str, str], None] | None = None) -> BenchResult:
+    """Run (or resume) the benchmark and write its report folder. ``models``, when given,
+    replace the config's model names (tests, notebooks)."""
+    from personalign.bench.report import sum_usage, write_report
+
+    if users is None:
+        users = load_opinionqa(cfg.data)
+    splits, skipped = select_users(users, cfg)
+    if not splits:
+        raise ConfigError(f"no user in {cfg.data} has {cfg.min_opinions} or more opinions")
+    models = models or cfg.shared_models()
+    labels = {spec: method_class(split_spec(spec)[0]).label
+              + (f" ({split_spec(spec)[1]})" if split_spec(spec)[1] else "")
+              for spec in cfg.methods}
+    for spec in cfg.methods:  # a bad method argument fails before any work
+        build(spec, models, cfg.settings)
+    run = RunFolder.open(cfg.out, kind=f"bench {cfg.protocol}", inputs=cfg.run_inputs(models),
+                         force=cfg.force)
+    wall = time.time()
+    records, ran = [], 0
+    bar = tqdm(total=len(splits) * len(cfg.methods), desc="users x methods",
+               disable=not progress, dynamic_ncols=True)
+    for split in splits:
+        per_method = {}
+        for spec in cfg.methods:
+            unit, inputs = f"{split.user_id}/{spec}", [split.rows(), method_inputs(spec)]
+            result = run.load(unit, inputs)
+            if result is None:
+                bar.set_postfix(user=split.user_id, method=spec)
+                result = run_method(spec, split, models, cfg.settings)
+                run.save(unit, result, inputs)
+                ran += 1
+                if on_unit:
+                    on_unit(split.user_id, spec)
+            per_method[spec] = result
+            bar.update(1)
+        records.append({
+            "user_id": split.user_id, "n_test": len(split.test),
+            "rows": [row for r in per_method.values() for row in r["rows"]],
+            "fits": {s: r["fit"] for s, r in per_method.items() if r["fit"]},
+            "usage": sum_usage([r["usage"] for r in per_method.values()]),
+            "seconds": {s: round(r["seconds"], 2) for s, r in per_method.items()},
+            "wall_s": round(sum(r["seconds"] for r in per_method.values()), 2)})
+    bar.close()
+    meta = {"protocol": cfg.protocol, "data": cfg.data,
+            "methods": [{"spec": s, "label": labels[s]} for s in cfg.methods],
+            "models": models.identity(), "settings": asdict(cfg.settings), "seed": cfg.seed,
+            "split": {"n_shots": cfg.n_shots, "n_test": cfg.n_test,
+                      "min_opinions": cfg.min_opinions,
+                      "order": "protocol_order: derive_seed(seed, user_id)"},
+            "threads": os.environ.get("PERSONALIGN_THREADS", ""),
+            "skipped_users": skipped, "units_run_this_session": ran,
+            "this_session_wall_s": round(time.time() - wall, 1),
+            "notes": [f"Fermi/OPRO preset: {cfg.settings.preset}"
+                      + (" (smaller T and K than the paper)"
+                         if cfg.settings.preset != "paper" else "") + "."]}
+    summary = write_report(cfg.out, records, meta)
+    return BenchResult(Path(cfg.out), records, summary)
+
+
+def run_demo(users: Sequence[User] | None = None, path: str | Path | None = None, *,
+             out: str | Path = "runs/demo", preset: str = "quick",
+             methods: Sequence[str] = DEFAULT_METHODS, n_users: int | None = None,
+             seed: int = 0, models: SharedModels | None = None,
+             progress: bool = True) -> BenchResult:
+    """The main job: every method on the project's sample users (or the users of ``path``)
+    with the embedded models. Print ``result.summary["per_method_md"]``."""
+    if users is None and path is None:
+        from personalign.runtime.data.sample import load_sample_users, sample_users_path
+
+        users, path = load_sample_users(), sample_users_path()
+    if users is None:
+        users = load_opinionqa(path)
+    cfg = BenchConfig(data=str(path or "<in-memory users>"), out=str(out), users=n_users,
+                      methods=list(methods), settings=MethodSettings(seed=seed, preset=preset))
+    return run_benchmark(cfg, users, models=models, progress=progress)

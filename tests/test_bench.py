@@ -1,0 +1,132 @@
+"""The benchmark: protocol splits, one report for every method, resume and input changes."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from personalign.bench.runner import BenchConfig, run_benchmark, select_users, split_user
+from personalign.methods import MethodSettings, parse_specs
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.personalizer import SharedModels
+
+from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
+
+DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "opinionqa" / "dev.jsonl"
+
+
+def test_split_protocol():
+    u = make_user("a", 60)
+    s = split_user(u, seed=0)
+    assert len(s.train.opinions) == 20 and len(s.test) == 30
+    assert {o.qid for o in s.train.opinions}.isdisjoint({o.qid for o in s.test})
+    assert s.train.profile == u.profile
+    assert split_user(u, seed=0) == s and split_user(u, seed=1) != s
+    assert len(split_user(make_user("b", 40)).test) == 20
+    assert split_user(make_user("c", 24)) is None
+
+
+def test_select_users_counts_skipped():
+    users = [make_user("a", 40), make_user("b", 10), make_user("c", 40), make_user("d", 40)]
+    splits, skipped = select_users(users, BenchConfig(data="x", out="y", users=2))
+    assert [s.user_id for s in splits] == ["a", "c"] and skipped == ["b"]
+    cfg = BenchConfig(data="x", out="y", users=None, user_ids=["d"])
+    assert [s.user_id for s in select_users(users, cfg)[0]] == ["d"]
+    with pytest.raises(ConfigError):
+        select_users(users, BenchConfig(data="x", out="y", user_ids=["zz"]))
+
+
+def test_parse_specs():
+    assert parse_specs("all")[-1] == "fermi" and len(parse_specs("all")) == 7
+    assert parse_specs("fermi, vanilla,fspo:runs/x") == ["fermi", "vanilla", "fspo:runs/x"]
+    for bad in ("fermi,magic", "vanilla,vanilla"):
+        with pytest.raises(ConfigError):
+            parse_specs(bad)
+
+
+def _models():
+    return SharedModels.of(keyword_task_llm(), scripted_optimizer(), BagEmbedder())
+
+
+def _run(tmp_path, users, n, methods="all", **kw):
+    cfg = BenchConfig(data="synthetic", out=str(tmp_path / "run"), users=n,
+                      methods=parse_specs(methods),
+                      settings=MethodSettings(preset="tiny", seed=kw.pop("seed", 0)), **kw)
+    models = _models()
+    return run_benchmark(cfg, users, models=models, progress=False), models
+
+
+def test_one_report_for_every_method(tmp_path):
+    users = [make_user(f"u{i}", 40) for i in range(3)]
+    res, models = _run(tmp_path, users, 2)
+    out = res.out
+    for name in ("results.jsonl", "per_user.csv", "per_user.md", "per_method.csv",
+                 "per_method.md", "paired.csv", "paired.md", "accuracy.png",
+                 "memory_curve.png", "usage.json", "config.json", "README.md", "run.json"):
+        assert (out / name).exists(), name
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 7 * 20
+    # every method answered the same (user, question) pairs
+    by_method = {}
+    for r in rows:
+        by_method.setdefault(r["method"], set()).add((r["user_id"], r["qid"]))
+    assert len(by_method) == 7 and len({frozenset(v) for v in by_method.values()}) == 1
+    assert all(len(r["logprobs"]) == r["n_options"] for r in rows)
+    random_rows = [r for r in rows if r["method"] == "random"]
+    assert all(r["correct"] == pytest.approx(1 / 3) for r in random_rows)
+    assert "Fermi w/o RoP" in res.summary["per_method_md"]
+    assert "Fermi/OPRO preset: tiny" in (out / "README.md").read_text()
+    usage = json.loads((out / "usage.json").read_text())
+    assert usage["calls_per_user"]["fake-task"] > 0
+    assert usage["calls_per_user"]["fake-opt"] > 0
+    assert "fermi/optimize" in usage["total"]["fake-opt"]["by_phase"]
+    assert "vanilla/predict" in usage["total"]["fake-task"]["by_phase"]
+    # the keyword task model answers "Agree" to everything under the vanilla prompt
+    vanilla = next(r for r in res.summary["per_method"] if r["method"] == "vanilla")
+    assert vanilla["top_letter"] == "A" and vanilla["top_letter_share"] == 1.0
+
+
+def test_resume_runs_only_missing_units(tmp_path):
+    users = [make_user(f"u{i}", 40) for i in range(3)]
+    res, models = _run(tmp_path, users, 2, methods="vanilla,profile")
+    one_user = res.records[0]["usage"]["fake-task"]["calls"]
+    # one more user: only that user runs
+    res2, models2 = _run(tmp_path, users, 3, methods="vanilla,profile")
+    assert len(res2.records) == 3 and models2.task_llm.usage.calls == one_user
+    # one more method: only that method runs, on every user
+    res3, models3 = _run(tmp_path, users, 3, methods="vanilla,profile,fewshot")
+    assert models3.task_llm.usage.calls == 3 * 20
+    assert set(models3.task_llm.usage.by_phase) == {"fewshot/predict"}
+    # nothing left: no call, same table
+    res4, models4 = _run(tmp_path, users, 3, methods="vanilla,profile,fewshot")
+    assert models4.task_llm.usage.calls == 0
+    assert res4.summary["per_method_md"] == res3.summary["per_method_md"]
+
+
+def test_changed_inputs_stop_or_recompute(tmp_path):
+    users = [make_user(f"u{i}", 40) for i in range(2)]
+    _run(tmp_path, users, 2, methods="vanilla")
+    with pytest.raises(ConfigError, match="settings"):
+        _run(tmp_path, users, 2, methods="vanilla", seed=5)
+    # an edited opinion of u1: its unit is not silently reused
+    edited = list(users[1].opinions)
+    edited[0] = replace(edited[0], answer=(edited[0].answer + 1) % 3)
+    users[1] = replace(users[1], opinions=tuple(edited))
+    with pytest.raises(ConfigError, match="u1/vanilla"):
+        _run(tmp_path, users, 2, methods="vanilla")
+    res, models = _run(tmp_path, users, 2, methods="vanilla", force=True)
+    assert models.task_llm.usage.calls == 20  # u1 only
+    assert len(res.records) == 2
+
+
+@pytest.mark.skipif(not DEV.exists(), reason="shared OpinionQA dev data not present")
+def test_dev_users_split():
+    from personalign.runtime.data.opinionqa import load_opinionqa
+
+    users = load_opinionqa(DEV)
+    splits, skipped = select_users(users, BenchConfig(data=str(DEV), out="-", users=20))
+    assert len(splits) == 20
+    for s in splits:
+        assert len(s.train.opinions) == 20 and 5 <= len(s.test) <= 30
+        assert all("Refused" not in q.options for q in s.train.opinions + s.test)
