@@ -3,9 +3,9 @@
 import json
 
 from personalign.fspo.data.episodes import (
-    build_episodes, build_eval_episodes, make_episode, read_pairs, split_pairs, split_users,
-    write_records,
+    build_episodes, build_eval_episodes, make_episode, split_pairs, split_users, write_records,
 )
+from personalign.runtime.data.preferences import load_preferences
 from personalign.runtime.data.records import PreferencePair
 
 
@@ -105,5 +105,9 @@ def test_description_variant_records_and_files(tmp_path):
 
     ds = datasets.load_dataset("parquet", data_files=str(pq), split="train")
     assert ds[0]["n_shots"] == 2
-    write_records(pairs, tmp_path / "p.jsonl")
-    assert read_pairs(tmp_path / "p.jsonl") == pairs
+    # Pairs written here load with the reader `personalign data validate` uses; parquet keeps
+    # meta as a JSON string, which loads back as a dict.
+    pairs[0] = PreferencePair("u", "q0?", "c", "r", meta={"qid": "q0", "options": ["a", "b"]})
+    for suffix in (".jsonl", ".parquet"):
+        write_records(pairs, tmp_path / f"p{suffix}")
+        assert load_preferences(tmp_path / f"p{suffix}") == pairs

@@ -104,7 +104,7 @@ def test_opinionqa_dev_file():
 
 @pytest.mark.skipif(not DEV.exists(), reason="shared OpinionQA data not present")
 def test_same_split_as_opinionqa_individual():
-    from personalign.bench.opinionqa import split_user
+    from personalign.bench.runner import split_user
     from personalign.runtime.data.opinionqa import load_opinionqa
 
     users = load_opinionqa(DEV)[:5]
@@ -113,6 +113,6 @@ def test_same_split_as_opinionqa_individual():
         split = split_user(user, seed=3)
         mine = [p for p in res.pairs if p.user_id == user.user_id]
         assert [p.meta["qid"] for p in mine if p.meta["part"] == "shots"] == \
-            [o.qid for o in split.shots]
+            [o.qid for o in split.train.opinions]
         assert [p.meta["qid"] for p in mine if p.meta["part"] == "test"] == \
             [o.qid for o in split.test]

@@ -7,13 +7,13 @@ serialization (serialization.py), :class:`SyntheticPipeline` (pipeline.py), the 
 """
 
 from personalign.fspo.data.episodes import (
-    Episode, build_episodes, build_eval_episodes, make_episode, read_pairs, split_pairs,
+    Episode, build_episodes, build_eval_episodes, make_episode, split_pairs,
     split_users, write_records,
 )
 from personalign.fspo.data.serialization import (
     VARIANTS, Shot, serialize_completions, serialize_prompt,
 )
 
-__all__ = ["Episode", "build_episodes", "build_eval_episodes", "make_episode", "read_pairs",
-           "split_pairs", "split_users", "write_records", "VARIANTS", "Shot",
-           "serialize_completions", "serialize_prompt"]
+__all__ = ["Episode", "build_episodes", "build_eval_episodes", "make_episode", "split_pairs",
+           "split_users", "write_records", "VARIANTS", "Shot", "serialize_completions",
+           "serialize_prompt"]

@@ -8,7 +8,6 @@ trainer's tokenizer appends it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from personalign.fspo.data.serialization import (
     serialize_prompt,
 )
 from personalign.runtime.data.records import PreferencePair
+from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.storage import atomic_write
 
@@ -36,12 +36,6 @@ TokenCounter = Callable[[str], int]
 def approx_tokens(text: str) -> int:
     """Rough token count (4 characters a token), used when no tokenizer is given."""
     return max(1, len(text) // 4)
-
-
-def derived_seed(*parts: Any) -> int:
-    """A stable seed from any parts (Python's ``hash`` is salted per process)."""
-    blob = json.dumps([str(p) for p in parts]).encode()
-    return int(hashlib.sha256(blob).hexdigest()[:16], 16)
 
 
 @dataclass
@@ -129,7 +123,7 @@ def build_episodes(pairs: Sequence[PreferencePair], n_shots: int, passes: int | 
             continue
         for p in range(passes):
             order = list(range(len(rows)))
-            random.Random(derived_seed(seed, user_id, p)).shuffle(order)
+            random.Random(derive_seed(seed, user_id, p)).shuffle(order)
             for w, start in enumerate(range(0, len(order) - window + 1, window)):
                 idx = order[start:start + window]
                 episodes.append(make_episode(
@@ -139,6 +133,16 @@ def build_episodes(pairs: Sequence[PreferencePair], n_shots: int, passes: int | 
         log.warning("%d users have fewer than %d pairs and give no episodes: %s", len(too_few),
                     window, ", ".join(too_few[:10]))
     return episodes
+
+
+def select_shots(pool: Sequence[PreferencePair], n_shots: int, seed: int,
+                 user_id: str) -> list[PreferencePair]:
+    """The N shots a test user shows the model: a seeded draw (per user) from their pool."""
+    pool = list(pool)
+    random.Random(derive_seed(seed, user_id, "eval")).shuffle(pool)
+    if len(pool) < n_shots:
+        log.warning("user %s has %d shots for N=%d", user_id, len(pool), n_shots)
+    return pool[:n_shots]
 
 
 def build_eval_episodes(shot_pairs: Sequence[PreferencePair], query_pairs: Sequence[PreferencePair],
@@ -151,11 +155,7 @@ def build_eval_episodes(shot_pairs: Sequence[PreferencePair], query_pairs: Seque
     shots_by_user = group_by_user(shot_pairs)
     episodes = []
     for user_id, queries in group_by_user(query_pairs).items():
-        pool = list(shots_by_user.get(user_id, []))
-        random.Random(derived_seed(seed, user_id, "eval")).shuffle(pool)
-        shots = pool[:n_shots]
-        if len(shots) < n_shots:
-            log.warning("user %s has %d shots for N=%d", user_id, len(shots), n_shots)
+        shots = select_shots(shots_by_user.get(user_id, []), n_shots, seed, user_id)
         for q, query in enumerate(queries):
             episodes.append(make_episode(shots, query, variant, max_prompt_tokens, count_tokens,
                                          meta={"query": q, "eval": True}))
@@ -175,7 +175,7 @@ def split_users(user_ids: Iterable[str], test_fraction: float = 0.2, seed: int =
         return [u for u in ids if u not in test], sorted(test)
     if not 0.0 <= test_fraction < 1.0:
         raise ConfigError(f"test fraction must be in [0, 1), got {test_fraction}")
-    order = sorted(ids, key=lambda u: derived_seed(seed, "split", u))
+    order = sorted(ids, key=lambda u: derive_seed(seed, "split", u))
     n_test = round(len(ids) * test_fraction)
     if test_fraction > 0 and len(ids) >= 2:
         n_test = min(max(n_test, 1), len(ids) - 1)
@@ -217,32 +217,6 @@ def write_records(records: Sequence[Episode | PreferencePair | dict], path: str 
         atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
         return path
     return write_jsonl(rows, path)
-
-
-def read_pairs(path: str | Path) -> list[PreferencePair]:
-    """Preference pairs from JSONL (``PreferencePair.to_dict`` rows) or parquet."""
-    from personalign.runtime.data.validate import read_jsonl, require
-
-    path = Path(path)
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        items = list(enumerate(pd.read_parquet(path).to_dict("records"), start=1))
-    else:
-        items = list(read_jsonl(path))
-    out = []
-    for line, obj in items:
-        meta = obj.get("meta") or {}
-        if isinstance(meta, str):
-            meta = json.loads(meta)
-        out.append(PreferencePair(
-            user_id=require(obj, "user_id", str, path, line),
-            prompt=require(obj, "prompt", str, path, line),
-            chosen=require(obj, "chosen", str, path, line),
-            rejected=require(obj, "rejected", str, path, line),
-            user_description=obj.get("user_description"),
-            rejected_description=obj.get("rejected_description"), meta=meta))
-    return out
 
 
 def episode_stats(episodes: Sequence[Episode]) -> dict[str, Any]:

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from personalign.fspo.data.episodes import derived_seed
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.records import Opinion, PreferencePair, User
-from personalign.runtime.data.splits import protocol_order
+from personalign.runtime.data.splits import derive_seed, protocol_order
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def rejected_option(op: Opinion, rng: random.Random) -> tuple[int, str]:
 
 def opinion_pair(user: User, op: Opinion, seed: int = 0, show_options: bool = True,
                  part: str | None = None, position: int | None = None) -> PreferencePair:
-    rng = random.Random(derived_seed(seed, user.user_id, op.qid or op.question))
+    rng = random.Random(derive_seed(seed, user.user_id, op.qid or op.question))
     r, rule = rejected_option(op, rng)
     return PreferencePair(
         user_id=user.user_id, prompt=opinion_prompt(op, show_options),

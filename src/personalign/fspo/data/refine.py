@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
-from personalign.fspo.data.episodes import derived_seed
 from personalign.fspo.data.judge import Judgment, PairJob, PairwiseJudge
+from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.llm.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def propose_traits(llm, jobs: Sequence[PairJob], judgments: Sequence[Judgment],
     a side is chosen (seeded coin, or the judge's lean) and the LLM completes "They prefer ..."
     explaining that choice."""
     todo = undecided(judgments, cfg.entropy_threshold)
-    rng = random.Random(derived_seed(cfg.seed, user_id, "refine", round_index))
+    rng = random.Random(derive_seed(cfg.seed, user_id, "refine", round_index))
     rng.shuffle(todo)
     added: list[str] = []
     for i in todo[: cfg.max_traits]:
@@ -87,7 +87,7 @@ def propose_traits(llm, jobs: Sequence[PairJob], judgments: Sequence[Judgment],
         # Raw text ending in "They prefer": the model completes the sentence.
         prompt = TRAIT_PROMPT.format(question=job.question, chosen=chosen, rejected=rejected)
         params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                seed=derived_seed(cfg.seed, user_id, round_index, i) % 2**31)
+                                seed=derive_seed(cfg.seed, user_id, round_index, i))
         trait = clean_trait(TRAIT_START + " " + llm.generate([prompt], params)[0][0].lstrip())
         if len(trait) > len(TRAIT_START) + 3 and trait not in known and trait not in added:
             added.append(trait)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from personalign.fspo.data.episodes import derived_seed
 from personalign.fspo.data.users import ELIX_LEVELS, ELIX_VARIANTS, SyntheticUser
+from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.data.validate import read_jsonl, read_text
 from personalign.runtime.errors import DataError
 from personalign.runtime.llm.types import SamplingParams
+from personalign.runtime.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ def generate_questions(llm, domain: str, n: int, seed: int = 0, temperature: flo
 
 
 def dump_questions(questions: Sequence[Question], path: str | Path) -> None:
-    Path(path).write_text("".join(json.dumps(q.__dict__, ensure_ascii=False) + "\n"
-                                  for q in questions), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(q.__dict__, ensure_ascii=False) + "\n"
+                                    for q in questions))
 
 
 def read_questions_jsonl(path: str | Path) -> list[Question]:
@@ -154,7 +155,7 @@ def elix_steers(users: Sequence[SyntheticUser], qid: str, seed: int) -> list[Ste
     levels = [lv for lv in ELIX_LEVELS if any(u.attributes.get("level") == lv for u in users)]
     steers = []
     for level in levels:
-        variant = random.Random(derived_seed(seed, qid, level)).choice(variants)
+        variant = random.Random(derive_seed(seed, qid, level)).choice(variants)
         who, instruction = ELIX_LEVELS[level]
         extra = ELIX_VARIANTS[variant][1]
         steers.append(Steer(f"{level}/{variant}", f"{instruction} {extra}".strip(),
@@ -166,7 +167,7 @@ def elix_steers(users: Sequence[SyntheticUser], qid: str, seed: int) -> list[Ste
 def user_steers(users: Sequence[SyntheticUser], qid: str, seed: int, k: int) -> list[Steer]:
     """``k`` users drawn per question; each one's steer instruction (Reviews, Roleplay)."""
     pool = list(users)
-    random.Random(derived_seed(seed, qid, "steers")).shuffle(pool)
+    random.Random(derive_seed(seed, qid, "steers")).shuffle(pool)
     return [Steer(u.user_id, u.steer or f"Write for this person: {u.description}",
                   {"steer_user": u.user_id}) for u in pool[:k]]
 
@@ -217,8 +218,8 @@ def generate_responses(question: Question, steers: Sequence[Steer],
     if views > 0:
         gen = generators[0]
         listing = gen.llm.generate([_views_prompt(question.text, views)], SamplingParams(
-            temperature=gen.temperature, max_tokens=96, seed=derived_seed(seed, question.qid,
-                                                                          "views") % 2**31)
+            temperature=gen.temperature, max_tokens=96, seed=derive_seed(seed, question.qid,
+                                                                          "views"))
         )[0][0]
         for view in parse_views(listing, views) or ["a balanced view"]:
             jobs.append((f"Answer from this point of view: {view}", {"view": view}))
@@ -228,7 +229,7 @@ def generate_responses(question: Question, steers: Sequence[Steer],
     for j, (instruction, meta) in enumerate(jobs):
         gen = generators[j % len(generators)]
         params = SamplingParams(temperature=gen.temperature, max_tokens=max_tokens,
-                                seed=derived_seed(seed, question.qid, j) % 2**31)
+                                seed=derive_seed(seed, question.qid, j))
         text = clean_response(gen.llm.generate([_response_prompt(question.text, instruction)],
                                                params)[0][0])
         if not text:
