@@ -1,4 +1,4 @@
-"""Evaluation logic without a real model: prompt modes, win rate, summaries, report files."""
+"""Evaluation logic without a real model: prompt modes, summaries, report files."""
 
 import json
 
@@ -8,14 +8,12 @@ from personalign.fspo.data.serialization import Shot, serialize_prompt
 from personalign.fspo.train.evaluate import (
     EvalResult,
     final_question,
-    pairwise_win_rate,
     summarize,
     transform_prompt,
     write_report,
     zero_shot_records,
 )
 from personalign.runtime.errors import DataError
-from personalign.runtime.llm.fake import FakeLLM
 
 PROMPT = serialize_prompt([Shot("Tea or coffee?", "Tea", "Coffee")], "Cats or dogs?")
 
@@ -31,25 +29,6 @@ def test_final_question_and_prompt_modes():
     with pytest.raises(DataError):
         transform_prompt(rec, "oracle", {})
     assert zero_shot_records([rec])[0]["n_shots"] == 0
-
-
-def _judge_prefers(word):
-    # Picks the option whose response text contains ``word``.
-    def chooser(item):
-        a = item.prompt.split("(A) ")[1].split("\n\n(B)")[0]
-        return 0 if word in a else 1
-    return FakeLLM(chooser=chooser)
-
-
-def test_win_rate_both_orders_and_ties():
-    items = [{"question": "q", "description": "d", "response": "good one", "baseline": "bad"},
-             {"question": "q", "description": "d", "response": "meh", "baseline": "good"}]
-    wr = pairwise_win_rate(_judge_prefers("good"), items)
-    assert wr.scores == [1.0, 0.0] and wr.mean == 0.5 and wr.n == 2
-    # A judge that always says (A) is order-inconsistent: every item is a tie.
-    always_a = pairwise_win_rate(FakeLLM(chooser=lambda item: 0), items)
-    assert always_a.scores == [0.5, 0.5]
-    assert always_a.se == 0.0
 
 
 def test_summary_macro_over_users_and_report(tmp_path):

@@ -23,16 +23,21 @@ prefix on backends with prefix caching.
 
 ``p_x`` = the mean over both orders of the probability that x is preferred; label entropy is
 H(p_x) in nats.
+
+:func:`win_rate` uses the same two-order judgment to compare a model's responses with a
+baseline's (FSPO evaluation).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal
 
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.types import ChoiceItem
+from personalign.runtime.metrics import standard_error
 
 JudgeMethod = Literal["letter", "generate"]
 Consistency = Literal["strict", "calibrated"]
@@ -198,3 +203,35 @@ class PairwiseJudge:
 
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
+
+
+@dataclass
+class WinRate:
+    """How often responses beat a baseline's: per-item scores, their mean and standard error."""
+
+    mean: float
+    se: float
+    n: int
+    scores: list[float]
+    judge: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"win_rate": self.mean, "se": self.se, "n": self.n, "judge": self.judge}
+
+
+def win_rate(judge_llm, items: Sequence[Mapping[str, str]],
+             method: JudgeMethod = "letter") -> WinRate:
+    """Win rate of ``response`` over ``baseline`` for each item (question, description,
+    response, baseline), asked in both orders with the user's description: two wins 1, two
+    losses 0, anything else (order-inconsistent, a tie, an unparsed answer) 0.5."""
+    if not items:
+        raise DataError("no items to judge")
+    judge = PairwiseJudge(judge_llm, method)
+    requests = [(it["description"], "", PairJob(it["question"], it["response"], it["baseline"]))
+                for it in items]
+    scores = []
+    for logodds_xy, logodds_yx, valid, _, _ in judge.score(requests):
+        label = decide(logodds_xy, logodds_yx) if valid else None
+        scores.append(0.5 if label is None else 1.0 - label)  # label 0: the response won
+    return WinRate(sum(scores) / len(scores), standard_error(scores), len(scores), scores,
+                   getattr(judge_llm, "model_id", str(judge_llm)))
