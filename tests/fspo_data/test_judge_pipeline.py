@@ -7,11 +7,12 @@ import re
 import pytest
 
 from personalign.fspo.data.card import write_card
-from personalign.fspo.data.episodes import build_episodes, read_pairs
-from personalign.fspo.data.judge import PairJob, PairwiseJudge, binary_entropy, decide
+from personalign.fspo.data.episodes import build_episodes
+from personalign.fspo.data.judge import PairJob, PairwiseJudge, binary_entropy, decide, win_rate
 from personalign.fspo.data.pipeline import SynthConfig, SyntheticPipeline, plan_budget
 from personalign.fspo.data.refine import RefineConfig, clean_trait, refine_user
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.data.preferences import load_preferences
+from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.fake import FakeLLM
 
 
@@ -77,8 +78,39 @@ def test_judge_generate_method_parses_answers():
     assert out[0].label == 1  # B when kiwi is A, A when fig is A: fig preferred both times
 
 
+def test_win_rate_judges_both_orders_with_the_users_description():
+    def prefers_good(item):
+        a, _ = _responses(item.prefix + item.prompt)
+        assert "User description: likes good things" in item.prompt
+        return 0 if "good" in a else 1
+
+    items = [{"question": "q", "description": "likes good things", "response": "good one",
+              "baseline": "bad"},
+             {"question": "q", "description": "likes good things", "response": "meh",
+              "baseline": "good"}]
+    wr = win_rate(FakeLLM(chooser=prefers_good, model_id="judge-x"), items)
+    assert (wr.scores, wr.mean, wr.n, wr.judge) == ([1.0, 0.0], 0.5, 2, "judge-x")
+    assert wr.as_dict() == {"win_rate": 0.5, "se": pytest.approx(0.5), "n": 2,
+                            "judge": "judge-x"}
+    # A judge that always says (A) is order-inconsistent: every item is a tie.
+    always_a = win_rate(FakeLLM(chooser=lambda item: 0), items)
+    assert always_a.scores == [0.5, 0.5] and always_a.se == 0.0
+    with pytest.raises(DataError):
+        win_rate(FakeLLM(), [])
+
+
+def _description_chooser(item):
+    """Prefers the response that shares a word with the whole user description."""
+    full = item.prefix + item.prompt
+    words = set(re.search(r"User description: (.*)", full).group(1).split())
+    a, b = (bool(words & set(r.split())) for r in _responses(full))
+    if a == b:
+        return 0  # undecided: always "A" (order-inconsistent)
+    return 0 if a else 1
+
+
 def test_refinement_appends_trait_and_relabels():
-    llm = FakeLLM(chooser=_keyword_chooser,
+    llm = FakeLLM(chooser=_description_chooser,
                   responder=lambda text, i: "kiwi answers.\nextra")
     judge = PairwiseJudge(llm)
     jobs = [PairJob("q", "kiwi", "melon")]
@@ -88,7 +120,9 @@ def test_refinement_appends_trait_and_relabels():
                       RefineConfig(rounds=2, max_traits=1))
     assert res.traits == ["They prefer kiwi answers."]
     assert res.description == "apple lover They prefer kiwi answers."
-    assert res.judgments[0].label is None or res.judgments[0].label in (0, 1)
+    # Re-judged with the trait, the pair is decided (kiwi, both orders); a second round
+    # proposes the same trait again, adds nothing and stops.
+    assert res.judgments[0].label == 0 and res.rounds_run == 1
     assert clean_trait('"They like cats. And dogs"') == "They like cats."
 
 
@@ -127,16 +161,22 @@ def test_pipeline_end_to_end_fake(tmp_path):
         tmp_path, on_budget=budgets.append)
     assert budgets[0]["total"] == plan_budget(cfg)["total"]
     assert summary["users"] == 10 and summary["judged_pairs"] == 10 * 6 * 3
-    pairs = read_pairs(tmp_path / "pairs.jsonl")
+    pairs = load_preferences(tmp_path / "pairs.jsonl")
     assert pairs and all(p.chosen != p.rejected for p in pairs)
     assert len({p.user_id for p in pairs}) >= 2
     assert {p.meta["difficulty"] for p in pairs} <= {"easy", "hard"}
     card = write_card(tmp_path, embedder=FakeEmbedder())
     assert card["users"] == 10 and card["pairs_judged"] == 180
     assert card["pairs_kept"] == len(pairs)
-    assert card["dropped_order_inconsistent"]["before_refinement"] >= \
-        card["pairs_judged"] - card["pairs_kept"] - 180
-    assert 0 <= card["label_entropy_nats"]["before_refinement"] <= math.log(2)
+    # The fake judge keys on the user's level, which the added traits leave alone: pairs
+    # with both or neither response at the level are dropped before and after refinement.
+    dropped = card["pairs_judged"] - card["pairs_kept"]
+    assert 0 < dropped < card["pairs_judged"]
+    assert card["dropped_order_inconsistent"] == {"before_refinement": dropped,
+                                                  "after_refinement": dropped}
+    # FakeLLM scores its choice 0.7: a kept pair has p_x 0.7 or 0.3, a dropped one 0.5.
+    entropy = (dropped * math.log(2) + card["pairs_kept"] * binary_entropy(0.7)) / 180
+    assert card["label_entropy_nats"]["before_refinement"] == pytest.approx(entropy, abs=1e-4)
     assert card["diversity"]["mean_pairwise_similarity"] is not None
     assert (tmp_path / "card.md").exists()
     # The fake judge prefers the user's own level: every kept easy pair agrees.
@@ -146,7 +186,7 @@ def test_pipeline_end_to_end_fake(tmp_path):
     SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(tmp_path)
     assert llm.usage.calls == calls
     # Another configuration in the same folder is refused.
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="changed: config"):
         SyntheticPipeline(SynthConfig(users=5, generators=["fake"], judge_model="fake"),
                           llms={"fake": llm}).run(tmp_path)
     eps = build_episodes(pairs, n_shots=2, passes=1, seed=0)
@@ -177,3 +217,32 @@ def test_budget_refuses_over_max_calls(tmp_path):
     with pytest.raises(ConfigError, match="max-calls"):
         SyntheticPipeline(cfg, llms={"fake": FakeLLM()}).run(tmp_path, max_calls=10)
     assert not (tmp_path / "users.jsonl").exists()
+
+
+def test_pipeline_refuses_changed_files_and_force_recomputes(tmp_path):
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Why is the sky blue?\nHow do magnets work?\n")
+    cfg = SynthConfig(domain="elix", users=5, questions_file=str(questions),
+                      pairs_per_question=1, generators=["fake"], judge_model="fake",
+                      refine=RefineConfig(rounds=0))
+    llm = _fake_pipeline_llm()
+    out = tmp_path / "out"
+    SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(out)
+    assert json.loads((out / "run.json").read_text())["kind"] == "fspo-data synth"
+    # Unchanged inputs: the rerun resumes and calls nothing.
+    calls = llm.usage.calls
+    SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(out)
+    assert llm.usage.calls == calls
+    # The same path with other contents is another input.
+    questions.write_text("Why is the sky blue?\nHow do magnets work?\nWhat is rain?\n")
+    with pytest.raises(ConfigError, match="changed: questions_file"):
+        SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(out)
+    assert len((out / "questions.jsonl").read_text().splitlines()) == 2
+    summary = SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(out, force=True)
+    assert len((out / "questions.jsonl").read_text().splitlines()) == 3
+    assert summary["judged_pairs"] == 5 * 3
+    assert len(json.loads((out / "usage.json").read_text())["runs"]) == 1
+    # Force only recomputes what changed: with the same inputs it resumes.
+    calls = llm.usage.calls
+    SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(out, force=True)
+    assert llm.usage.calls == calls

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.storage import atomic_write_json
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -66,6 +67,8 @@ def synth(
     max_calls: Optional[int] = typer.Option(None, help="Refuse to start above this many "
                                             "planned LLM calls."),
     dry_run: bool = typer.Option(False, help="Print the call budget and stop."),
+    force: bool = typer.Option(False, "--force", help="Recompute every stage when --out "
+                               "holds a run with other inputs (default: refuse)."),
 ):
     """Generate a synthetic preference dataset (users, questions, responses, judged pairs)."""
     from personalign.fspo.data.card import write_card
@@ -100,7 +103,7 @@ def synth(
         show_budget(pipeline.budget())
         return
     start = time.time()
-    summary = pipeline.run(out, max_calls=max_calls, on_budget=show_budget)
+    summary = pipeline.run(out, max_calls=max_calls, on_budget=show_budget, force=force)
     card = write_card(out)
     summary["wall_s_this_run"] = round(time.time() - start, 1)
     summary["llm_usage"] = {k: v.usage.as_dict() for k, v in pipeline.llms.items()}
@@ -172,11 +175,12 @@ def opinionqa(
         rules[p.meta["rule"]] = rules.get(p.meta["rule"], 0) + 1
     summary = {"protocol": "opinionqa-preferences", "data": str(data), "seed": seed,
                "shots": shots, "variant": variant, "users": len(train_ids) + len(test_ids),
-               "skipped_users": res.skipped_users, "pairs": len(res.pairs),
+               "skipped_users": res.skipped_users,
+               "skipped_opinions": res.skipped_opinions, "pairs": len(res.pairs),
                "rejected_rule_counts": rules, "train_users": train_ids, "test_users": test_ids,
                "train_episodes": episode_stats(train), "test_episodes": episode_stats(test),
                "files": [str(p) for p in paths]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "summary.json", summary)
     _print_dict(f"opinionqa-preferences -> {out}",
                 {k: v for k, v in summary.items() if k not in ("train_users", "test_users")})
 
@@ -202,13 +206,13 @@ def episodes(
                                "roleplay (released FSPO schemas)."),
 ):
     """Few-shot episodes (train/test, user-disjoint) from preference pairs."""
-    from personalign.fspo.data.episodes import (
-        build_episodes, episode_stats, read_pairs, split_users,
-    )
+    from personalign.fspo.data.episodes import build_episodes, episode_stats, split_users
     from personalign.fspo.data.released import LOADERS
+    from personalign.runtime.data.preferences import load_preferences
 
     if source == "pairs":
-        rows = read_pairs(pairs)
+        # The reader `personalign data validate` uses: what it accepts is what runs here.
+        rows = load_preferences(pairs)
     elif source in LOADERS:
         rows = LOADERS[source](pairs)
     else:
@@ -229,7 +233,7 @@ def episodes(
                "train_users": train_ids, "test_users": test_ids,
                "train_episodes": episode_stats(train), "test_episodes": episode_stats(test),
                "files": [str(p) for p in paths]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "summary.json", summary)
     _print_dict(f"episodes -> {out}", {k: v for k, v in summary.items()
                                        if k not in ("train_users", "test_users")}
                 | {"train_users": len(train_ids), "test_users": len(test_ids)})

@@ -21,6 +21,7 @@ import numpy as np
 from personalign.fspo.data.judge import binary_entropy
 from personalign.runtime.data.validate import read_jsonl
 from personalign.runtime.errors import DataError
+from personalign.runtime.storage import atomic_write_json, atomic_write_text
 
 
 def _mean(xs) -> float | None:
@@ -145,6 +146,6 @@ def card_markdown(card: dict[str, Any]) -> str:
 def write_card(folder: str | Path, embedder=None) -> dict[str, Any]:
     folder = Path(folder)
     card = data_card(folder, embedder)
-    (folder / "card.json").write_text(json.dumps(card, indent=1), encoding="utf-8")
-    (folder / "card.md").write_text(card_markdown(card), encoding="utf-8")
+    atomic_write_json(folder / "card.json", card)
+    atomic_write_text(folder / "card.md", card_markdown(card))
     return card

@@ -2,7 +2,9 @@
 
 Output folder::
 
-    config.json        the run's configuration (a resume with a different one is refused)
+    run.json           fingerprint of the inputs (config, users/questions files, models): a
+                       rerun with other inputs is refused, or starts over with ``force``
+    config.json        the run's configuration
     budget.json        LLM calls planned per stage (computed before any call)
     users.jsonl        synthetic users (initial descriptions)
     questions.jsonl    questions
@@ -26,6 +28,7 @@ import itertools
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from personalign.fspo.data.episodes import derived_seed, write_jsonl
+from personalign.fspo.data.episodes import write_jsonl
 from personalign.fspo.data.judge import PairJob, PairwiseJudge
 from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
@@ -50,12 +53,16 @@ from personalign.fspo.data.synthetic import (
 )
 from personalign.fspo.data.users import SyntheticUser, dump_users, make_users
 from personalign.runtime.data.records import PreferencePair
+from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.data.validate import read_jsonl
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.models import DEFAULT_GENERATOR
-from personalign.runtime.storage import atomic_write_json
+from personalign.runtime.runs import RunFolder, file_digest, model_identity
+from personalign.runtime.storage import atomic_write_json, safe_filename
 
 log = logging.getLogger(__name__)
+
+RUN_KIND = "fspo-data synth"
 
 
 @dataclass
@@ -110,10 +117,6 @@ def plan_budget(cfg: SynthConfig, n_users: int | None = None,
     return budget
 
 
-def _safe(user_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in user_id)
-
-
 class SyntheticPipeline:
     """``run(out_dir)``: users -> questions -> responses -> labels (+ refinement) -> dataset.
 
@@ -157,24 +160,42 @@ class SyntheticPipeline:
             n_q = len(load_questions(self.cfg.questions_file))
         return plan_budget(self.cfg, n_questions=n_q)
 
+    def inputs(self) -> dict[str, Any]:
+        """What the results depend on: the configuration, the contents of the users and
+        questions files it names, and the models (a local model folder by its contents)."""
+        inputs: dict[str, Any] = {"config": self.cfg.to_dict()}
+        for key in ("users_file", "questions_file"):
+            path = getattr(self.cfg, key)
+            if path:
+                if not Path(path).is_file():
+                    raise DataError("file not found", path=path)
+                inputs[key] = file_digest(path)
+        specs = sorted(set(self.cfg.generators) | {self.cfg.judge_model})
+        inputs["models"] = [model_identity(spec) for spec in specs]
+        return inputs
+
     def run(self, out_dir: str | Path, max_calls: int | None = None,
-            on_budget: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+            on_budget: Callable[[dict[str, int]], None] | None = None,
+            force: bool = False) -> dict[str, Any]:
+        """Run, or resume a run of the same inputs in ``out_dir``; other inputs stop with a
+        ConfigError naming what changed, or with ``force`` recompute every stage."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "labels").mkdir(exist_ok=True)
-        cfg_path = out / "config.json"
-        if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
-            if old != json.loads(json.dumps(self.cfg.to_dict())):
-                raise ConfigError(f"{out} holds a run with another configuration; use a new "
-                                  f"--out folder (or delete {cfg_path})")
         budget = self.budget()
         if on_budget:
             on_budget(budget)
         if max_calls is not None and budget["total"] > max_calls:
             raise ConfigError(f"planned LLM calls {budget['total']} exceed --max-calls "
                               f"{max_calls}; reduce users/questions/pairs or raise the budget")
-        atomic_write_json(cfg_path, self.cfg.to_dict())
+        inputs = self.inputs()
+        try:
+            RunFolder.open(out, kind=RUN_KIND, inputs=inputs)
+        except ConfigError:
+            if not force or not out.is_dir():
+                raise
+            _remove_stage_files(out)  # other inputs: every stage is recomputed
+            RunFolder.open(out, kind=RUN_KIND, inputs=inputs, force=True)
+        (out / "labels").mkdir(exist_ok=True)
+        atomic_write_json(out / "config.json", self.cfg.to_dict())
         atomic_write_json(out / "budget.json", budget)
         start = time.time()
         users = self._users(out)
@@ -193,9 +214,7 @@ class SyntheticPipeline:
         with _phase(llm, "personas"):
             users = make_users(self.cfg.domain, self.cfg.users, llm=llm, seed=self.cfg.seed,
                                users_file=self.cfg.users_file)
-        tmp = out / ".users.jsonl.tmp"
-        dump_users(users, tmp)
-        tmp.replace(path)
+        dump_users(users, path)
         return users
 
     def _questions(self, out: Path) -> list[Question]:
@@ -209,9 +228,7 @@ class SyntheticPipeline:
             with _phase(llm, "questions"):
                 questions = generate_questions(llm, self.cfg.domain, self.cfg.questions,
                                                self.cfg.seed)
-        tmp = out / ".questions.jsonl.tmp"
-        dump_questions(questions, tmp)
-        tmp.replace(path)
+        dump_questions(questions, path)
         return questions
 
     def _responses(self, out: Path, users: Sequence[SyntheticUser],
@@ -248,7 +265,7 @@ class SyntheticPipeline:
         released ELIX/Reviews data (one pair, several scorers), and the judge encodes each
         pair once for all users."""
         combos = list(itertools.combinations(range(len(rs)), 2))
-        rng = random.Random(derived_seed(self.cfg.seed, q.qid, "pairs"))
+        rng = random.Random(derive_seed(self.cfg.seed, q.qid, "pairs"))
         rng.shuffle(combos)
         out = []
         for a, b in combos[: self.cfg.pairs_per_question]:
@@ -284,7 +301,7 @@ class SyntheticPipeline:
 
     def _labels(self, out: Path, users: Sequence[SyntheticUser], questions: Sequence[Question],
                 responses: dict[str, list[Response]]) -> None:
-        if all((out / "labels" / f"{_safe(u.user_id)}.json").exists() for u in users):
+        if all((out / "labels" / f"{safe_filename(u.user_id)}.json").exists() for u in users):
             return
         judge_llm = self.llm(self.cfg.judge_model)
         judge = PairwiseJudge(judge_llm, self.cfg.judge_method, self.cfg.consistency)
@@ -341,7 +358,7 @@ class SyntheticPipeline:
                           for (qid, x, y), b, a in zip(triples, before[u.user_id],
                                                        current[u.user_id])],
             }
-            atomic_write_json(out / "labels" / f"{_safe(u.user_id)}.json", record)
+            atomic_write_json(out / "labels" / f"{safe_filename(u.user_id)}.json", record)
 
     def _assemble(self, out: Path, users: Sequence[SyntheticUser]) -> dict[str, Any]:
         questions = {q.qid: q for q in read_questions_jsonl(out / "questions.jsonl")}
@@ -350,7 +367,7 @@ class SyntheticPipeline:
         by_id = {u.user_id: u for u in users}
         rows_all, kept = [], []
         for user in users:
-            rec = json.loads((out / "labels" / f"{_safe(user.user_id)}.json").read_text())
+            rec = json.loads((out / "labels" / f"{safe_filename(user.user_id)}.json").read_text())
             for p in rec["pairs"]:
                 x, y = responses[p["x"]], responses[p["y"]]
                 label = p["after"]["label"]
@@ -391,6 +408,17 @@ class SyntheticPipeline:
         old["llm_calls_total"] = sum(u.get("calls", 0)
                                      for r in old["runs"] for u in r["usage"].values())
         atomic_write_json(path, old)
+
+
+STAGE_FILES = ("users.jsonl", "questions.jsonl", "responses.jsonl", "pairs_all.jsonl",
+               "pairs.jsonl", "usage.json", "card.json", "card.md")
+
+
+def _remove_stage_files(out: Path) -> None:
+    """Drop every stage's results (and nothing else in the folder) before a forced rerun."""
+    for name in STAGE_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "labels", ignore_errors=True)
 
 
 def _difficulty(user: SyntheticUser, x: dict, y: dict) -> str | None:

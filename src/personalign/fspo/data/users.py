@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from personalign.runtime.data.validate import read_jsonl, require
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -195,5 +196,5 @@ def make_users(domain: str, n: int | None = None, *, llm=None, seed: int = 0,
 
 
 def dump_users(users: Sequence[SyntheticUser], path: str | Path) -> None:
-    Path(path).write_text("".join(json.dumps(u.to_dict(), ensure_ascii=False) + "\n"
-                                  for u in users), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(u.to_dict(), ensure_ascii=False) + "\n"
+                                    for u in users))
