@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.storage import atomic_write_json
 
 LOSS_TYPES = ("ipo_sum", "ipo", "dpo")
 FINETUNE_MODES = ("lora", "full")
 OPTIMIZERS = ("rmsprop", "adamw")
+# Fields that steer a run but not what it computes: a rerun that changes only these resumes
+# (a raised time budget or step count continues from the last checkpoint).
+RUN_CONTROL_FIELDS = ("output_dir", "resume", "threads", "max_minutes", "sft_max_minutes",
+                      "steps", "eval_every", "save_every", "keep_checkpoints")
 
 
 @dataclass
@@ -145,8 +150,9 @@ class FSPOTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def result_fields(self) -> dict[str, Any]:
+        """The fields the trained model depends on: all but the run-control ones."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_json(path, self.to_dict(), indent=2)

@@ -15,7 +15,9 @@ Why a compact torch loop and not TRL's DPOTrainer/SFTTrainer:
   fresh LoRA on top, so disabling the adapter gives the reference with no second model in memory.
 PEFT provides LoRA, TRL the log-softmax gather (``selective_log_softmax``).
 
-Layout of ``output_dir``: ``config.json``, ``metrics.jsonl`` (one JSON object per logged step:
+Layout of ``output_dir``: ``run.json`` (fingerprint of the inputs: training records, model,
+config minus run control; a rerun with other inputs stops, ``resume=False`` starts over),
+``config.json``, ``metrics.jsonl`` (one JSON object per logged step:
 stage, step, split, loss, reward_accuracy, reward_margin, ...), ``checkpoints/<stage>-<step>/``
 (adapter or model + ``trainer_state.pt``), ``sft/`` (the stage 1 result) and ``final/``
 (the model to load with :meth:`PersonalizedModel.load`).
@@ -41,9 +43,10 @@ from tqdm.auto import tqdm
 from personalign.fspo.train.config import FSPOTrainConfig
 from personalign.fspo.train.data import load_episodes
 from personalign.fspo.train.losses import completion_nll, preference_loss, reward_metrics
-from personalign.fspo.train.model import PersonalizedModel, load_base, write_manifest
+from personalign.fspo.train.model import load_base, write_manifest
 from personalign.fspo.train.scoring import EncodedExample, completion_token_logps, encode
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.runs import RunFolder, digest, model_identity
 from personalign.runtime.settings import configure_threads
 
 log = logging.getLogger(__name__)
@@ -91,16 +94,16 @@ class FSPOTrainer:
         """Run (or resume) both stages; returns the ``final/`` model folder."""
         cfg = self.config
         final = self.out / "final"
-        if (final / COMPLETE).exists() and cfg.resume:
+        RunFolder.open(self.out, kind="fspo train", inputs=self.inputs(), force=not cfg.resume)
+        if not cfg.resume:
+            for folder in ("checkpoints", "sft", "final"):
+                shutil.rmtree(self.out / folder, ignore_errors=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if (final / COMPLETE).exists():
             log.info("%s is complete; nothing to do", final)
             return final
         configure_threads(cfg.threads)
-        self.out.mkdir(parents=True, exist_ok=True)
         cfg.save(self.out / "config.json")
-        if not cfg.resume:
-            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)
-            shutil.rmtree(self.out / "sft", ignore_errors=True)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.model, self.tokenizer = load_base(cfg.model)
 
         sft_dir = self.out / "sft"
@@ -111,6 +114,13 @@ class FSPOTrainer:
         self._run_stage("pref", cfg.steps, cfg.lr, cfg.max_minutes)
         self._save_stage_result(final, "pref")
         return final
+
+    def inputs(self) -> dict[str, Any]:
+        """What the trained model depends on, one entry per config field so that a refused
+        rerun names the field that changed."""
+        return {"train_records": digest(self.train_records),
+                "model": model_identity(self.config.model),
+                **{f"config.{k}": v for k, v in self.config.result_fields().items()}}
 
     # ---- model setup --------------------------------------------------------------------
     def _lora_config(self):
@@ -410,10 +420,3 @@ class FSPOTrainer:
         counts = Counter((r.get("meta") or {}).get("variant", "default")
                          for r in self.train_records)
         return counts.most_common(1)[0][0]
-
-    def load_model(self) -> PersonalizedModel:
-        return PersonalizedModel.load(self.out / "final")
-
-
-def train(config: FSPOTrainConfig, **kw) -> Path:
-    return FSPOTrainer(config, **kw).fit()
