@@ -29,9 +29,10 @@ def test_fit_runs_t_iterations_and_counts_failures(user, embedder):
     assert best == sorted(best)
     # every reply is accounted for: accepted or one of the failure kinds
     f = res.failures
-    dropped = f["empty"] + f["duplicate"] + f["too_long"] + f["unparseable"]
+    dropped = f["cut_off"] + f["empty"] + f["duplicate"] + f["too_long"] + f["unparseable"]
     assert res.counts["optimizer_replies"] == res.counts["accepted"] + dropped
     assert f["no_brackets_fallback"] > 0 and f["unclosed_bracket"] > 0 and f["empty"] > 0
+    assert f["cut_off"] == 0  # short unclosed replies ended before the budget: kept
     assert res.counts["prompts_scored"] == 1 + res.counts["accepted"]
     # final pool: last K accepted prompts, correctness cached on all 20 opinions
     assert len(fermi.pool) == 2
@@ -109,6 +110,50 @@ def test_save_load_round_trips_exactly(user, embedder, tmp_path):
     assert loaded.predict(test) == fermi.predict(test)
 
 
+def test_saved_pool_records_the_task_model(user, embedder, tmp_path):
+    fermi, task, _ = _fit(user, embedder)
+    assert fermi.fit_task_model == {"backend": "fake", "model_id": "fake-task"}
+    path = fermi.save(tmp_path / "u1.json")
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and data["task_model"] == fermi.fit_task_model
+    loaded = Fermi.load(path)  # no task LLM needed to read what it was fit with
+    assert loaded.fit_task_model == {"backend": "fake", "model_id": "fake-task"}
+    assert loaded.result.to_dict() == fermi.result.to_dict()
+
+
+def test_load_rejects_unknown_versions(user, embedder, tmp_path):
+    fermi, _, _ = _fit(user, embedder)
+    data = fermi.to_dict()
+    path = tmp_path / "future.json"
+    for version in (99, None):
+        path.write_text(json.dumps({**data, "version": version}))
+        with pytest.raises(DataError) as err:
+            Fermi.load(path)
+        assert err.value.field == "version" and err.value.path == str(path)
+        assert "future.json" in str(err.value)
+
+
+def test_version_1_files_still_load(user, embedder, tmp_path):
+    fermi, task, _ = _fit(user, embedder)
+    data = fermi.to_dict()
+    # what version 1 wrote: no task model, rating_scale in the config, older fit keys
+    old = {k: v for k, v in data.items() if k != "task_model"}
+    old["version"] = 1
+    old["config"] = {**data["config"], "rating_scale": 4.0, "optimizer_max_tokens": 64}
+    del old["config"]["include_best"], old["config"]["optimizer_token_margin"]
+    old["fit"] = {k: v for k, v in data["fit"].items() if k not in ("collapsed", "pool_source")}
+    old["fit"]["failures"] = {k: v for k, v in data["fit"]["failures"].items() if k != "cut_off"}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(old))
+    loaded = Fermi.load(path, task_llm=task, embedder=embedder)
+    assert loaded.fit_task_model is None
+    assert loaded.config.optimizer_max_tokens == 64
+    assert loaded.result.collapsed is False and loaded.result.pool_source == "last_k"
+    assert loaded.result.failures["cut_off"] == 0
+    assert loaded.pool == fermi.pool
+    assert loaded.to_dict()["version"] == 2
+
+
 def test_load_rejects_bad_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -134,6 +179,11 @@ def test_config_validation_and_presets():
         FermiConfig(num_candidates=0)
     with pytest.raises(ConfigError):
         FermiConfig.from_dict({"bogus": 1})
+    with pytest.raises(ConfigError):  # removed: nothing read it
+        FermiConfig.from_dict({"rating_scale": 4.0})
+    with pytest.raises(ConfigError):
+        FermiConfig(optimizer_max_tokens=0)
+    assert cfg.optimizer_max_tokens is None and not cfg.include_best
     with pytest.raises(ConfigError):
         preset("huge")
 
@@ -162,8 +212,9 @@ def test_primed_optimizer_replies(user, embedder):
                               optimizer_max_tokens=64), keyword_task_llm(), opt, embedder)
     fermi.fit(user.opinions[:20], user.profile)
     assert params_seen[0].stop == ("]",)
-    # 700 chars ~ 175 fake tokens: hit the limit, counted as unclosed (and too long)
-    assert fermi.result.failures["unclosed_bracket"] == 1
+    # 700 chars ~ 175 fake tokens: past the budget without "]", rejected as cut off
+    assert fermi.result.failures["cut_off"] == 1
+    assert fermi.result.failures["unclosed_bracket"] == 0
     assert fermi.result.counts["accepted"] == 2
     assert [p.prompt for p in fermi.pool] == ["Answer like a rural voter",
                                               "Answer like a city voter"]

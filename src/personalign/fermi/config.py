@@ -36,17 +36,22 @@ class FermiConfig:
     reference_entry: Literal["best", "worst"] = "best"
     # [?] final prompt pool: the K prompts of the last iteration, or the memory's top L.
     final_pool: Literal["last_k", "memory"] = "last_k"
+    # With "last_k": also keep the best prompt scored over all iterations (the initial one
+    # included) when it is not among the last K.
+    include_best: bool = False
     failure_case_cap: int = 8                # full failure cases shown for the reference
     # [?] per task type; a sample is mis-aligned when its score < tau.
     tau: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TAU))
     task_type: TaskType = "choice"
-    # [?] score of a 1-5 rating: 1 - |pred - gold| / 4 (fixed in tasks.py; recorded here).
-    rating_scale: float = 4.0
     # --- task model M
     scoring_method: Literal["letter", "text", "generate"] = "letter"
     # --- optimizer model M_opt
     optimizer_temperature: float = 1.0
-    optimizer_max_tokens: int = 64
+    # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
+    # memory plus the margin, so a rewrite as long as the prompts it improves on fits. A reply
+    # that runs into the budget before its closing bracket is rejected ("cut_off").
+    optimizer_max_tokens: int | None = None
+    optimizer_token_margin: int = 40
     # Start the optimizer's reply with "[" (backends that render chat prompts to text) and stop
     # at "]": small models then keep the bracket format, and no tokens are spent after the
     # prompt. Off: plain chat messages, the reply parsed as a whole.
@@ -70,7 +75,7 @@ class FermiConfig:
 
     def validate(self) -> None:
         positive = ("iterations", "num_candidates", "memory_size", "failure_case_cap",
-                    "rop_neighbors", "max_prompt_chars")
+                    "rop_neighbors", "max_prompt_chars", "optimizer_token_margin")
         for name in positive:
             if getattr(self, name) < 1 and not (name == "iterations" and self.iterations == 0):
                 raise ConfigError(f"FermiConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -78,6 +83,9 @@ class FermiConfig:
             raise ConfigError("FermiConfig.optimization_fraction must be in (0, 1]")
         if self.max_retries < 0:
             raise ConfigError("FermiConfig.max_retries must be >= 0")
+        if self.optimizer_max_tokens is not None and self.optimizer_max_tokens < 1:
+            raise ConfigError("FermiConfig.optimizer_max_tokens must be >= 1 or None (derived), "
+                              f"got {self.optimizer_max_tokens}")
         choices = {"mode": ("fermi", "opro"), "reference_entry": ("best", "worst"),
                    "final_pool": ("last_k", "memory"),
                    "task_type": ("choice", "tag", "rating", "title"),

@@ -37,9 +37,11 @@ from personalign.runtime.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# Version 2 records the task model of the fit and drops the never-used rating_scale option.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # What can go wrong with an optimizer reply; every key is reported (zero or not).
-FAILURE_KEYS = ("no_brackets_fallback", "unclosed_bracket", "unparseable", "empty",
+FAILURE_KEYS = ("cut_off", "no_brackets_fallback", "unclosed_bracket", "unparseable", "empty",
                 "duplicate", "too_long", "retries", "short_iterations")
 
 
@@ -85,16 +87,31 @@ class PoolPrompt:
 
 @dataclass
 class FitResult:
+    """What a fit did. ``collapsed``: no rewrite was accepted over the whole fit, so the pool
+    is the initial prompt alone; ``pool_source`` says where the pool came from: "initial",
+    "last_k", "last_k+best" or "memory"."""
+
     user_id: str
     history: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=lambda: {k: 0 for k in FAILURE_KEYS})
     counts: dict[str, int] = field(default_factory=lambda: {"optimizer_replies": 0,
                                                             "accepted": 0,
                                                             "prompts_scored": 0})
+    collapsed: bool = False
+    pool_source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"user_id": self.user_id, "history": self.history,
-                "failures": dict(self.failures), "counts": dict(self.counts)}
+                "failures": dict(self.failures), "counts": dict(self.counts),
+                "collapsed": self.collapsed, "pool_source": self.pool_source}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], final_pool: str) -> "FitResult":
+        # Version 1 files lack the newer keys; an empty fit is exactly a collapsed one.
+        collapsed = d.get("collapsed", d["counts"]["accepted"] == 0)
+        return cls(d["user_id"], d["history"], {**{k: 0 for k in FAILURE_KEYS}, **d["failures"]},
+                   d["counts"], collapsed,
+                   d.get("pool_source", "initial" if collapsed else final_pool))
 
 
 class Fermi:
@@ -112,6 +129,8 @@ class Fermi:
         self.user_id: str = ""
         self.result: FitResult | None = None
         self.memory: Memory | None = None
+        # {"backend", "model_id"} of the task model the pool was scored with (None: unknown)
+        self.fit_task_model: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -145,7 +164,31 @@ class Fermi:
                                  iteration=iteration))
         return out
 
-    def _propose(self, meta_prompt: str, iteration: int, seen: set[str],
+    def reply_budget(self, memory: Memory) -> int:
+        """Optimizer tokens for one reply: the configured value, or the longest prompt in
+        memory plus the margin (a rewrite must fit whole, or it is rejected as cut off)."""
+        cfg = self.config
+        if cfg.optimizer_max_tokens is not None:
+            return cfg.optimizer_max_tokens
+        llm = self._require(self.optimizer_llm, "optimizer")
+        longest = max(llm.count_tokens(c.prompt) for c in memory.ranked())
+        return longest + cfg.optimizer_token_margin
+
+    @staticmethod
+    def _cut_off(llm: LLM, reply: str, max_tokens: int) -> bool:
+        """Whether a reply ran into its token budget before closing its bracket.
+
+        Backends drop the stop string and report no finish reason, so a reply that stopped at
+        "]" looks like one cut at the budget; only its length tells them apart. Re-encoding
+        sampled text drifts by a few tokens (-1 to +4 in 9 SmolLM2 replies cut at 151), hence
+        a slack of 10%: a complete reply that close to the budget is rejected too, never the
+        reverse. (Without the stop string the "]" would show, but SmolLM2 then runs on to the
+        budget: 2-2.5x the optimizer time.)"""
+        if parse_prompt(reply).how == "brackets":
+            return False
+        return llm.count_tokens(reply) >= max_tokens - max(4, max_tokens // 10)
+
+    def _propose(self, meta_prompt: str, iteration: int, max_tokens: int, seen: set[str],
                  result: FitResult) -> list[str]:
         """Up to K new prompts: K samples, then bounded retries for the ones that failed."""
         llm = self._require(self.optimizer_llm, "optimizer")
@@ -159,7 +202,7 @@ class Fermi:
                 result.failures["retries"] += 1
             primed = cfg.prime_bracket and callable(getattr(llm, "render", None))
             params = SamplingParams(
-                n=need, temperature=cfg.optimizer_temperature, max_tokens=cfg.optimizer_max_tokens,
+                n=need, temperature=cfg.optimizer_temperature, max_tokens=max_tokens,
                 stop=("]",) if primed else (),
                 seed=derive_seed(cfg.seed, self.user_id, iteration, attempt))
             messages = [{"role": "user", "content": meta_prompt}]
@@ -167,11 +210,13 @@ class Fermi:
             replies = llm.generate([prompt], params)[0]
             for reply in replies:
                 result.counts["optimizer_replies"] += 1
+                if self._cut_off(llm, reply, max_tokens):
+                    result.failures["cut_off"] += 1
+                    continue
                 if primed:
-                    # The reply continues after "["; a reply that stopped before its token
-                    # limit was cut at the closing "]" (or ended), one at the limit is unclosed.
-                    closed = llm.count_tokens(reply) < cfg.optimizer_max_tokens - 1
-                    reply = "[" + reply + ("]" if closed and "]" not in reply else "")
+                    # The reply continues after "[" and ended at "]" (dropped by the backend)
+                    # or at the end of the turn: either way the text is whole.
+                    reply = "[" + reply + "]"
                 parsed = parse_prompt(reply, cfg.parse_fallback)
                 if parsed.how == "fallback":
                     result.failures["no_brackets_fallback"] += 1
@@ -223,6 +268,8 @@ class Fermi:
         seen = {_normalize(first)}
         with self._phase(self.task_llm, "score"):
             initial = self._score_prompts([first], opt, 0)
+        self.fit_task_model = {"backend": self.task_llm.backend,
+                               "model_id": self.task_llm.model_id}
         memory.extend(initial)
         result.counts["prompts_scored"] += 1
         generated: list[Candidate] = []
@@ -236,21 +283,32 @@ class Fermi:
             meta = build_meta_prompt(profile=self.profile, questions=opt, demonstrations=demo,
                                      entries=entries, reference=reference, mode=cfg.mode,
                                      failure_case_cap=cfg.failure_case_cap)
+            max_tokens = self.reply_budget(memory)
             with self._phase(self.optimizer_llm, "optimize"):
-                prompts = self._propose(meta, t, seen, result)
+                prompts = self._propose(meta, t, max_tokens, seen, result)
             with self._phase(self.task_llm, "score"):
                 cands = self._score_prompts(prompts, opt, t) if prompts else []
             result.counts["prompts_scored"] += len(cands)
             memory.extend(cands)
             generated.extend(cands)
             result.history.append({"iteration": t, "best_score": memory.best_score,
-                                   "scores": [c.score for c in cands], "accepted": len(cands)})
+                                   "scores": [c.score for c in cands], "accepted": len(cands),
+                                   "max_tokens": max_tokens})
             bar.set_postfix(best=f"{memory.best_score:.2f}")
         bar.close()
-        if cfg.final_pool == "memory" or not generated:
-            chosen = memory.ranked()
+        result.collapsed = not generated
+        if result.collapsed:
+            log.warning("%s %s: no rewrite accepted in %d iterations (failures: %s); the pool "
+                        "is the initial prompt alone", cfg.mode, self.user_id, cfg.iterations,
+                        {k: v for k, v in result.failures.items() if v})
+            chosen, result.pool_source = initial, "initial"
+        elif cfg.final_pool == "memory":
+            chosen, result.pool_source = memory.ranked(), "memory"
         else:
-            chosen = generated[-cfg.num_candidates:]
+            chosen, result.pool_source = generated[-cfg.num_candidates:], "last_k"
+            best = memory.ranked()[0]
+            if cfg.include_best and best not in chosen:
+                chosen, result.pool_source = chosen + [best], "last_k+best"
         self.memory = memory
         self.result = result
         self._cache_pool(chosen, opt, demo)
@@ -311,6 +369,7 @@ class Fermi:
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {"format": "personalign.fermi", "version": FORMAT_VERSION,
+                "task_model": self.fit_task_model,
                 "config": self.config.to_dict(), "user_id": self.user_id,
                 "profile": self.profile, "train_questions": list(self.train_questions),
                 "pool": [p.to_dict() for p in self.pool],
@@ -326,18 +385,31 @@ class Fermi:
                   path: str | None = None) -> "Fermi":
         if data.get("format") != "personalign.fermi":
             raise DataError("not a personalign Fermi file", path=path, field="format")
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
+            raise DataError(f"unsupported version {version!r}; this personalign reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}", path=path,
+                            field="version")
         try:
-            obj = cls(FermiConfig.from_dict(data["config"]), task_llm, optimizer_llm, embedder)
+            config = dict(data["config"])
+            if version == 1:
+                config.pop("rating_scale", None)  # dropped in version 2: nothing read it
+            obj = cls(FermiConfig.from_dict(config), task_llm, optimizer_llm, embedder)
+            obj.fit_task_model = data.get("task_model")  # version 1: unknown
             obj.user_id = data["user_id"]
             obj.profile = data["profile"]
             obj.train_questions = list(data["train_questions"])
             obj.pool = [PoolPrompt(p["prompt"], p["train_score"], list(p["correctness"]))
                         for p in data["pool"]]
+            fit = data.get("fit")
+            obj.result = FitResult.from_dict(fit, obj.config.final_pool) if fit else None
         except KeyError as e:
             raise DataError(f"missing key {e.args[0]!r}", path=path) from None
-        fit = data.get("fit")
-        if fit:
-            obj.result = FitResult(fit["user_id"], fit["history"], fit["failures"], fit["counts"])
+        if task_llm is not None and obj.fit_task_model and obj.fit_task_model != {
+                "backend": task_llm.backend, "model_id": task_llm.model_id}:
+            log.warning("%s: the pool was fit with task model %s, now used with %s:%s",
+                        path or "Fermi pool", obj.fit_task_model, task_llm.backend,
+                        task_llm.model_id)
         return obj
 
     @classmethod

@@ -2,7 +2,8 @@
 
 Small optimizer models often break the requested format: they omit the brackets, wrap the
 text in boilerplate ("Here is a new text:"), nest brackets, or stop before the closing bracket.
-Every outcome is named so the run can count it.
+Every outcome is named so the run can count it. An "unclosed" text is taken as whole: the
+caller has already rejected replies that ran into their token budget (Fermi's "cut_off").
 """
 
 from __future__ import annotations
