@@ -40,6 +40,7 @@ def fake_client(tmp_path, embedder):
     return TestClient(app)
 
 
+@pytest.mark.real_model  # the fixture loads the real MiniLM embedder
 def test_fit_then_answer(fake_client):
     r = fake_client.post("/v1/users/alice/fermi",
                          json={"profile": {"AGE": "18-29"}, "opinions": OPINIONS,
@@ -56,6 +57,7 @@ def test_fit_then_answer(fake_client):
     assert fake_client.get("/v1/users/alice").status_code == 404
 
 
+@pytest.mark.real_model  # the fixture loads the real MiniLM embedder
 def test_bad_input_is_rejected_with_field(fake_client):
     bad = [dict(OPINIONS[0], answer=5)] + OPINIONS[1:]
     r = fake_client.post("/v1/users/bob/fermi", json={"opinions": bad})

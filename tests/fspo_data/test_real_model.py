@@ -1,13 +1,24 @@
-"""End-to-end generation of a tiny dataset with the embedded SmolLM2 (real model, CPU)."""
+"""End-to-end generation of a tiny dataset with the embedded SmolLM2 (real model, CPU).
 
-import time
+Its wall time is measured by ``benchmarks/fspo_data_bench.py``, not asserted here."""
+
+import json
+import math
 
 import pytest
 
 from personalign.fspo.data.card import write_card
-from personalign.fspo.data.episodes import read_pairs
 from personalign.fspo.data.pipeline import SynthConfig, SyntheticPipeline
 from personalign.fspo.data.refine import RefineConfig
+from personalign.runtime.data.preferences import load_preferences
+
+
+def tiny_reviews_config(questions_file: str) -> SynthConfig:
+    return SynthConfig(domain="reviews", users=2, questions_file=questions_file,
+                       responses_per_question=2, pairs_per_question=1, max_tokens=16,
+                       generators=["smollm2-135m-instruct"],
+                       judge_model="smollm2-135m-instruct", consistency="calibrated",
+                       refine=RefineConfig(rounds=1, max_traits=1, max_tokens=12))
 
 
 @pytest.mark.real_model
@@ -15,22 +26,23 @@ def test_tiny_reviews_dataset_with_smollm2(tmp_path, smollm, embedder):
     questions = tmp_path / "questions.txt"
     questions.write_text("Write a review of the movie 'Ocean Lights'.\n"
                          "Write a review of the movie 'The Last Train'.\n")
-    cfg = SynthConfig(domain="reviews", users=2, questions_file=str(questions),
-                      responses_per_question=2, pairs_per_question=1, max_tokens=16,
-                      generators=["smollm2-135m-instruct"], judge_model="smollm2-135m-instruct",
-                      consistency="calibrated", refine=RefineConfig(rounds=1, max_traits=1,
-                                                                    max_tokens=12))
-    start = time.time()
-    summary = SyntheticPipeline(cfg, llms={"smollm2-135m-instruct": smollm},
+    summary = SyntheticPipeline(tiny_reviews_config(str(questions)),
+                                llms={"smollm2-135m-instruct": smollm},
                                 progress=False).run(tmp_path / "out")
-    elapsed = time.time() - start
     assert summary["users"] == 2 and summary["judged_pairs"] == 4
     card = write_card(tmp_path / "out", embedder=embedder)
     assert card["responses"] == 4
-    assert card["pairs_kept"] == len(read_pairs(tmp_path / "out" / "pairs.jsonl"))
-    assert 0.0 <= card["label_entropy_nats"]["before_refinement"] <= 0.7
-    assert -1.0 <= card["diversity"]["mean_pairwise_similarity"] <= 1.0
+    assert card["pairs_kept"] == len(load_preferences(tmp_path / "out" / "pairs.jsonl"))
+    # SmolLM2-135M judges close to a coin: it leans (p_x is not 0.5) but only slightly, so
+    # the mean label entropy sits just under ln 2.
+    rows = [json.loads(line) for line in
+            (tmp_path / "out" / "pairs_all.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    assert all(0.3 < r["p_x_before"] < 0.7 and r["p_x_before"] != 0.5 for r in rows)
+    assert card["label_entropy_nats"]["before_refinement"] > math.log(2) - 0.05
+    # Every user had an undecided pair, so refinement gave each its one trait.
+    assert card["refinement"] == {"users_refined": 2, "traits_added": 2}
+    # Reviews steered toward opposite users are not near-copies of each other.
+    assert 0.0 < card["diversity"]["mean_pairwise_similarity"] < 0.9
     # Calls stay within the budget stated up front.
     assert card["llm_calls_total"] <= card["budget_planned"]["total"]
-    # About 15 s on an idle core (4 short generations, 16 scored items, 2 traits).
-    assert elapsed < 300

@@ -1,8 +1,12 @@
 """PersonalizedModel generation parsing with a scripted stand-in for the network."""
 
+import pytest
 import torch
 
 from personalign.fspo.train.model import PersonalizedModel, format_prompt
+
+# The tokenizer is the real SmolLM2's, from the prepared embedded model.
+pytestmark = pytest.mark.real_model
 
 
 class ScriptedLM:

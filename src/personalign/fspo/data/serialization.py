@@ -53,8 +53,6 @@ TASK_RESPONSE = "Given the examples above, generate a response to the following 
 TASK_ZERO = "Generate a response to the following question."
 TASK_DESCRIPTION = ("Generate a user description based on the examples above. Then, generate a "
                     "preferred response to the following question.")
-TASK_DESCRIPTION_RESPONSE = ("Generate a user description based on the examples above. Then, "
-                             "generate a response to the following question.")
 TASK_DESCRIPTION_ZERO = ("Generate a user description. Then, generate a preferred response to "
                          "the following question.")
 
