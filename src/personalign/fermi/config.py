@@ -89,7 +89,9 @@ class FermiConfig:
         choices = {"mode": ("fermi", "opro"), "reference_entry": ("best", "worst"),
                    "final_pool": ("last_k", "memory"),
                    "task_type": ("choice", "tag", "rating", "title"),
-                   "scoring_method": ("letter", "text", "generate"),
+                   "scoring_method": ("letter", "text", "generate", "letter-pride",
+                                      "letter-pride-prefix", "letter-calibrated", "text-mean",
+                                      "text-char", "text-pmi"),
                    "parse_fallback": ("whole_reply", "drop")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -17,6 +17,8 @@ from typing import Callable, Iterator, Sequence
 from tqdm.auto import tqdm
 
 from personalign.runtime import settings
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm import debias
 from personalign.runtime.llm.cache import CallCache, cache_key
 from personalign.runtime.llm.choice_parser import parse_choice
 from personalign.runtime.llm.types import (
@@ -109,7 +111,15 @@ class LLM(ABC):
                       *, progress: bool = False) -> list[ChoiceResult]:
         """Normalized per-option log-probs and the chosen option for every item."""
         method = method or self.default_scoring
-        keys = [cache_key(self._identity(), "score", method, it) for it in items]
+        estimation = None
+        if method in ("letter-pride", "letter-pride-prefix"):
+            # A PriDe result depends on the items its prior came from: they join the key.
+            per_prefix = method == "letter-pride-prefix"
+            estimation = debias.estimation_items(items, per_prefix)
+            keys = [cache_key(self._identity(), "score", method, it,
+                              estimation[debias.pride_group(it, per_prefix)]) for it in items]
+        else:
+            keys = [cache_key(self._identity(), "score", method, it) for it in items]
         cached = self._cached(keys)
         out: list[ChoiceResult | None] = [None if c is None else ChoiceResult(**c)
                                           for c in cached]
@@ -123,6 +133,10 @@ class LLM(ABC):
                    leave=False)
         if method == "generate":
             results = self._score_by_generation([items[i] for i in todo], bar.update)
+        elif method in debias.LETTER_CORRECTIONS:
+            results = self._score_letter_corrected([items[i] for i in todo], method,
+                                                   estimation)
+            bar.update(len(todo))
         else:
             results = self._score([items[i] for i in todo], method, bar.update)
         bar.close()
@@ -187,6 +201,54 @@ class LLM(ABC):
             results.append(ChoiceResult(logprobs=logprobs, choice=choice, raw=text))
             progress(1)
         return results
+
+    # ------------------------------------------------------------------ corrected letters
+    def _letter_passes(self, items: Sequence[ChoiceItem]) -> list[list[float]]:
+        """Normalized letter log-probs of ``items`` (an item's own pass and the extra passes
+        a correction adds), cached as plain letter scoring and run in one backend call, so
+        passes that share a prefix share its KV cache."""
+        unique = list(dict.fromkeys(items))
+        keys = {it: cache_key(self._identity(), "score", "letter", it) for it in unique}
+        found = dict(zip(unique, self._cached([keys[it] for it in unique])))
+        self._count(cache_hits=sum(v is not None for v in found.values()))
+        todo = sorted((it for it in unique if found[it] is None), key=lambda it: it.prefix)
+        for it, res in zip(todo, self._score(todo, "letter", lambda k: None) if todo else []):
+            found[it] = {"logprobs": res.logprobs, "choice": res.choice, "raw": res.raw}
+            self._store(keys[it], found[it])
+        if not all(math.isfinite(x) for v in found.values() for x in v["logprobs"]):
+            # A backend without log-probs answered by generate-and-parse (one-hot).
+            raise ConfigError(f"{self.backend} backend gave no letter log-probs for "
+                              f"{self.model_id}; letter debiasing needs them")
+        return [found[it]["logprobs"] for it in items]
+
+    def _score_letter_corrected(self, items: Sequence[ChoiceItem], method: ScoringMethod,
+                                estimation: dict | None) -> list[ChoiceResult]:
+        """PriDe (prior from cyclic permutations of the estimation items of each item's
+        group) or contextual calibration (content-free inputs in place of each question)."""
+        if method == "letter-calibrated":
+            free = [debias.content_free(it, f) for it in items for f in debias.CONTENT_FREE]
+            passes = self._letter_passes(list(items) + free)
+            k, free_passes = len(debias.CONTENT_FREE), passes[len(items):]
+            corrected = [debias.calibrate(passes[i], free_passes[k * i: k * (i + 1)])
+                         for i in range(len(items))]
+        else:
+            per_prefix = method == "letter-pride-prefix"
+            groups = list(dict.fromkeys(debias.pride_group(it, per_prefix) for it in items))
+            estimators = list(dict.fromkeys(e for g in groups for e in estimation[g]))
+            permuted = [debias.cyclic_permutation(e, k) for e in estimators
+                        for k in range(len(e.options))]
+            passes = self._letter_passes(permuted + list(items))
+            by_estimator, start = {}, 0
+            for e in estimators:
+                by_estimator[e] = passes[start: start + len(e.options)]
+                start += len(e.options)
+            prior = {g: debias.pooled_prior([debias.item_prior(by_estimator[e])
+                                             for e in estimation[g]]) for g in groups}
+            corrected = [
+                debias.permutation_content(by_estimator[it]) if it in by_estimator
+                else debias.remove_prior(lp, prior[debias.pride_group(it, per_prefix)])
+                for it, lp in zip(items, passes[start:])]
+        return [ChoiceResult(logprobs=lp.tolist(), choice=int(lp.argmax())) for lp in corrected]
 
     def close(self) -> None:
         if self.cache is not None:

@@ -13,7 +13,13 @@ Prompt = Union[str, list[Message]]
 # "letter": log-prob of the option letter at the answer position (prompt must list lettered
 # options and end at "Answer:"); "text": summed log-likelihood of the option text as the
 # continuation; "generate": sample an answer and parse it (API backends without logprobs).
-ScoringMethod = Literal["letter", "text", "generate"]
+# Corrections of a small model's prior (runtime.llm.debias): "letter-pride" (letter prior from
+# cyclic permutations of a few items per call and option count), "letter-pride-prefix" (the
+# same per prefix), "letter-calibrated" (divided by the letter probabilities under
+# content-free questions), "text-mean" / "text-char" (text log-likelihood per token / per
+# character), "text-pmi" (minus the option's log-likelihood after a bare "Answer:").
+ScoringMethod = Literal["letter", "text", "generate", "letter-pride", "letter-pride-prefix",
+                        "letter-calibrated", "text-mean", "text-char", "text-pmi"]
 
 LETTERS = string.ascii_uppercase
 
