@@ -107,3 +107,39 @@ def test_ignore_eos_generates_max_tokens_per_sample(smollm):
     params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=0, ignore_eos=True)
     gen = smollm._generate([[{"role": "user", "content": "Hi"}]], params)[0]
     assert len(gen.texts) == 3 and gen.completion_tokens == 36
+
+
+CORRECTED = ["letter-pride", "letter-pride-prefix", "letter-calibrated", "text-mean",
+             "text-char", "text-pmi"]
+
+
+@pytest.mark.parametrize("method", CORRECTED)
+def test_corrected_modes_run_through_the_engine(gemma, method):
+    items = _lettered_items("A careful person answers the following question.\n\n")
+    calls = gemma.usage.calls
+    results = gemma.score_choices(items, method)
+    for r in results:
+        assert sum(__import__("math").exp(x) for x in r.logprobs) == pytest.approx(1, abs=1e-6)
+        assert r.choice == max(range(len(r.logprobs)), key=r.logprobs.__getitem__)
+    extra = gemma.usage.calls - calls - len(items)
+    # Letter corrections add permutation or content-free passes, PMI one premise group.
+    assert extra > 0 if method.startswith("letter") or method == "text-pmi" else extra == 0
+
+
+def test_pride_answers_a_less_often_than_letter_scoring_on_dev_questions(gemma, dev_data_path):
+    from personalign.fermi.baselines import vanilla_prompt
+    from personalign.fermi.optimizer import choice_item
+    from personalign.runtime.data.opinionqa import load_opinionqa
+    from personalign.runtime.data.splits import protocol_order
+
+    users = [u for u in load_opinionqa(dev_data_path) if len(u.opinions) >= 25][:3]
+    questions = [q for u in users for q in protocol_order(u, 0)[20:28]]
+    items = [choice_item(vanilla_prompt(), q) for q in questions]
+
+    def top_share(method):
+        choices = [r.choice for r in gemma.score_choices(items, method)]
+        return max(choices.count(c) for c in set(choices)) / len(choices)
+
+    plain, pride = top_share("letter"), top_share("letter-pride")
+    assert plain > 0.9  # the bias this mode exists for
+    assert pride < plain - 0.2, (plain, pride)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from personalign.runtime import models
+from personalign.runtime.llm import debias
 from personalign.runtime.llm.base import LLM, Generation, ProgressFn
 from personalign.runtime.llm.types import (
     ChoiceItem,
@@ -213,6 +214,8 @@ class TransformersLLM(LLM):
                progress: ProgressFn) -> list[ChoiceResult]:
         torch = _torch()
         results: list[ChoiceResult] = []
+        if method == "text-pmi":
+            premise = self._premise_logliks(items)
         start = 0
         while start < len(items):
             # Items arrive sorted by prefix: one engine call per distinct prefix.
@@ -233,7 +236,7 @@ class TransformersLLM(LLM):
                     raw = lp[[column[self.letter_id(x)] for x in it.letters]]
                     results.append(self._result(torch.log_softmax(raw, -1).tolist()))
                     tokens += len(row.body)
-            elif method == "text":
+            elif method in ("text", *debias.TEXT_CORRECTIONS):
                 rows, spans = [], []
                 for it in group:
                     body = tuple(self.encode(it.prompt))
@@ -241,15 +244,33 @@ class TransformersLLM(LLM):
                     rows += [Row(body, tuple(self.encode(" " + o))) for o in it.options]
                     tokens += len(body) + sum(len(r.target) for r in rows[-len(it.options):])
                 _, sums = self.score_rows(prefix_ids, rows)
-                for first, n in spans:
-                    raw = torch.tensor(sums[first: first + n])
-                    results.append(self._result(torch.log_softmax(raw, -1).tolist()))
+                for it, (first, n) in zip(group, spans):
+                    raw = sums[first: first + n]
+                    if method == "text-mean":
+                        lp = debias.per_unit(raw, [len(r.target) for r in rows[first: first + n]])
+                    elif method == "text-char":
+                        lp = debias.per_unit(raw, [len(" " + o) for o in it.options])
+                    elif method == "text-pmi":
+                        lp = debias.pmi(raw, [premise[o] for o in it.options])
+                    else:
+                        lp = torch.log_softmax(torch.tensor(raw), -1).numpy()
+                    results.append(self._result(lp.tolist()))
             else:
                 raise ValueError(f"unknown scoring method {method!r}")
             self._count(calls=len(group), prompt_tokens=tokens)
             progress(len(group))
             start = end
         return results
+
+    def _premise_logliks(self, items: Sequence[ChoiceItem]) -> dict[str, float]:
+        """log P(option | domain premise) of every distinct option of the call: one engine
+        group after the premise (survey options repeat across questions)."""
+        options = list(dict.fromkeys(o for it in items for o in it.options))
+        premise_ids = self.encode(debias.PMI_PREMISE, specials=True)
+        rows = [Row((), tuple(self.encode(" " + o))) for o in options]
+        _, sums = self.score_rows(premise_ids, rows)
+        self._count(calls=1, prompt_tokens=len(premise_ids) + sum(len(r.target) for r in rows))
+        return dict(zip(options, sums))
 
     @staticmethod
     def _result(logprobs: list[float]) -> ChoiceResult:
