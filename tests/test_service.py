@@ -42,7 +42,7 @@ def fake_client(tmp_path, embedder):
 
 @pytest.mark.real_model  # the fixture loads the real MiniLM embedder
 def test_fit_then_answer(fake_client):
-    r = fake_client.post("/v1/users/alice/fermi",
+    r = fake_client.post("/v1/users/alice/fit",
                          json={"profile": {"AGE": "18-29"}, "opinions": OPINIONS,
                                "preset": "tiny"})
     assert r.status_code == 202
@@ -60,11 +60,11 @@ def test_fit_then_answer(fake_client):
 @pytest.mark.real_model  # the fixture loads the real MiniLM embedder
 def test_bad_input_is_rejected_with_field(fake_client):
     bad = [dict(OPINIONS[0], answer=5)] + OPINIONS[1:]
-    r = fake_client.post("/v1/users/bob/fermi", json={"opinions": bad})
+    r = fake_client.post("/v1/users/bob/fit", json={"opinions": bad})
     assert r.status_code == 422 and "out of range" in r.text
-    r = fake_client.post("/v1/users/bob/fermi", json={"opinions": OPINIONS, "preset": "nope"})
+    r = fake_client.post("/v1/users/bob/fit", json={"opinions": OPINIONS, "preset": "nope"})
     assert r.status_code == 422 and "preset" in r.text
-    assert fake_client.post("/v1/users/a%20b/fermi", json={"opinions": OPINIONS}).status_code \
+    assert fake_client.post("/v1/users/a%20b/fit", json={"opinions": OPINIONS}).status_code \
         == 422
     assert fake_client.get("/v1/users/nobody").status_code == 404
 
@@ -73,7 +73,7 @@ def test_bad_input_is_rejected_with_field(fake_client):
 def test_service_with_real_models(tmp_path, gemma, smollm, embedder):
     client = TestClient(create_app(ServiceConfig(store=tmp_path), task_llm=gemma,
                                    optimizer_llm=smollm, embedder=embedder))
-    r = client.post("/v1/users/carol/fermi", json={"opinions": OPINIONS, "preset": "tiny"})
+    r = client.post("/v1/users/carol/fit", json={"opinions": OPINIONS, "preset": "tiny"})
     job = _wait(client, r.json()["job_id"], timeout=300)
     assert job["status"] == "done", job
     answers = client.post("/v1/users/carol/answer", json={"questions": [

@@ -1,19 +1,17 @@
-"""Evaluation logic without a real model: prompt modes, summaries, report files."""
+"""Preference-episode evaluation without a real model: prompt modes, metrics rows, report."""
 
-import json
+import math
 
 import pytest
 
-from personalign.fspo.data.serialization import Shot, serialize_prompt
-from personalign.fspo.train.evaluate import (
-    EvalResult,
-    final_question,
-    summarize,
-    transform_prompt,
-    write_report,
-    zero_shot_records,
+from personalign.bench.preferences import _rows
+from personalign.bench.report import write_report
+from personalign.fspo.data.episodes import (
+    final_question, leave_one_out_episodes, transform_prompt, zero_shot_records,
 )
-from personalign.runtime.errors import DataError
+from personalign.fspo.data.serialization import Shot, serialize_prompt
+from personalign.runtime.data.records import PreferencePair
+from personalign.runtime.errors import ConfigError, DataError
 
 PROMPT = serialize_prompt([Shot("Tea or coffee?", "Tea", "Coffee")], "Cats or dogs?")
 
@@ -28,38 +26,12 @@ def test_final_question_and_prompt_modes():
     assert oracle.startswith("# User Description\nLoves cats.\n\n# Example 1")
     with pytest.raises(DataError):
         transform_prompt(rec, "oracle", {})
+    with pytest.raises(ConfigError):
+        transform_prompt(rec, "sideways")
     assert zero_shot_records([rec])[0]["n_shots"] == 0
 
 
-def test_summary_macro_over_users_and_report(tmp_path):
-    rows = [{"user_id": "a", "logp_correct": 1.0, "choice_correct": 1.0, "reward_correct": 1.0,
-             "reward_margin": 0.2},
-            {"user_id": "a", "logp_correct": 0.0, "choice_correct": 1.0, "reward_correct": 0.0,
-             "reward_margin": -0.1},
-            {"user_id": "b", "logp_correct": 1.0, "choice_correct": 0.0, "reward_correct": 1.0,
-             "reward_margin": 0.3}]
-    s = summarize(rows)
-    assert s["choice_accuracy"] == pytest.approx(2 / 3)
-    assert s["choice_accuracy_macro"] == pytest.approx((1.0 + 0.0) / 2)
-    assert s["reward_accuracy"] == pytest.approx(2 / 3)
-    assert s["reward_margin"] == pytest.approx(0.4 / 3)
-    base = EvalResult("base", [{**r, "reward_correct": None} for r in rows], 1.0,
-                      summarize([{k: v for k, v in r.items() if k != "reward_correct"}
-                                 for r in rows]))
-    trained = EvalResult("fspo", rows, 2.0, s)
-    out = write_report(tmp_path / "rep", [base, trained], config={"protocol": "test"},
-                       cost={"train_wall_s": 3}, paired_against="base")
-    for name in ("summary.csv", "summary.md", "paired.csv", "accuracy.png", "config.json",
-                 "cost.json", "README.md", "predictions.jsonl"):
-        assert (out / name).exists(), name
-    assert json.loads((out / "cost.json").read_text())["train_wall_s"] == 3
-    assert "fspo" in (out / "summary.md").read_text()
-
-
 def test_leave_one_out_episodes_use_only_the_users_other_pairs():
-    from personalign.fspo.train.evaluate import leave_one_out_episodes
-    from personalign.runtime.data.records import PreferencePair
-
     pairs = [PreferencePair(u, f"{u}-q{i}", f"{u}-y{i}", f"{u}-n{i}")
              for u in ("a", "b") for i in range(3)]
     eps = leave_one_out_episodes(pairs, n_shots=4)
@@ -70,3 +42,52 @@ def test_leave_one_out_episodes_use_only_the_users_other_pairs():
         assert e["prompt"].count(q) == 1  # the query is never among its own shots
         other = "b" if e["user_id"] == "a" else "a"
         assert f"{other}-q" not in e["prompt"]
+
+
+def _record(user, qid, answer):
+    return {"user_id": user, "prompt": PROMPT, "chosen": "c", "rejected": "r",
+            "meta": {"query_meta": {"options": ["Cats", "Dogs", "Both"], "answer": answer,
+                                    "qid": qid}}}
+
+
+def test_rows_compare_completions_and_read_the_choice():
+    recs = [_record("a", "q1", 0), _record("a", "q2", 2)]
+    log = math.log
+    # [chosen, rejected, option 0, option 1, option 2]
+    policy = [[log(.5), log(.1), log(.2), log(.1), log(.1)],
+              [log(.1), log(.3), log(.1), log(.1), log(.4)]]
+    reference = [[log(.2), log(.2), log(.2), log(.2), log(.2)],
+                 [log(.1), log(.1), log(.2), log(.2), log(.4)]]
+    rows = _rows("fspo", recs, policy, reference, "opinionqa-preferences", beta=0.1)
+    assert [r["logp_correct"] for r in rows] == [1.0, 0.0]
+    assert [r["choice"] for r in rows] == [0, 2] and [r["correct"] for r in rows] == [1.0, 1.0]
+    assert [r["reward_correct"] for r in rows] == [1.0, 0.0]
+    assert rows[0]["reward_margin"] == pytest.approx(0.1 * log(5), rel=1e-5)
+    assert [r["qid"] for r in rows] == ["q1", "q2"]
+    no_ref = _rows("base", recs, policy, None, "opinionqa-preferences", beta=0.1)
+    assert "reward_correct" not in no_ref[0]
+    synthetic = _rows("fspo", [{"user_id": "s", "prompt": PROMPT, "chosen": "c",
+                                "rejected": "r"}], [[log(.6), log(.4)]], None, "fspo-synthetic",
+                      beta=0.1)
+    assert synthetic[0]["logp_correct"] == 1.0 and "correct" not in synthetic[0]
+
+
+def test_report_of_preference_rows_is_macro_over_users(tmp_path):
+    rows = []
+    for user, corrects in (("a", [1.0, 1.0, 0.0, 1.0]), ("b", [0.0, 0.0])):
+        for i, c in enumerate(corrects):
+            rows.append({"user_id": user, "qid": f"q{i}", "method": "fspo", "logp_correct": c})
+            rows.append({"user_id": user, "qid": f"q{i}", "method": "base",
+                         "logp_correct": 1.0 - c})
+    records = [{"user_id": u, "n_test": n, "rows": [r for r in rows if r["user_id"] == u],
+                "fits": {}, "usage": {}, "seconds": {}, "wall_s": 0.0}
+               for u, n in (("a", 4), ("b", 2))]
+    meta = {"protocol": "fspo-synthetic", "data": "x", "seed": 0,
+            "methods": [{"spec": "base", "label": "base"}, {"spec": "fspo", "label": "fspo"}]}
+    summary = write_report(tmp_path, records, meta)
+    fspo = next(r for r in summary["per_method"] if r["method"] == "fspo")
+    assert fspo["logp_accuracy"] == pytest.approx((0.75 + 0.0) / 2)
+    assert "accuracy" not in fspo  # no choices in these episodes
+    assert summary["paired"][0]["diff"] == pytest.approx((0.75 - 0.0) / 2 - (0.25 + 1.0) / 2)
+    assert "Log-prob accuracy" in (tmp_path / "README.md").read_text()
+    assert (tmp_path / "accuracy.png").exists()

@@ -8,7 +8,6 @@ import torch
 
 from personalign.fspo.data.episodes import build_episodes
 from personalign.fspo.train.config import FSPOTrainConfig, LoraSettings
-from personalign.fspo.train.model import PersonalizedModel
 from personalign.runtime.data.records import PreferencePair
 
 pytestmark = pytest.mark.real_model
@@ -64,43 +63,74 @@ def test_training_writes_metrics_checkpoints_and_final(trained):
     assert last["eval_reward_margin"] != 0.0
 
 
-def test_save_load_gives_identical_scores(trained):
+SHOTS = [PreferencePair("u_c", q, a, b) for q, (a, b) in zip(QUESTIONS, ANSWERS)]
+
+
+def live_logps(model, tokenizer, prompt, options):
+    """Normalized option log-probs of the live (training-side) model, through the scoring
+    function the trainer uses."""
+    from personalign.fspo.personalizer import RESPONSE_HEADER
+    from personalign.fspo.train.scoring import completion_logps, encode
+
+    example = encode(tokenizer, prompt, [f"{RESPONSE_HEADER}{o}\n" for o in options],
+                     max_prompt_tokens=1024, max_completion_tokens=64)
+    with torch.no_grad():
+        x = completion_logps(model, example, tokenizer.pad_token_id)[0].double().numpy()
+    return x - np.logaddexp.reduce(x)
+
+
+def _fspo(model_dir, n_shots=3):
+    from personalign.fspo.personalizer import FSPO
+    from personalign.runtime.data.records import Opinion, User
+    from personalign.runtime.personalizer import SharedModels
+
+    method = FSPO(SharedModels(), str(model_dir), n_shots=n_shots)
+    method.fit(User("u_c", pairs=tuple(SHOTS[:n_shots])))
+    question = Opinion("Cats or dogs?", ("Cats", "Dogs", "Neither"), 0, qid="q")
+    return method, question
+
+
+def test_saved_model_on_the_engine_scores_like_the_live_model(trained):
+    from personalign.fspo.data.opinionqa_prefs import opinion_prompt
+
     trainer, final, _, _held_out = trained
-    live = PersonalizedModel(trainer.model, trainer.tokenizer)
-    loaded = PersonalizedModel.load(final)
-    shots = [{"question": "Tea or coffee?", "chosen": "Tea", "rejected": "Coffee"}]
-    options = ["Cats", "Dogs", "Neither"]
-    a = live.option_logps(shots, "Cats or dogs?", options)
-    b = loaded.option_logps(shots, "Cats or dogs?", options)
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    ref_a = live.option_logps(shots, "Cats or dogs?", options, reference=True)
-    ref_b = loaded.option_logps(shots, "Cats or dogs?", options, reference=True)
-    np.testing.assert_allclose(ref_a, ref_b, rtol=0, atol=1e-5)
-    assert not np.allclose(a, ref_a)  # the adapter matters
-    choice = loaded.score_options(shots, "Cats or dogs?", options)
-    assert choice.choice == int(np.argmax(b))
-    assert np.exp(choice.logprobs).sum() == pytest.approx(1.0)
-    # Greedy generation: the saved model writes what the live one writes, one section only.
-    text = loaded.generate(shots, "Cats or dogs?", max_new_tokens=6)
-    assert text == live.generate(shots, "Cats or dogs?", max_new_tokens=6)
-    assert text.strip() and "##" not in text
+    method, question = _fspo(final)
+    engine = np.array(method.predict([question])[0].logprobs)
+    prompt = method.prompt(opinion_prompt(question))
+    live = live_logps(trainer.model, trainer.tokenizer, prompt, question.options)
+    np.testing.assert_allclose(engine, live, rtol=0, atol=1e-4)
+    with trainer.model.disable_adapter():
+        live_ref = live_logps(trainer.model, trainer.tokenizer, prompt, question.options)
+    assert not np.allclose(live, live_ref, atol=1e-3)  # the adapter matters
+    # Greedy generation on the engine writes what the live model writes, one section only.
+    one_shot, _ = _fspo(final, n_shots=1)
+    text = one_shot.respond([{"role": "user", "content": "Cats or dogs?"}], max_tokens=6)
+    ids = trainer.tokenizer(one_shot.prompt("Cats or dogs?") + "## Preferred Response\n",
+                            return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = trainer.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=6, do_sample=False,
+                                     pad_token_id=trainer.tokenizer.eos_token_id)
+    live_text = trainer.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert text == live_text.split("\n#")[0].strip()
+    assert text and "##" not in text
 
 
-def test_prompt_cache_reuses_the_shared_shots_with_equal_scores(trained):
+def test_engine_reuses_the_shared_shots_with_equal_scores(trained):
+    from personalign.runtime.data.records import Opinion
+
     _trainer, final, _, _ = trained
-    cached = PersonalizedModel.load(final)
-    fresh = PersonalizedModel.load(final)
-    shots = [{"question": q, "chosen": a, "rejected": b} for q, (a, b) in zip(QUESTIONS, ANSWERS)]
-    for question, options in (("Cats or dogs?", ["Cats", "Dogs"]),
-                              ("Tea or coffee?", ["Tea", "Coffee", "Neither"])):
-        cached.prompt_cache.reused_tokens = cached.prompt_cache.run_tokens = 0
-        for reference in (False, True):
-            fresh.prompt_cache.clear()
-            want = fresh.option_logps(shots, question, options, reference=reference)
-            got = cached.option_logps(shots, question, options, reference=reference)
-            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
-    # The second question ran only the tokens after the shared shots, for both passes.
-    assert cached.prompt_cache.reused_tokens > 5 * cached.prompt_cache.run_tokens
+    method, question = _fspo(final)
+    other = Opinion("Tea or coffee?", ("Tea", "Coffee", "Neither"), 0, qid="t")
+    llm = method.llm
+    llm.cache = None
+    both = method.predict([question, other])
+    cache = llm.prompt_cache
+    # The second question ran only the tokens after the shared shots.
+    assert cache.reused_tokens > 2 * (cache.run_tokens - cache.reused_tokens)
+    cache.clear()
+    alone = method.predict([other])[0]
+    np.testing.assert_allclose(both[1].logprobs, alone.logprobs, rtol=0, atol=1e-4)
 
 
 def test_rerun_is_a_no_op_and_resume_continues(trained):
@@ -134,50 +164,37 @@ def test_held_out_users_must_not_overlap(trained):
 
 
 def test_evaluate_trained_vs_base_and_report(trained, tmp_path):
-    from personalign.fspo.train.evaluate import evaluate_models
+    from personalign.bench.preferences import EpisodeModel, evaluate_episodes
     from personalign.runtime.llm.fake import FakeLLM
 
     _, final, out, held_out = trained
-    models = {"base": (lambda: PersonalizedModel.base(), "as-is"),
-              "fspo": (lambda: PersonalizedModel.load(final), "as-is", "sft-only")}
-    results = evaluate_models(models, held_out, tmp_path / "report", judge=FakeLLM(),
-                              win_against="base", win_max_items=1, gen_max_new_tokens=4,
-                              descriptions={"u_c": "Prefers the first of two things."},
-                              progress=False)
-    base, fspo, sft = results
-    assert sft.name == "sft-only"
-    assert "reward_accuracy" not in base.summary  # the base model has no reference
-    assert fspo.summary["pairs"] == len(held_out) and "reward_accuracy" in fspo.summary
+    models = [EpisodeModel("base", "base"), EpisodeModel("fspo", str(final),
+                                                          reference_name="sft-only")]
+    kw = dict(protocol="opinionqa-preferences", judge=FakeLLM(), win_max_items=1,
+              gen_max_tokens=4, descriptions={"u_c": "Prefers the first of two things."},
+              progress=False)
+    summary = evaluate_episodes(models, held_out, tmp_path / "report", **kw)
+    by = {r["method"]: r for r in summary["per_method"]}
+    assert set(by) == {"base", "fspo", "sft-only"}
+    assert np.isfinite(by["fspo"]["reward_accuracy"])
+    rows = [json.loads(x) for x in (tmp_path / "report" / "results.jsonl").read_text()
+            .splitlines()]
+    base_rows = [r for r in rows if r["method"] == "base"]
+    assert len(base_rows) == len(held_out) and "reward_correct" not in base_rows[0]
     # Choice accuracy is the share of rows whose top-scored option is the user's answer.
-    for row in base.rows:
-        assert row["choice"] == int(np.argmax(row["option_logps"]))
-        assert row["choice_correct"] == float(row["choice"] == row["answer"])
-    assert base.summary["choice_accuracy"] == pytest.approx(
-        np.mean([r["choice_correct"] for r in base.rows]))
-    assert all(r["n_options"] == 3 for r in fspo.rows)
-    # The reference pass of FSPO is exactly the saved SFT-only model.
-    sft_model = PersonalizedModel.load(out / "sft")
-    rec = held_out[0]
-    options = rec["meta"]["query_meta"]["options"]
-    from personalign.fspo.train.model import completion_text
+    for row in base_rows:
+        assert row["choice"] == int(np.argmax(row["logprobs"]))
+        assert row["correct"] == float(row["choice"] == row["answer"])
+    assert all(r["n_options"] == 3 for r in rows)
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "Win rate" in readme and "sft-only" in readme
+    # Finished units are reused: a second run scores nothing.
+    from personalign.runtime.personalizer import SharedModels
 
-    direct = sft_model.completion_logps(
-        rec["prompt"], [completion_text(o, sft_model.tokenizer.eos_token) for o in options])
-    np.testing.assert_allclose(sft.rows[0]["option_logps"], direct, atol=1e-3)
-    summary = (tmp_path / "report" / "summary.md").read_text()
-    assert "fspo" in summary and "sft-only" in summary
-    assert (tmp_path / "report" / "accuracy.png").exists()
-
-    # Finished models are reused: a second run loads nothing.
-    def boom():
-        raise AssertionError("model should not be loaded again")
-
-    again = evaluate_models({"base": (boom, "as-is"), "fspo": (boom, "as-is", "sft-only")},
-                            held_out, tmp_path / "report", judge=FakeLLM(),
-                            win_against="base", win_max_items=1, gen_max_new_tokens=4,
-                            descriptions={"u_c": "Prefers the first of two things."},
-                            progress=False)
-    assert [r.summary for r in again] == [r.summary for r in results]
+    shared = SharedModels()
+    again = evaluate_episodes(models, held_out, tmp_path / "report", shared=shared, **kw)
+    assert not shared.loaded_llms()
+    assert again["per_method_md"] == summary["per_method_md"]
 
 
 def test_full_finetune_option(tmp_path):
@@ -191,14 +208,12 @@ def test_full_finetune_option(tmp_path):
                           save_every=0, eval_max_pairs=1, loss="dpo", beta=0.1)
     trainer = FSPOTrainer(cfg, train_records=train, eval_records=held_out, progress=False)
     final = trainer.fit()
-    loaded = PersonalizedModel.load(final)
-    live = PersonalizedModel(trainer.model, trainer.tokenizer, reference=trainer.reference)
-    shots = [{"question": "Tea or coffee?", "chosen": "Tea", "rejected": "Coffee"}]
-    a = live.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"])
-    np.testing.assert_allclose(a, loaded.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"]),
-                               atol=1e-5)
-    ref = loaded.option_logps(shots, "Cats or dogs?", ["Cats", "Dogs"], reference=True)
-    assert not np.allclose(a, ref)
+    method, question = _fspo(final)
+    from personalign.fspo.data.opinionqa_prefs import opinion_prompt
+
+    live = live_logps(trainer.model, trainer.tokenizer,
+                      method.prompt(opinion_prompt(question)), question.options)
+    np.testing.assert_allclose(method.predict([question])[0].logprobs, live, atol=1e-4)
 
 
 def test_cli_eval_on_a_training_run(trained, tmp_path):
@@ -213,7 +228,7 @@ def test_cli_eval_on_a_training_run(trained, tmp_path):
                                       str(out), "--out", str(tmp_path / "rep"),
                                       "--max-per-user", "1", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    summary = (tmp_path / "rep" / "summary.csv").read_text()
+    summary = (tmp_path / "rep" / "per_method.csv").read_text()
     for name in ("base-fewshot", "fspo", "sft-only"):
         assert name in summary
 

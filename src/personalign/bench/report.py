@@ -54,6 +54,10 @@ def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}"
 
 
+def _key(metric: str) -> str:
+    return "accuracy" if metric == "correct" else metric.replace("_correct", "_accuracy")
+
+
 def _letter(i) -> str:
     return chr(ord("A") + int(i))
 
@@ -76,17 +80,19 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
     rows = [row for r in records for row in r["rows"]]
     atomic_write_text(out / "results.jsonl", "".join(
         json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(
-        columns=["user_id", "qid", "method", "choice", "answer", "correct"])
-    metrics = [m for m in METRICS if m in frame and frame[m].notna().any()]
+    frame = pd.DataFrame(rows)
+    for column in ("user_id", "qid", "method", "choice", "answer", "correct"):
+        if column not in frame:
+            frame[column] = None
+    metrics = [m for m in METRICS if m in frame and frame[m].notna().any()] or ["correct"]
 
     # per user x method, every metric
     per_user = {m: frame.pivot_table(index="user_id", columns="method", values=m,
                                      aggfunc="mean", sort=False).reindex(columns=specs)
                 for m in metrics}
-    accuracy = per_user.get("correct", pd.DataFrame(columns=specs))
+    # the first metric present is the headline (choice accuracy where there are choices)
     users = [r["user_id"] for r in records]
-    accuracy = accuracy.reindex(users)
+    accuracy = per_user[metrics[0]].reindex(users)
     shown = accuracy.map(_pct).rename(columns=labels)
     shown.insert(0, "test questions", [r["n_test"] for r in records])
     shown = shown.reset_index().rename(columns={"index": "user_id"})
@@ -105,7 +111,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         for m in metrics:
             values = per_user[m][spec].reindex(users).dropna().to_numpy()
             mean, lo, hi = mean_ci(values, seed=seed)
-            key = "accuracy" if m == "correct" else m.replace("_correct", "_accuracy")
+            key = _key(m)
             row.update({key: mean, f"{key}_ci_low": lo, f"{key}_ci_high": hi})
         row["users"] = int(accuracy[spec].notna().sum()) if spec in accuracy else 0
         row["top_letter"], row["top_letter_share"] = _top_share(mine["choice"].tolist())
@@ -125,7 +131,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
     for r in table:
         cells = {"Method": r["label"]}
         for m in metrics:
-            key = "accuracy" if m == "correct" else m.replace("_correct", "_accuracy")
+            key = _key(m)
             cells[METRICS[m]] = _pct(r[key])
             cells[f"{METRICS[m]} 95% CI"] = f"[{_pct(r[key + '_ci_low'])}, " \
                                             f"{_pct(r[key + '_ci_high'])}]"
@@ -207,9 +213,12 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
               + ", ".join(f"{k} {v}" for k, v in models.items()) + ". "
               + " ".join(str(x) for x in meta.get("notes", [])), "",
               "## Accuracy (macro over users, 95% bootstrap CI)", "", md_method, "",
+              *[line for title_, body in meta.get("sections", [])
+                for line in (f"## {title_}", "", body, "")],
               f"The users' own answers: most frequent letter {gold_letter} "
               f"({_pct(gold_share)}%).", "",
-              "## Paired differences over users (95% bootstrap CI)", "", md_paired, "",
+              f"## Paired differences over users in {METRICS[metrics[0]].lower()} "
+              "(95% bootstrap CI)", "", md_paired, "",
               "## Per user", "", markdown(shown), "",
               "## LLM calls, tokens and seconds per phase", "",
               markdown(phase_rows) if len(phase_rows) else "(none)", "",
@@ -233,13 +242,14 @@ def _plots(out: Path, per_method: pd.DataFrame, curves: dict, title: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if len(per_method) and "accuracy" in per_method:
+    key = next((k for k in ("accuracy", "logp_accuracy") if k in per_method), None)
+    if len(per_method) and key:
         fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(per_method), 4))
-        acc = per_method["accuracy"].to_numpy() * 100
-        err = np.nan_to_num(np.vstack([acc - per_method["accuracy_ci_low"].to_numpy() * 100,
-                                       per_method["accuracy_ci_high"].to_numpy() * 100 - acc]))
+        acc = per_method[key].to_numpy() * 100
+        err = np.nan_to_num(np.vstack([acc - per_method[f"{key}_ci_low"].to_numpy() * 100,
+                                       per_method[f"{key}_ci_high"].to_numpy() * 100 - acc]))
         ax.bar(per_method["label"], acc, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_ylabel("accuracy (%), 95% CI")
+        ax.set_ylabel(f"{key.replace('_', ' ')} (%), 95% CI")
         ax.set_title(title, fontsize=9)
         plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
         fig.tight_layout()

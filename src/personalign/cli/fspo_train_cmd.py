@@ -50,7 +50,7 @@ def train_cmd(
     """Stage 1 SFT (chosen + rejected, completion-only) then summed-IPO/DPO; resumable."""
     from personalign.fspo.train.config import FSPOTrainConfig
     from personalign.fspo.train.data import load_episodes
-    from personalign.fspo.train.evaluate import zero_shot_records
+    from personalign.fspo.data.episodes import zero_shot_records
     from personalign.fspo.train.trainer import FSPOTrainer, peak_rss_mb
 
     cfg = FSPOTrainConfig.from_file(config) if config else FSPOTrainConfig()
@@ -119,26 +119,20 @@ def _descriptions(path: Path | None) -> dict[str, str]:
     return out
 
 
-def _model_specs(specs: list[str], run: Path | None, base: str) -> dict[str, tuple]:
-    from personalign.fspo.train.evaluate import PROMPT_MODES
-    from personalign.fspo.train.model import PersonalizedModel
+def _episode_models(specs: list[str], run: Path | None):
+    from personalign.bench.preferences import EpisodeModel
+    from personalign.fspo.data.episodes import PROMPT_MODES
+    from personalign.fspo.train.model import model_files
 
-    def loader(target: str, name: str):
-        if target == "base":
-            return lambda: PersonalizedModel.base(base, name=name)
-        if not Path(target).exists():
-            raise ConfigError(f"model folder {target} does not exist")
-        return lambda: PersonalizedModel.load(target, name=name)
-
-    models: dict[str, tuple] = {}
+    models = []
     if run is not None:
-        models["base-fewshot"] = (loader("base", "base-fewshot"), "as-is")
         if not (run / "final" / "COMPLETE").exists():
             raise ConfigError(f"{run} has no finished training (final/COMPLETE missing)")
         # FSPO's reference is the SFT result: its reference pass is the SFT-only baseline.
         has_sft = (run / "sft" / "COMPLETE").exists()
-        models["fspo"] = (loader(str(run / "final"), "fspo"), "as-is",
-                          "sft-only" if has_sft else "reference")
+        models += [EpisodeModel("base-fewshot", "base"),
+                   EpisodeModel("fspo", str(run / "final"),
+                                reference_name="sft-only" if has_sft else "reference")]
     for spec in specs:
         name, _, rest = spec.partition("=")
         if not rest:
@@ -147,15 +141,18 @@ def _model_specs(specs: list[str], run: Path | None, base: str) -> dict[str, tup
         mode = mode or "as-is"
         if mode not in PROMPT_MODES:
             raise ConfigError(f"--model {spec!r}: mode must be one of {PROMPT_MODES}")
-        models[name] = (loader(target, name), mode)
+        model_files(target)  # a wrong folder fails before any work
+        models.append(EpisodeModel(name, target, mode))
     if not models:
         raise ConfigError("nothing to evaluate: pass --run DIR and/or --model NAME=TARGET")
+    if len({m.name for m in models}) != len(models):
+        raise ConfigError("two models share a name")
     return models
 
 
 def _loo_records(pairs_file: Path, users: str | None, shots: int) -> list[dict]:
-    from personalign.fspo.data.episodes import read_pairs
-    from personalign.fspo.train.evaluate import leave_one_out_episodes
+    from personalign.fspo.data.episodes import leave_one_out_episodes
+    from personalign.runtime.data.preferences import load_preferences
 
     if not users:
         raise ConfigError("--loo-pairs needs --loo-users (ids or a JSON file with test_users)")
@@ -163,7 +160,7 @@ def _loo_records(pairs_file: Path, users: str | None, shots: int) -> list[dict]:
         wanted = set(json.loads(Path(users).read_text(encoding="utf-8"))["test_users"])
     else:
         wanted = {u.strip() for u in users.split(",") if u.strip()}
-    pairs = [p for p in read_pairs(pairs_file) if p.user_id in wanted]
+    pairs = [p for p in load_preferences(pairs_file) if p.user_id in wanted]
     if not pairs:
         raise DataError("no pairs of the requested users", path=str(pairs_file))
     return leave_one_out_episodes(pairs, shots)
@@ -186,13 +183,12 @@ def eval_cmd(
     loo_users: str | None = typer.Option(None, help="Comma-separated user ids, or a JSON "
                                          "file with a test_users list."),
     loo_shots: int = typer.Option(4, help="Shots per leave-one-out episode."),
-    out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder (a rerun resumes it)."),
     run: Path | None = typer.Option(None, help="A training output folder: evaluates the "
                                        "base model with the same shots, FSPO and SFT only."),
     model: list[str] | None = typer.Option(None, "--model", help="More models: NAME=TARGET"
-                                              "[:MODE], TARGET = base | model folder, MODE = "
-                                              "as-is | zero-shot | oracle."),
-    base: str = typer.Option("smollm2-135m-instruct", help="The base model."),
+                                              "[:MODE], TARGET = base | model or run folder, "
+                                              "MODE = as-is | zero-shot | oracle."),
     descriptions: Path | None = typer.Option(None, help="User descriptions: OpinionQA file "
                                                 "(profile text) or JSONL user_id/description."),
     judge: str | None = typer.Option(None, help="Judge LLM spec for win rates "
@@ -203,17 +199,16 @@ def eval_cmd(
     beta: float = typer.Option(0.01),
     threads: int | None = typer.Option(None),
     protocol: str = typer.Option("opinionqa-preferences"),
-    fresh: bool = typer.Option(False, "--fresh", help="Re-evaluate every model (finished "
-                               "models in OUT/parts are reused otherwise)."),
+    force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
 ):
-    """Reward accuracy, choice accuracy and (with --judge) win rate vs the base model.
+    """Reward, log-prob and choice accuracy (and with --judge the win rate against the first
+    model) of each model on held-out users' episodes, in the benchmark's report format.
 
     With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
     reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,
     oracle=base:oracle with --descriptions)."""
-
+    from personalign.bench.preferences import evaluate_episodes
     from personalign.fspo.train.data import load_episodes
-    from personalign.fspo.train.evaluate import evaluate_models
     from personalign.runtime.settings import configure_threads
 
     configure_threads(threads)
@@ -224,32 +219,22 @@ def eval_cmd(
     else:
         raise ConfigError("pass --episodes FILE or --loo-pairs FILE --loo-users ...")
     records = _select(records, max_users, max_per_user)
-    if fresh:
-        import shutil
-
-        shutil.rmtree(out / "parts", ignore_errors=True)
-    models = _model_specs(list(model or []), run, base)
+    models = _episode_models(list(model or []), run)
     judge_llm = None
     if judge:
         from personalign.runtime.llm.factory import load_llm
 
         judge_llm = load_llm(judge)
-    config = {"protocol": protocol, "episodes": [str(p) for p in episodes or []],
-              "loo_pairs": str(loo_pairs) if loo_pairs else None, "loo_shots": loo_shots,
-              "run": str(run),
-              "base": base, "beta": beta, "records": len(records),
-              "users": len({r["user_id"] for r in records}), "max_users": max_users,
-              "max_per_user": max_per_user, "judge": judge}
-    if run is not None and (run / "config.json").exists():
-        config["training_config"] = json.loads((run / "config.json").read_text())
-    results = evaluate_models(models, records, out, beta=beta, descriptions=_descriptions(
-        descriptions), config=config, judge=judge_llm, win_against=next(iter(models)),
-        win_max_items=win_max_items)
-    table = Table("method", "pairs", "reward acc", "logp acc", "choice acc", "choice acc "
-                  "(macro)", title=f"{protocol}: {config['users']} held-out users")
-    for res in results:
-        cells = [res.summary.get(k) for k in ("reward_accuracy", "logp_accuracy",
-                                              "choice_accuracy", "choice_accuracy_macro")]
-        table.add_row(res.name, str(res.summary["pairs"]), *map(_fmt, cells))
+    source = ", ".join(str(p) for p in episodes or []) or f"{loo_pairs} (leave-one-out)"
+    summary = evaluate_episodes(models, records, out, protocol=protocol, beta=beta,
+                                descriptions=_descriptions(descriptions), judge=judge_llm,
+                                win_max_items=win_max_items, force=force,
+                                meta={"data": source, "run": str(run) if run else None})
+    table = Table("method", "choice acc.", "log-prob acc.", "reward acc.",
+                  title=f"{protocol}: {len({r['user_id'] for r in records})} held-out users "
+                        "(macro over users)")
+    for r in summary["per_method"]:
+        table.add_row(r["label"], *(_fmt(r.get(k)) for k in
+                                    ("accuracy", "logp_accuracy", "reward_accuracy")))
     console.print(table)
-    console.print(f"report: {out}")
+    console.print(f"report: {out}/README.md")

@@ -13,42 +13,21 @@ prefix shared by all of a user's questions, each option scored as FSPO's complet
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
 from personalign.fspo.data.episodes import select_shots
 from personalign.fspo.data.opinionqa_prefs import opinion_pair, opinion_prompt
 from personalign.fspo.data.serialization import Shot, serialize_prompt
+from personalign.fspo.train.model import model_files
 from personalign.methods.prompting import check_questions, check_user
-from personalign.runtime import models as embedded
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, PreferencePair, User
-from personalign.runtime.errors import ConfigError, DataError, ModelError
+from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
 from personalign.runtime.personalizer import Answer, Personalizer, SharedModels
 
-MANIFEST = "fspo_model.json"
 RESPONSE_HEADER = "## Preferred Response\n"
-TASK_HEADER = "# Task\n"
-
-
-def model_files(spec: str) -> tuple[str, list[str]]:
-    """(base model, adapter folders in merge order) of ``base``, a model folder written by
-    the FSPO trainer, or a training run folder (its ``final/``)."""
-    if spec == "base":
-        return embedded.DEFAULT_GENERATOR, []
-    folder = Path(spec)
-    if not (folder / MANIFEST).exists() and (folder / "final" / MANIFEST).exists():
-        folder = folder / "final"
-    if not (folder / MANIFEST).exists():
-        raise ModelError(f"{spec}: no {MANIFEST} here or in final/ (not an FSPO model or run); "
-                         "use base for the untrained model")
-    m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    if m.get("finetune") == "full":
-        return str(folder / m["model"]), []
-    return m["base"], [str(folder / m[k]) for k in ("sft_adapter", "adapter") if m.get(k)]
 
 
 def fspo_llm(models: SharedModels, spec: str) -> LLM:
@@ -105,22 +84,17 @@ class FSPO(Personalizer):
         self.user_id = user.user_id
         return self
 
-    def prompt_parts(self, question: str) -> tuple[str, str]:
-        """(the user's shots: a prefix shared by all questions, the task and question)."""
-        prompt = serialize_prompt(self.shots, question.strip(),
-                                  "oracle" if self.prompt_mode == "oracle" else "default",
-                                  user_description=self.description or None)
-        # Split inside the blank line before the task: tokenizers merge "\n\n" into one
-        # token, so a split after it would not tokenize like the whole prompt.
-        at = max(prompt.rindex(TASK_HEADER) - 1, 0)
-        return prompt[:at], prompt[at:]
+    def prompt(self, question: str) -> str:
+        return serialize_prompt(self.shots, question.strip(),
+                                "oracle" if self.prompt_mode == "oracle" else "default",
+                                user_description=self.description or None)
 
     def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
         self._require_fitted()
-        items = []
-        for q in check_questions(questions):
-            prefix, task = self.prompt_parts(opinion_prompt(q))
-            items.append(ChoiceItem(prefix=prefix, prompt=task, options=q.options))
+        # The whole prompt is the prefix: the engine's prompt cache runs a user's shots once
+        # and each question's own tokens after them.
+        items = [ChoiceItem(prefix=self.prompt(opinion_prompt(q)), prompt="", options=q.options)
+                 for q in check_questions(questions)]
         llm = self.llm
         with llm.phase(f"{self.name}/predict"):
             results = llm.score_choices(items, method="text")
@@ -132,10 +106,9 @@ class FSPO(Personalizer):
         self._require_fitted()
         from personalign.runtime.personalizer import _last_user_text
 
-        prefix, task = self.prompt_parts(_last_user_text(messages))
         llm = self.llm
         with llm.phase(f"{self.name}/respond"):
-            text = llm.generate([prefix + task + RESPONSE_HEADER],
+            text = llm.generate([self.prompt(_last_user_text(messages)) + RESPONSE_HEADER],
                                 SamplingParams(max_tokens=max_tokens, stop=("\n#",)))[0][0]
         return text.strip()
 

@@ -30,3 +30,7 @@ class ModelError(PersonalignError):
 
 class ConfigError(PersonalignError):
     """An invalid configuration value."""
+
+
+class NotFoundError(PersonalignError):
+    """Something asked for by name (a user, a job) does not exist."""

@@ -22,7 +22,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.storage import atomic_write_json, safe_filename

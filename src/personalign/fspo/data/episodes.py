@@ -25,7 +25,7 @@ from personalign.fspo.data.serialization import (
 )
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.splits import derive_seed
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -224,3 +224,54 @@ def episode_stats(episodes: Sequence[Episode]) -> dict[str, Any]:
     return {"episodes": len(episodes), "users": len({e.user_id for e in episodes}),
             "mean_shots": round(sum(shots) / len(shots), 3) if shots else math.nan,
             "truncated": sum(1 for e in episodes if e.meta.get("truncated_shots"))}
+
+
+# ---------------------------------------------------------------------- prompt modes
+#: how an evaluation asks an episode: as built (few-shot), without its shots (pooled
+#: training's baseline), or with the user's description first (oracle)
+PROMPT_MODES = ("as-is", "zero-shot", "oracle")
+QUESTION_MARK = "## Question\n"
+
+
+def final_question(prompt: str) -> str:
+    """The episode's query question: the text after the last "## Question" header."""
+    at = prompt.rfind(QUESTION_MARK)
+    if at < 0:
+        raise DataError("episode prompt has no '## Question' section", field="prompt")
+    return prompt[at + len(QUESTION_MARK):].strip()
+
+
+def transform_prompt(record: dict[str, Any], mode: str,
+                     descriptions: dict[str, str] | None = None) -> str:
+    prompt = record["prompt"]
+    if mode == "as-is":
+        return prompt
+    if mode == "zero-shot":
+        return serialize_prompt([], final_question(prompt))
+    if mode == "oracle":
+        description = (descriptions or {}).get(record["user_id"])
+        if not description:
+            raise DataError(f"no description for user {record['user_id']!r} (oracle mode)",
+                            field="user_id")
+        return f"# User Description\n{description}\n\n{prompt}"
+    raise ConfigError(f"unknown prompt mode {mode!r}; known: {', '.join(PROMPT_MODES)}")
+
+
+def zero_shot_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training records for the pooled baseline: the same pairs without shots."""
+    return [{**r, "prompt": transform_prompt(r, "zero-shot"), "n_shots": 0} for r in records]
+
+
+def leave_one_out_episodes(pairs: Sequence[PreferencePair], n_shots: int,
+                           seed: int = 0) -> list[dict]:
+    """Evaluation episodes for users with few pairs: each pair of a user is the query once,
+    with up to ``n_shots`` of that user's OTHER pairs (seeded shuffle) as shots."""
+    out = []
+    for user_id, rows in group_by_user(pairs).items():
+        for q, query in enumerate(rows):
+            others = [p for i, p in enumerate(rows) if i != q]
+            random.Random(derive_seed(seed, user_id, q)).shuffle(others)
+            episode = make_episode(others[:n_shots], query,
+                                   meta={"query": q, "eval": True, "leave_one_out": True})
+            out.append(episode.to_dict())
+    return out

@@ -1,19 +1,10 @@
-"""FSPO training, inference and evaluation (stage 1 SFT, stage 2 summed IPO / DPO)."""
+"""FSPO training (stage 1 SFT, stage 2 summed IPO / DPO) and the model folders it writes."""
 
 from personalign.fspo.train.config import FSPOTrainConfig, LoraSettings
 from personalign.fspo.train.losses import preference_loss, reward_metrics
-from personalign.fspo.train.model import PersonalizedModel, Shot, format_prompt
 
-__all__ = [
-    "FSPOTrainConfig",
-    "FSPOTrainer",
-    "LoraSettings",
-    "PersonalizedModel",
-    "Shot",
-    "format_prompt",
-    "preference_loss",
-    "reward_metrics",
-]
+__all__ = ["FSPOTrainConfig", "FSPOTrainer", "LoraSettings", "preference_loss",
+           "reward_metrics"]
 
 
 def __getattr__(name):  # the trainer pulls in tqdm/peft: import it on first use

@@ -28,7 +28,7 @@ def plain_score(llm, items: Sequence[ChoiceItem], method: ScoringMethod) -> list
             elif method == "text":
                 sums = []
                 for option in item.options:
-                    target = llm.encode(" " + option)
+                    target = llm.option_ids(option)
                     ids = torch.tensor([context + target])
                     logits = llm.model(input_ids=ids).logits[0].float()
                     logprobs = torch.log_softmax(logits[len(context) - 1: -1], -1)

@@ -25,6 +25,7 @@ from personalign.runtime.llm.types import (
     SamplingParams,
     ScoringMethod,
 )
+from personalign.runtime.runs import model_identity
 from personalign.runtime.settings import configure_threads
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,13 @@ class TransformersLLM(LLM):
 
     def __init__(self, model: str = models.DEFAULT_SCORER, *, dtype: str = "float32",
                  device: str = "cpu", threads: int | None = None, batch_size: int = 16,
-                 cache=True, pack_weights: bool = True, max_padding: float = 0.15):
+                 cache=True, pack_weights: bool = True, max_padding: float = 0.15,
+                 adapters: Sequence[str] = (), option_template: str = " {option}",
+                 option_eos: bool = False, name: str | None = None):
+        """``adapters``: PEFT (LoRA) adapter folders merged into the weights in order, so a
+        fine-tuned model runs on the same engine. ``option_template``/``option_eos``: how an
+        option is written as the continuation that ``text`` scoring reads (a model trained on
+        another completion format, such as FSPO's, names its own)."""
         super().__init__(cache=cache)
         torch = _torch()
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,6 +74,17 @@ class TransformersLLM(LLM):
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForCausalLM.from_pretrained(
             self.path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.adapters = tuple(str(a) for a in adapters)
+        # Content digests: a retrained adapter under the same path must not hit the cache.
+        self._adapter_ids = tuple(model_identity(a) for a in self.adapters)
+        for adapter in self.adapters:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload().eval()
+        if name:
+            self.model_id = name
+        self.option_template = option_template
+        self.option_eos = option_eos
         self.dtype = dtype
         # oneDNN-packed linear weights (see packed_linear): same results, faster on CPU.
         self.packed_layers = pack_linears(self.model) if pack_weights and device == "cpu" else 0
@@ -81,7 +99,10 @@ class TransformersLLM(LLM):
     def _identity(self) -> tuple[str, str]:
         # dtype and weight packing change results slightly, so they are part of the cache key.
         packed = "|packed" if self.packed_layers else ""
-        return (self.backend, f"{self.model_id}|{self.dtype}{packed}")
+        extra = "".join(f"|adapter={a}" for a in self._adapter_ids)
+        if (self.option_template, self.option_eos) != (" {option}", False):
+            extra += f"|option={self.option_template!r},eos={self.option_eos}"
+        return (self.backend, f"{self.model_id}|{self.dtype}{packed}{extra}")
 
     # ------------------------------------------------------------------ tokens
     def encode(self, text: str, *, specials: bool = False) -> list[int]:
@@ -89,6 +110,11 @@ class TransformersLLM(LLM):
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
+
+    def option_ids(self, option: str) -> list[int]:
+        """Tokens of an option as the continuation scored by ``text`` (after the prompt)."""
+        ids = self.encode(self.option_template.format(option=option))
+        return ids + [self.tokenizer.eos_token_id] if self.option_eos else ids
 
     def letter_id(self, letter: str) -> int:
         """Token of " A" (the letter as it follows "Answer:"); first token if it splits."""
@@ -127,14 +153,13 @@ class TransformersLLM(LLM):
             logits = self._softcap * _torch().tanh(logits / self._softcap)
         return logits
 
-    def _encode_prefix(self, prefix_ids: list[int]):
-        """KV cache of ``prefix_ids`` (None for an empty prefix)."""
+    def _prefix_kv(self, prefix_ids: list[int]):
+        """KV cache of ``prefix_ids`` (None for an empty prefix). The prompt cache runs only
+        the tokens after what this prefix shares with the previous one: a user's questions
+        behind the same shots, or candidate prompts behind the same instruction."""
         if not prefix_ids:
             return None
-        torch = _torch()
-        ids = torch.tensor([prefix_ids], device=self.device)
-        out = self.model.get_decoder()(input_ids=ids, use_cache=True)
-        return out.past_key_values
+        return self.prompt_cache.prefill(self.model, "score", prefix_ids)[1]
 
     def _run_rows(self, prefix_cache, prefix_len: int, rows: Sequence[Row]):
         """Hidden states (b, T, d) of right-padded ``body + target`` rows after the prefix."""
@@ -185,7 +210,7 @@ class TransformersLLM(LLM):
         next_logprobs: list = [None] * len(rows)
         target_sums = [0.0] * len(rows)
         with self._lock, torch.inference_mode():
-            prefix_cache = self._encode_prefix(cached)
+            prefix_cache = self._prefix_kv(cached)
             for batch in self._batches(rows):
                 hidden = self._run_rows(prefix_cache, len(cached), [rows[i] for i in batch])
                 nexts, picks, targets = [], [], []
@@ -241,7 +266,7 @@ class TransformersLLM(LLM):
                 for it in group:
                     body = tuple(self.encode(it.prompt))
                     spans.append((len(rows), len(it.options)))
-                    rows += [Row(body, tuple(self.encode(" " + o))) for o in it.options]
+                    rows += [Row(body, tuple(self.option_ids(o))) for o in it.options]
                     tokens += len(body) + sum(len(r.target) for r in rows[-len(it.options):])
                 _, sums = self.score_rows(prefix_ids, rows)
                 for it, (first, n) in zip(group, spans):
@@ -249,7 +274,8 @@ class TransformersLLM(LLM):
                     if method == "text-mean":
                         lp = debias.per_unit(raw, [len(r.target) for r in rows[first: first + n]])
                     elif method == "text-char":
-                        lp = debias.per_unit(raw, [len(" " + o) for o in it.options])
+                        lp = debias.per_unit(raw, [len(self.option_template.format(option=o))
+                                                   for o in it.options])
                     elif method == "text-pmi":
                         lp = debias.pmi(raw, [premise[o] for o in it.options])
                     else:
@@ -267,7 +293,7 @@ class TransformersLLM(LLM):
         group after the premise (survey options repeat across questions)."""
         options = list(dict.fromkeys(o for it in items for o in it.options))
         premise_ids = self.encode(debias.PMI_PREMISE, specials=True)
-        rows = [Row((), tuple(self.encode(" " + o))) for o in options]
+        rows = [Row((), tuple(self.option_ids(o))) for o in options]
         _, sums = self.score_rows(premise_ids, rows)
         self._count(calls=1, prompt_tokens=len(premise_ids) + sum(len(r.target) for r in rows))
         return dict(zip(options, sums))

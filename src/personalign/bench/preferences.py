@@ -1,0 +1,205 @@
+"""Protocols on preference episodes (opinionqa-preferences, fspo-synthetic): FSPO's own
+metrics, on the runtime's engine, in the one report.
+
+Per held-out episode (a user's shots, a query, its chosen and rejected completions), for each
+model, from one engine pass over [chosen, rejected, every option]:
+
+- ``logp_correct``: log pi(chosen) > log pi(rejected);
+- ``reward_correct``: the implicit reward beta * log(pi / ref) prefers chosen, where ref is the
+  model's reference (FSPO: the SFT result, i.e. the run's model without its last adapter);
+  the reference pass is also reported as a model of its own ("sft-only");
+- ``correct`` (choice accuracy, where the episode carries the question's options and answer):
+  the option the model would most likely write as the preferred response;
+- win rate against the first model's greedy responses, judged in both orders with the user's
+  description (``fspo.data.judge.win_rate``).
+
+Normalized log-probs suffice: every comparison above is a difference between two completions of
+one prompt, which normalization leaves unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from personalign.fspo.data.episodes import final_question, transform_prompt
+from personalign.fspo.personalizer import RESPONSE_HEADER
+from personalign.fspo.train.model import model_files
+from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+from personalign.runtime.personalizer import SharedModels
+from personalign.runtime.runs import RunFolder, model_identity
+
+
+@dataclass(frozen=True)
+class EpisodeModel:
+    """A model to evaluate: ``base``, an FSPO model or run folder; how it is asked (``mode``);
+    and, for a model with a reference, the name its reference pass is reported under."""
+
+    name: str
+    model: str
+    mode: str = "as-is"
+    reference_name: str | None = None
+
+
+def completion_llm(models: SharedModels, spec: str, reference: bool = False) -> LLM:
+    """The model of ``spec`` (or its reference) scoring whole completions followed by EOS."""
+    base, adapters = model_files(spec)
+    if reference:
+        adapters = adapters[:-1]
+    return models.llm(base, adapters=tuple(adapters), option_template="{option}",
+                      option_eos=True, name=f"{spec}{' (reference)' if reference else ''}")
+
+
+def has_reference(spec: str) -> bool:
+    """LoRA runs have one (the model without its preference adapter); the base model none."""
+    return bool(model_files(spec)[1])
+
+
+def _options(record: dict[str, Any]) -> tuple[list[str], int, str | None] | None:
+    meta = record.get("meta") or {}
+    q = meta.get("query_meta") or meta
+    if isinstance(q, dict) and q.get("options") and q.get("answer") is not None:
+        return [str(o) for o in q["options"]], int(q["answer"]), q.get("qid")
+    return None
+
+
+def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
+    items = []
+    for rec in records:
+        opts = _options(rec)
+        choices = [f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]] if opts else []
+        items.append(ChoiceItem(prefix=transform_prompt(rec, mode, descriptions), prompt="",
+                                options=(rec["chosen"], rec["rejected"], *choices)))
+    with llm.phase(phase):
+        return [r.logprobs for r in llm.score_choices(items, method="text")]
+
+
+def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> list[dict]:
+    rows = []
+    for i, (rec, lp) in enumerate(zip(records, policy)):
+        opts = _options(rec)
+        row: dict[str, Any] = {"protocol": protocol, "user_id": rec["user_id"],
+                               "qid": opts[2] if opts else None, "index": i, "method": name,
+                               "logp_correct": float(lp[0] > lp[1])}
+        if opts:
+            option_lps = lp[2:]
+            choice = max(range(len(option_lps)), key=option_lps.__getitem__)
+            row.update(choice=choice, answer=opts[1], n_options=len(option_lps),
+                       correct=float(choice == opts[1]),
+                       logprobs=[round(x, 4) for x in option_lps])
+        if reference is not None:
+            ref = reference[i]
+            margin = beta * ((lp[0] - lp[1]) - (ref[0] - ref[1]))
+            row.update(reward_correct=float(margin > 0), reward_margin=round(margin, 6))
+        rows.append(row)
+    return rows
+
+
+def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str, Any]],
+                      out: str | Path, *, protocol: str, beta: float = 0.01,
+                      descriptions: dict[str, str] | None = None, judge: LLM | None = None,
+                      win_max_items: int = 20, gen_max_tokens: int = 96,
+                      shared: SharedModels | None = None, force: bool = False,
+                      progress: bool = True, meta: dict[str, Any] | None = None) -> dict:
+    """Evaluate every model on the records (one unit per model and user, resumable) and write
+    the report; returns the report's summary."""
+    from personalign.bench.report import markdown, sum_usage, write_report
+
+    if not models:
+        raise ConfigError("nothing to evaluate: no models")
+    shared = shared or SharedModels()
+    descriptions = descriptions or {}
+    by_user: dict[str, list[dict]] = {}
+    for rec in records:
+        by_user.setdefault(rec["user_id"], []).append(rec)
+    run = RunFolder.open(out, kind=f"fspo eval {protocol}",
+                         inputs={"protocol": protocol, "beta": beta, "judge":
+                                 getattr(judge, "model_id", None), "win_items": win_max_items,
+                                 "gen_max_tokens": gen_max_tokens}, force=force)
+    names = [m.name for m in models] + [m.reference_name for m in models
+                                        if m.reference_name and has_reference(m.model)]
+    per_user: dict[str, dict[str, dict]] = {u: {} for u in by_user}
+    generations: dict[str, list[str]] = {}
+    win_records = list(records[:win_max_items])
+    bar = tqdm(total=len(models) * len(by_user), desc="models x users", disable=not progress)
+    for m in models:
+        identity = [model_identity(m.model), m.mode]
+        with_ref = has_reference(m.model)
+        for user_id, recs in by_user.items():
+            unit = f"{m.name}/{user_id}"
+            inputs = [recs, identity, descriptions.get(user_id)]
+            result = run.load(unit, inputs)
+            if result is None:
+                start = time.perf_counter()
+                llm = completion_llm(shared, m.model)
+                before = llm.usage.as_dict()
+                policy = _score(llm, recs, m.mode, descriptions, f"{m.name}/score")
+                reference = None
+                if with_ref:
+                    ref_llm = completion_llm(shared, m.model, reference=True)
+                    reference = _score(ref_llm, recs, m.mode, descriptions,
+                                       f"{m.name}/reference")
+                rows = {m.name: _rows(m.name, recs, policy, reference, protocol, beta)}
+                if reference is not None and m.reference_name:
+                    rows[m.reference_name] = _rows(m.reference_name, recs, reference, None,
+                                                   protocol, beta)
+                after = llm.usage.as_dict()
+                result = {"rows": rows, "seconds": time.perf_counter() - start,
+                          "usage": {llm.model_id: {k: after[k] - before.get(k, 0) for k in
+                                                   ("calls", "prompt_tokens", "scored_items")}}}
+                run.save(unit, result, inputs)
+            per_user[user_id][m.name] = result
+            bar.update(1)
+        if judge is not None and win_records:
+            unit, inputs = f"{m.name}/generations", [win_records, identity, descriptions]
+            gens = run.load(unit, inputs)
+            if gens is None:
+                llm = completion_llm(shared, m.model)
+                params = SamplingParams(max_tokens=gen_max_tokens, stop=("\n#",))
+                with llm.phase(f"{m.name}/generate"):
+                    texts = llm.generate([transform_prompt(r, m.mode, descriptions)
+                                          + RESPONSE_HEADER for r in win_records], params)
+                gens = {"texts": [t[0].strip() for t in texts]}
+                run.save(unit, gens, inputs)
+            generations[m.name] = gens["texts"]
+    bar.close()
+    win_md = ""
+    if judge is not None and len(generations) > 1:
+        from personalign.fspo.data.judge import win_rate
+
+        baseline = models[0].name
+        table = []
+        for name, texts in generations.items():
+            if name == baseline:
+                continue
+            items = [{"question": final_question(r["prompt"]),
+                      "description": descriptions.get(r["user_id"], ""), "response": t,
+                      "baseline": b} for r, t, b in zip(win_records, texts,
+                                                          generations[baseline])]
+            w = win_rate(judge, items)
+            table.append({"Model": name, "against": baseline, "Win rate": f"{w.mean:.3f}",
+                          "s.e.": f"{w.se:.3f}", "n": w.n, "judge": w.judge})
+        import pandas as pd
+
+        win_md = markdown(pd.DataFrame(table))
+    user_records = []
+    for user_id, results in per_user.items():
+        rows = [row for r in results.values() for rs in r["rows"].values() for row in rs]
+        user_records.append({
+            "user_id": user_id, "n_test": len(by_user[user_id]), "rows": rows, "fits": {},
+            "usage": sum_usage([r["usage"] for r in results.values()]),
+            "seconds": {name: round(r["seconds"], 2) for name, r in results.items()},
+            "wall_s": round(sum(r["seconds"] for r in results.values()), 2)})
+    report_meta = {"protocol": protocol, "data": (meta or {}).get("data", "episodes"),
+                   "methods": [{"spec": n, "label": n} for n in names],
+                   "models": {m.name: f"{m.model} ({m.mode})" for m in models},
+                   "seed": 0, "beta": beta, **(meta or {})}
+    if win_md:
+        report_meta["sections"] = [("Win rate (both orders, ties 0.5)", win_md)]
+    return write_report(out, user_records, report_meta)
