@@ -104,7 +104,7 @@ def test_derived_budget_grows_with_the_longest_prompt_in_memory(user, embedder):
     memory = Memory(3)
     memory.extend([Candidate("x" * 40, 0.5), Candidate("y" * 400, 0.1)])
     assert fermi.reply_budget(memory) == 100 + margin
-    fermi.config = fermi.config.with_options(optimizer_max_tokens=77)
+    fermi.config = fermi.config.updated(optimizer_max_tokens=77)
     assert fermi.reply_budget(memory) == 77
 
 

@@ -24,8 +24,10 @@ from tqdm.auto import tqdm
 from personalign.methods import DEFAULT_METHODS, MethodSettings, build, method_class, split_spec
 from personalign.runtime.data.opinionqa import load_opinionqa
 from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.config import Config
 from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.types import ScoringMethod
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
@@ -60,7 +62,7 @@ def split_user(user: User, seed: int = 0, n_shots: int = 20, n_test: int = 30,
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Config):
     """One benchmark run. Every field is a run-wide input except ``out``, ``users``,
     ``user_ids`` and ``force``."""
 
@@ -77,14 +79,10 @@ class BenchConfig:
     task_model: str = "gemma3-270m"
     optimizer_model: str = "smollm2-135m-instruct"
     embedder: str = "all-minilm-l6-v2"
-    scoring: str = "letter"
+    scoring: ScoringMethod = "letter"
     force: bool = False
 
-    def __post_init__(self) -> None:
-        if isinstance(self.settings, dict):
-            self.settings = MethodSettings(**self.settings)
-        if self.protocol != PROTOCOL:
-            raise ConfigError(f"unknown protocol {self.protocol!r}; known: {PROTOCOL}")
+    def validate(self) -> None:
         if not self.methods:
             raise ConfigError("no methods to run")
         for spec in self.methods:

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from personalign.cli.config_options import config_options
+from personalign.fspo.train.config import FSPOTrainConfig
 from personalign.runtime.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True)
@@ -17,6 +19,7 @@ console = Console()
 
 
 @app.command("train")
+@config_options(FSPOTrainConfig, skip=("resume",))
 def train_cmd(
     config: Path | None = typer.Option(None, "--config", "-c",
                                           help="YAML/JSON FSPOTrainConfig; options override it."),
@@ -24,46 +27,22 @@ def train_cmd(
                                                "(JSONL/parquet; repeatable)."),
     eval_: list[Path] | None = typer.Option(None, "--eval", help="Held-out users' episodes."),
     output_dir: str | None = typer.Option(None, "--output-dir", "-o"),
-    model: str | None = typer.Option(None, help="Embedded model name or HF folder."),
-    loss: str | None = typer.Option(None, help="ipo_sum (FSPO) | ipo (TRL, averaged) | dpo"),
-    beta: float | None = typer.Option(None),
-    steps: int | None = typer.Option(None, help="Preference-stage optimizer steps."),
-    sft_steps: int | None = typer.Option(None, help="SFT-stage steps (0 skips SFT)."),
-    lr: float | None = typer.Option(None),
-    sft_lr: float | None = typer.Option(None),
-    warmup_steps: int | None = typer.Option(None),
-    grad_accum: int | None = typer.Option(None, help="Episodes per optimizer step."),
-    max_minutes: float | None = typer.Option(None, help="Time budget of the preference stage."),
-    sft_max_minutes: float | None = typer.Option(None, help="Time budget of the SFT stage."),
-    budget_clock: str | None = typer.Option(None, help="wall | cpu: what the budgets count."),
-    finetune: str | None = typer.Option(None, help="lora | full"),
-    max_prompt_tokens: int | None = typer.Option(None),
-    eval_every: int | None = typer.Option(None),
-    eval_max_pairs: int | None = typer.Option(None),
-    save_every: int | None = typer.Option(None),
-    seed: int | None = typer.Option(None),
-    threads: int | None = typer.Option(None, help="torch threads (default: torch's)."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Pooled baseline: drop the shots "
                                    "from every prompt (train and eval)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over in output-dir."),
+    overrides: dict | None = None,
 ):
-    """Stage 1 SFT (chosen + rejected, completion-only) then summed-IPO/DPO; resumable."""
-    from personalign.fspo.train.config import FSPOTrainConfig
-    from personalign.fspo.train.data import load_episodes
+    """Stage 1 SFT (chosen + rejected, completion-only) then summed-IPO/DPO; resumable.
+    Every FSPOTrainConfig field is an option (see --help)."""
     from personalign.fspo.data.episodes import zero_shot_records
+    from personalign.fspo.train.data import load_episodes
     from personalign.fspo.train.trainer import FSPOTrainer, peak_rss_mb
 
     cfg = FSPOTrainConfig.from_file(config) if config else FSPOTrainConfig()
-    cfg = cfg.updated(
-        train_files=[str(p) for p in train] if train else None,
-        eval_files=[str(p) for p in eval_] if eval_ else None, output_dir=output_dir,
-        model=model, loss=loss, beta=beta, steps=steps, sft_steps=sft_steps, lr=lr,
-        sft_lr=sft_lr, warmup_steps=warmup_steps, grad_accum=grad_accum,
-        max_minutes=max_minutes, sft_max_minutes=sft_max_minutes, budget_clock=budget_clock,
-        finetune=finetune,
-        max_prompt_tokens=max_prompt_tokens, eval_every=eval_every,
-        eval_max_pairs=eval_max_pairs, save_every=save_every, seed=seed, threads=threads,
-        resume=False if no_resume else None)
+    cfg = cfg.updated(**(overrides or {}),
+                      train_files=[str(p) for p in train] if train else None,
+                      eval_files=[str(p) for p in eval_] if eval_ else None,
+                      output_dir=output_dir, resume=False if no_resume else None)
     if not cfg.train_files:
         raise ConfigError("no training episodes: pass --train FILE or set train_files")
     train_records = load_episodes(cfg.train_files)

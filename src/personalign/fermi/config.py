@@ -6,10 +6,12 @@ Defaults follow ``docs/fermi.md``; the two presets of the benchmark protocol are
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from personalign.runtime.config import Config
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.types import ScoringMethod
 
 TaskType = Literal["choice", "tag", "rating", "title"]
 
@@ -24,7 +26,7 @@ PROFILE_INSTRUCTION = ("Based on the demographic information, choose the proper 
 
 
 @dataclass
-class FermiConfig:
+class FermiConfig(Config):
     # --- optimization loop (spec step 3)
     iterations: int = 10                     # T
     num_candidates: int = 4                  # K new prompts per iteration (K separate samples)
@@ -44,7 +46,7 @@ class FermiConfig:
     tau: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TAU))
     task_type: TaskType = "choice"
     # --- task model M
-    scoring_method: Literal["letter", "text", "generate"] = "letter"
+    scoring_method: ScoringMethod = "letter"
     # --- optimizer model M_opt
     optimizer_temperature: float = 1.0
     # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
@@ -70,9 +72,6 @@ class FermiConfig:
     seed: int = 0
     preset: str = "custom"
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         positive = ("iterations", "num_candidates", "memory_size", "failure_case_cap",
                     "rop_neighbors", "max_prompt_chars", "optimizer_token_margin")
@@ -86,37 +85,12 @@ class FermiConfig:
         if self.optimizer_max_tokens is not None and self.optimizer_max_tokens < 1:
             raise ConfigError("FermiConfig.optimizer_max_tokens must be >= 1 or None (derived), "
                               f"got {self.optimizer_max_tokens}")
-        choices = {"mode": ("fermi", "opro"), "reference_entry": ("best", "worst"),
-                   "final_pool": ("last_k", "memory"),
-                   "task_type": ("choice", "tag", "rating", "title"),
-                   "scoring_method": ("letter", "text", "generate", "letter-pride",
-                                      "letter-pride-prefix", "letter-calibrated", "text-mean",
-                                      "text-char", "text-pmi"),
-                   "parse_fallback": ("whole_reply", "drop")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"FermiConfig.{name} must be one of {allowed}, "
-                                  f"got {getattr(self, name)!r}")
         if self.task_type not in self.tau:
             raise ConfigError(f"FermiConfig.tau has no value for task type {self.task_type!r}")
 
     @property
     def threshold(self) -> float:
         return float(self.tau[self.task_type])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FermiConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown FermiConfig option(s): {', '.join(sorted(unknown))}")
-        return cls(**data)
-
-    def with_options(self, **changes: Any) -> "FermiConfig":
-        return replace(self, **changes)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from personalign.runtime.config import Config
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.personalizer import FORMAT, FORMAT_VERSION, Personalizer, SharedModels
 
 
 @dataclass
-class MethodSettings:
+class MethodSettings(Config):
     """Knobs shared by the methods of one run; each method takes the ones it needs."""
 
     seed: int = 0
@@ -31,11 +32,9 @@ class MethodSettings:
     retriever: Literal["embeddings", "bm25"] = "embeddings"
     fspo_shots: int = 8
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.fewshot_k < 1 or self.fspo_shots < 0:
             raise ConfigError("fewshot_k must be >= 1 and fspo_shots >= 0")
-        if self.retriever not in ("embeddings", "bm25"):
-            raise ConfigError(f"retriever must be embeddings or bm25, got {self.retriever!r}")
 
 
 def _registry() -> dict[str, type[Personalizer]]:

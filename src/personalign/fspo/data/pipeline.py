@@ -32,12 +32,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import write_jsonl
-from personalign.fspo.data.judge import PairJob, PairwiseJudge
+from personalign.fspo.data.judge import Consistency, JudgeMethod, PairJob, PairwiseJudge
 from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
     GeneratorSpec,
@@ -52,6 +52,7 @@ from personalign.fspo.data.synthetic import (
     user_steers,
 )
 from personalign.fspo.data.users import SyntheticUser, dump_users, make_users
+from personalign.runtime.config import Config
 from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.data.validate import read_jsonl
@@ -66,8 +67,8 @@ RUN_KIND = "fspo-data synth"
 
 
 @dataclass
-class SynthConfig:
-    domain: str = "elix"
+class SynthConfig(Config):
+    domain: Literal["elix", "reviews", "roleplay"] = "elix"
     users: int = 20
     questions: int = 20              # generated questions (ignored with questions_file)
     questions_file: str | None = None
@@ -78,20 +79,15 @@ class SynthConfig:
     generators: list[str] = field(default_factory=lambda: [DEFAULT_GENERATOR])
     temperatures: list[float] = field(default_factory=lambda: [0.8])
     judge_model: str = DEFAULT_GENERATOR
-    judge_method: str = "letter"
-    consistency: str = "strict"
+    judge_method: JudgeMethod = "letter"
+    consistency: Consistency = "strict"
     max_tokens: int = 160
     refine: RefineConfig = field(default_factory=RefineConfig)
     seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SynthConfig":
-        d = dict(d)
-        d["refine"] = RefineConfig(**d.get("refine", {}))
-        return cls(**d)
+    def validate(self) -> None:
+        if len(self.temperatures) not in (1, len(self.generators)):
+            raise ConfigError("give one temperature, or one per generator")
 
     def responses_per(self, n_levels: int = 5) -> int:
         if self.views:
@@ -126,10 +122,6 @@ class SyntheticPipeline:
 
     def __init__(self, cfg: SynthConfig, llms: dict[str, Any] | None = None,
                  progress: bool = True):
-        if cfg.domain not in ("elix", "reviews", "roleplay"):
-            raise ConfigError(f"unknown domain {cfg.domain!r} (elix, reviews, roleplay)")
-        if len(cfg.temperatures) not in (1, len(cfg.generators)):
-            raise ConfigError("give one temperature, or one per generator")
         self.cfg = cfg
         self.llms = dict(llms or {})
         self.progress = progress

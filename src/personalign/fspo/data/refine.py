@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from personalign.fspo.data.judge import Judgment, PairJob, PairwiseJudge
+from personalign.runtime.config import Config
 from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.llm.types import SamplingParams
 
@@ -33,7 +34,7 @@ TRAIT_START = "They prefer"
 
 
 @dataclass
-class RefineConfig:
+class RefineConfig(Config):
     rounds: int = 1
     max_traits: int = 2
     entropy_threshold: float = 0.6

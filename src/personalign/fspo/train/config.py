@@ -7,18 +7,14 @@ result) scaled to CPU: LoRA instead of full fine-tuning and a learning rate suit
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from personalign.runtime.config import Config
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.storage import atomic_write_json
 
-LOSS_TYPES = ("ipo_sum", "ipo", "dpo")
-FINETUNE_MODES = ("lora", "full")
-OPTIMIZERS = ("rmsprop", "adamw")
 # Fields that steer a run but not what it computes: a rerun that changes only these resumes
 # (a raised time budget or step count continues from the last checkpoint).
 RUN_CONTROL_FIELDS = ("output_dir", "resume", "threads", "max_minutes", "sft_max_minutes",
@@ -26,7 +22,7 @@ RUN_CONTROL_FIELDS = ("output_dir", "resume", "threads", "max_minutes", "sft_max
 
 
 @dataclass
-class LoraSettings:
+class LoraSettings(Config):
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -35,7 +31,7 @@ class LoraSettings:
 
 
 @dataclass
-class FSPOTrainConfig:
+class FSPOTrainConfig(Config):
     """Everything one FSPO training run needs. Unknown keys in a config file are an error."""
 
     model: str = "smollm2-135m-instruct"
@@ -46,19 +42,19 @@ class FSPOTrainConfig:
     eval_users: list[str] | None = None
     output_dir: str = "runs/fspo"
 
-    finetune: str = "lora"
+    finetune: Literal["lora", "full"] = "lora"
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     # Stage 1: SFT on chosen AND rejected completions (completion-only loss). 0 skips it.
     sft_steps: int = 20
     sft_lr: float = 1e-4
     # Stage 2: preference optimization against the SFT result as reference.
-    loss: str = "ipo_sum"
+    loss: Literal["ipo_sum", "ipo", "dpo"] = "ipo_sum"
     beta: float = 0.01
     steps: int = 100
     lr: float = 1e-4
     warmup_steps: int = 10
-    optimizer: str = "rmsprop"
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     # Episodes per optimizer step (one episode = one prompt with a chosen/rejected pair).
@@ -72,7 +68,7 @@ class FSPOTrainConfig:
     sft_max_minutes: float | None = None
     max_minutes: float | None = None
     # "wall" (elapsed time) or "cpu" (this process's CPU time: comparable on a shared machine).
-    budget_clock: str = "wall"
+    budget_clock: Literal["wall", "cpu"] = "wall"
 
     eval_every: int = 25
     eval_max_pairs: int = 64
@@ -81,24 +77,11 @@ class FSPOTrainConfig:
     threads: int | None = None
     resume: bool = True
 
-    def __post_init__(self) -> None:
-        if isinstance(self.lora, dict):
-            self.lora = LoraSettings(**self.lora)
+    def validate(self) -> None:
         if isinstance(self.train_files, str):
             self.train_files = [self.train_files]
         if isinstance(self.eval_files, str):
             self.eval_files = [self.eval_files]
-        self.validate()
-
-    def validate(self) -> None:
-        if self.loss not in LOSS_TYPES:
-            raise ConfigError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
-        if self.finetune not in FINETUNE_MODES:
-            raise ConfigError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.budget_clock not in ("wall", "cpu"):
-            raise ConfigError(f"budget_clock must be 'wall' or 'cpu', got {self.budget_clock!r}")
         if self.beta <= 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
         for name in ("steps", "sft_steps", "warmup_steps", "eval_every", "save_every",
@@ -109,46 +92,6 @@ class FSPOTrainConfig:
             raise ConfigError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.max_prompt_tokens < 16 or self.max_completion_tokens < 1:
             raise ConfigError("max_prompt_tokens must be >= 16 and max_completion_tokens >= 1")
-
-    # ---- files -------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> FSPOTrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
-        try:
-            return cls(**data)
-        except TypeError as e:
-            raise ConfigError(f"{source}: {e}") from None
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> FSPOTrainConfig:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        import yaml
-
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot parse: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        return cls.from_dict(data, source=str(path))
-
-    def updated(self, **overrides: Any) -> FSPOTrainConfig:
-        """A copy with the given (non-None) fields replaced."""
-        data = self.to_dict()
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return FSPOTrainConfig.from_dict(data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def result_fields(self) -> dict[str, Any]:
         """The fields the trained model depends on: all but the run-control ones."""

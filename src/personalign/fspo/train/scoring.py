@@ -98,13 +98,13 @@ def completion_token_logps(model, prompt_ids: list[int], completion_ids: list[li
     else:
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
         head = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        last_logits, cache = head.logits[:, -1:, :], head.past_key_values
+        last_logits, cache = head.logits[:, -1:, :], head.cache
     # The last prompt position predicts every completion's first token.
     first_logits = last_logits.expand(k, 1, -1)
     if width > 1:
         cache.batch_repeat_interleave(k)
         attention = torch.cat([torch.ones((k, len(prompt_ids)), device=device), mask], dim=1)
-        tail = model(input_ids=tokens[:, :-1], past_key_values=cache,
+        tail = model(input_ids=tokens[:, :-1], cache=cache,
                      attention_mask=attention[:, :-1].long(), use_cache=True)
         logits = torch.cat([first_logits, tail.logits], dim=1)
     else:

@@ -52,11 +52,11 @@ class PromptCache:
         device = next(model.parameters()).device
         cache, shared = self._reusable(key, prompt_ids)
         new = torch.tensor([list(prompt_ids[shared:])], dtype=torch.long, device=device)
-        out = model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self._last[key] = (list(prompt_ids), copy.deepcopy(out.past_key_values))
+        out = model(input_ids=new, cache=cache, use_cache=True, logits_to_keep=1)
+        self._last[key] = (list(prompt_ids), copy.deepcopy(out.cache))
         self.reused_tokens += shared
         self.run_tokens += len(prompt_ids) - shared
-        return out.logits[:, -1:, :], out.past_key_values
+        return out.logits[:, -1:, :], out.cache
 
     def clear(self) -> None:
         self._last.clear()

@@ -178,7 +178,7 @@ class TransformersLLM(LLM):
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(seqs))
         out = self.model.get_decoder()(input_ids=ids, attention_mask=mask,
-                                       past_key_values=cache, use_cache=cache is not None)
+                                       cache=cache, use_cache=cache is not None)
         return out.last_hidden_state
 
     def _batches(self, rows: Sequence[Row]):
@@ -384,7 +384,7 @@ class TransformersLLM(LLM):
                 cache.batch_select_indices(index)
                 picked = picked[index]
                 alive = [alive[k] for k in keep]
-            logits = self.model(input_ids=picked[:, None], past_key_values=cache,
+            logits = self.model(input_ids=picked[:, None], cache=cache,
                                 use_cache=True, logits_to_keep=1).logits[:, -1, :]
         return rows
 
