@@ -1,9 +1,11 @@
 """The benchmark: protocol splits, one report for every method, resume and input changes."""
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from personalign.bench.runner import BenchConfig, run_benchmark, select_users, split_user
@@ -130,3 +132,24 @@ def test_dev_users_split():
     for s in splits:
         assert len(s.train.opinions) == 20 and 5 <= len(s.test) <= 30
         assert all("Refused" not in q.options for q in s.train.opinions + s.test)
+
+
+@pytest.mark.real_model
+def test_benchmark_on_real_models(tmp_path, gemma, embedder):
+    """Two sample users, two cheap methods, the embedded Gemma and MiniLM: one report."""
+    from personalign.runtime.data.sample import load_sample_users
+
+    users = load_sample_users()[:2]
+    cfg = BenchConfig(data="sample", out=str(tmp_path / "run"), users=None,
+                      methods=["vanilla", "fewshot"])
+    models = SharedModels.of(gemma, None, embedder)
+    res = run_benchmark(cfg, users, models=models, progress=False)
+    rows = [json.loads(x) for x in (res.out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 12  # users x methods x test questions
+    assert all(math.isclose(float(np.logaddexp.reduce(r["logprobs"])), 0, abs_tol=1e-4)
+               for r in rows)
+    fewshot = next(r for r in res.summary["per_method"] if r["method"] == "fewshot")
+    assert 0.0 <= fewshot["accuracy"] <= 1.0 and fewshot["users"] == 2
+    # few-shot shows the model the user's answers: some answers differ from vanilla's
+    assert fewshot["differs_from_vanilla"] > 0
+    assert gemma.usage.by_phase["fewshot/predict"].scored_items == 24
