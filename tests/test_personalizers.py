@@ -18,7 +18,7 @@ from personalign.runtime.personalizer import SharedModels
 from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
 
 FAKE_SPECS = ["random", "vanilla", "profile", "fewshot", "fewshot:bm25", "opro", "fermi_norop",
-              "fermi"]
+              "fermi", "fermi+fewshot"]
 REAL_SPECS = ["fspo:base", "pooled:base", "oracle"]
 
 

@@ -12,11 +12,15 @@ from typing import Any, Sequence
 
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
+from personalign.fermi.baselines import answered_block, retrieve
 from personalign.fermi.optimizer import Fermi
-from personalign.methods.prompting import check_questions, check_user
+from personalign.fermi.tasks import question_block
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError
-from personalign.runtime.personalizer import Answer, Personalizer, SharedModels
+from personalign.runtime.llm.types import ChoiceItem
+from personalign.runtime.personalizer import (
+    Answer, Personalizer, SharedModels, check_questions, check_user,
+)
 
 
 class FermiPersonalizer(Personalizer):
@@ -44,7 +48,7 @@ class FermiPersonalizer(Personalizer):
 
     def fit(self, user: User) -> "FermiPersonalizer":
         user = check_user(user, min_opinions=2)
-        self.estimator = self._estimator().fit(user)
+        self.estimator = self._estimator().fit(user, progress=True)
         self.user_id = user.user_id
         return self
 
@@ -88,3 +92,55 @@ class FermiNoRoP(FermiPersonalizer):
 class OPRO(FermiPersonalizer):
     name, label = "opro", "OPRO"
     mode, use_rop = "opro", False
+
+
+class FermiFewShot(FermiPersonalizer):
+    """Beyond the paper: the RoP-selected prompt followed by the k past opinions most similar
+    to the question, shown as the few-shot baseline shows them (what a product would run)."""
+
+    name, label = "fermi+fewshot", "Fermi + few-shot"
+
+    def __init__(self, models: SharedModels, config: dict[str, Any] | None = None, k: int = 3):
+        super().__init__(models, config)
+        self.k = k
+        self.opinions: list[Opinion] = []
+
+    @classmethod
+    def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FermiFewShot":
+        method = super().from_spec(models, arg, settings)
+        method.k = settings.fewshot_k
+        return method
+
+    def fit(self, user: User) -> "FermiFewShot":
+        super().fit(user)
+        self.opinions = list(user.opinions)
+        return self
+
+    def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
+        self._require_fitted()
+        questions = check_questions(questions)
+        picks = self.estimator.select(questions, use_rop=True)
+        shown = retrieve(self.opinions, questions, self.k, "embeddings", self.models.embedding)
+        items = []
+        for q, p, idx in zip(questions, picks, shown):
+            blocks = [answered_block(self.opinions[i]) for i in reversed(idx)]
+            prefix = "\n\n".join([self.estimator.pool[p].prompt, *blocks]) + "\n\n"
+            items.append(ChoiceItem(prefix=prefix, prompt=question_block(q.question, q.options),
+                                    options=tuple(q.options)))
+        llm = self.models.task_llm
+        with llm.phase(f"{self.name}/predict"):
+            results = llm.score_choices(items, method=self.models.scoring)
+        return [Answer(r.choice, r.logprobs, prompt=self.estimator.pool[p].prompt,
+                       shots=[self.opinions[i].qid or self.opinions[i].question for i in idx],
+                       prompt_index=p) for r, p, idx in zip(results, picks, shown)]
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "k": self.k}
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "opinions": [o.to_dict() for o in self.opinions]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.opinions = [Opinion.from_dict(o) for o in state.pop("opinions")]
+        super().set_state(state)

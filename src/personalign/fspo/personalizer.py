@@ -19,13 +19,14 @@ from personalign.fspo.data.episodes import select_shots
 from personalign.fspo.data.opinionqa_prefs import opinion_pair, opinion_prompt
 from personalign.fspo.data.serialization import Shot, serialize_prompt
 from personalign.fspo.train.model import model_files
-from personalign.methods.prompting import check_questions, check_user
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, PreferencePair, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
-from personalign.runtime.personalizer import Answer, Personalizer, SharedModels
+from personalign.runtime.personalizer import (
+    Answer, Personalizer, SharedModels, check_questions, check_user,
+)
 
 RESPONSE_HEADER = "## Preferred Response\n"
 

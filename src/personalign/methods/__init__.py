@@ -38,12 +38,12 @@ class MethodSettings(Config):
 
 
 def _registry() -> dict[str, type[Personalizer]]:
-    from personalign.fermi.personalizer import FermiNoRoP, FermiPersonalizer, OPRO
+    from personalign.fermi.personalizer import FermiFewShot, FermiNoRoP, FermiPersonalizer, OPRO
     from personalign.fspo.personalizer import FSPO, Oracle, Pooled
     from personalign.methods.prompting import FewShot, Profile, RandomChoice, Vanilla
 
     classes = (RandomChoice, Vanilla, Profile, FewShot, OPRO, FermiNoRoP, FermiPersonalizer,
-               FSPO, Pooled, Oracle)
+               FermiFewShot, FSPO, Pooled, Oracle)
     return {c.name: c for c in classes}
 
 

@@ -13,32 +13,11 @@ from personalign.fermi.baselines import (
 from personalign.fermi.optimizer import choice_item
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.types import ChoiceItem
-from personalign.runtime.personalizer import Answer, Personalizer, SharedModels
-
-
-def check_questions(questions: Sequence[Any]) -> list[Opinion]:
-    """Questions as opinions; anything else is the caller's data error."""
-    out = []
-    for i, q in enumerate(questions):
-        if not isinstance(q, Opinion):
-            raise DataError(f"question {i} is a {type(q).__name__}, not an Opinion",
-                            field="questions")
-        if len(q.options) < 2:
-            raise DataError(f"question {i} has {len(q.options)} option(s); at least 2 needed",
-                            field="options")
-        out.append(q)
-    return out
-
-
-def check_user(user: Any, min_opinions: int = 0) -> User:
-    if not isinstance(user, User):
-        raise DataError(f"fit takes a User, got {type(user).__name__}", field="user")
-    if len(user.opinions) < min_opinions:
-        raise DataError(f"user {user.user_id!r} has {len(user.opinions)} opinions; this method "
-                        f"needs at least {min_opinions}", field="opinions")
-    return user
+from personalign.runtime.personalizer import (
+    Answer, Personalizer, SharedModels, check_questions, check_user,
+)
 
 
 class NoArgument:

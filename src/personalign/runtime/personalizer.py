@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Sequence
 
 from personalign.runtime import models as embedded
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import Message, ScoringMethod
 from personalign.runtime.storage import atomic_write_json
@@ -203,3 +203,26 @@ def _last_user_text(messages: Sequence[Message]) -> str:
             content = m.get("content")
             return content if isinstance(content, str) else ""
     return ""
+
+
+def check_questions(questions: Sequence[Any]) -> list[Opinion]:
+    """Questions as opinions; anything else is the caller's data error."""
+    out = []
+    for i, q in enumerate(questions):
+        if not isinstance(q, Opinion):
+            raise DataError(f"question {i} is a {type(q).__name__}, not an Opinion",
+                            field="questions")
+        if len(q.options) < 2:
+            raise DataError(f"question {i} has {len(q.options)} option(s); at least 2 needed",
+                            field="options")
+        out.append(q)
+    return out
+
+
+def check_user(user: Any, min_opinions: int = 0) -> User:
+    if not isinstance(user, User):
+        raise DataError(f"fit takes a User, got {type(user).__name__}", field="user")
+    if len(user.opinions) < min_opinions:
+        raise DataError(f"user {user.user_id!r} has {len(user.opinions)} opinions; this method "
+                        f"needs at least {min_opinions}", field="opinions")
+    return user
