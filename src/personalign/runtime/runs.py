@@ -103,9 +103,6 @@ class RunFolder:
     def unit_path(self, unit: str) -> Path:
         return self.path / UNITS / f"{safe_filename(unit)}.json"
 
-    def has(self, unit: str) -> bool:
-        return self.unit_path(unit).exists()
-
     def save(self, unit: str, record: dict[str, Any], inputs: Any = None) -> Path:
         """Store a finished unit with the digest of the inputs it was computed from."""
         return atomic_write_json(self.unit_path(unit), {
