@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable
 
 from personalign.runtime import settings
 from personalign.runtime.errors import ModelError
+from personalign.runtime.storage import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,13 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
-    (tmp / "personalign.json").write_text(json.dumps(
-        {"source": str(gguf), "size_bytes": gguf.stat().st_size, "prepared_at": time.time()}))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_folder(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        (tmp / "personalign.json").write_text(json.dumps(
+            {"source": str(gguf), "size_bytes": gguf.stat().st_size, "prepared_at": time.time()}))
 
 
 def prepare(name: str, *, force: bool = False) -> Path:

@@ -1,12 +1,14 @@
-"""Writing files so that a crash never leaves one half-written (tmp file + rename)."""
+"""Writing files and folders so that a crash never leaves one half-written (tmp + rename)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -41,3 +43,20 @@ def safe_filename(name: str) -> str:
     if safe != name or safe.startswith("."):
         safe = f"{safe.lstrip('.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
     return safe
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Fill a temporary sibling folder, then swap it in for ``path``: a crash leaves the old
+    folder (or none), never a half-written one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)

@@ -48,6 +48,7 @@ from personalign.fspo.train.scoring import EncodedExample, completion_token_logp
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.runs import RunFolder, digest, model_identity
 from personalign.runtime.settings import configure_threads
+from personalign.runtime.storage import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -279,16 +280,12 @@ class FSPOTrainer:
     def _save_checkpoint(self, stage: str, step: int, opt, sched, elapsed: float,
                          cpu: float = 0.0) -> None:
         target = self.out / "checkpoints" / f"{stage}-{step:06d}"
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self._save_weights(tmp)
-        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "elapsed_s": elapsed, "cpu_s": cpu, "torch_rng": torch.get_rng_state()},
-                   tmp / "trainer_state.pt")
-        (tmp / COMPLETE).write_text("")
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+        with atomic_folder(target) as tmp:
+            self._save_weights(tmp)
+            torch.save({"step": step, "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "elapsed_s": elapsed, "cpu_s": cpu,
+                        "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+            (tmp / COMPLETE).write_text("")
         done = sorted(p for p in target.parent.glob(f"{stage}-*") if p.suffix != ".tmp")
         for old in done[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
@@ -383,35 +380,31 @@ class FSPOTrainer:
         self._log(summary)
 
     def _save_stage_result(self, folder: Path, stage: str) -> None:
-        """``sft/`` or ``final/``: a folder PersonalizedModel.load reads."""
+        """``sft/`` or ``final/``: a model folder (``fspo.train.model``) any method loads."""
         cfg = self.config
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if cfg.finetune == "lora":
-            self.model.save_pretrained(tmp / "adapter")
-            sft_adapter = None
-            if stage == "pref" and cfg.sft_steps > 0:
-                shutil.copytree(self.out / "sft" / "adapter", tmp / "sft_adapter")
-                sft_adapter = "sft_adapter"
-            write_manifest(tmp, finetune="lora", base=cfg.model, sft_adapter=sft_adapter,
-                           adapter="adapter", stage=stage, variant=self._variant())
-        else:
-            self._save_weights(tmp)
-            fields: dict[str, Any] = {}
-            if stage == "pref":
-                # The reference is the SFT result already on disk, or the base model.
-                if cfg.sft_steps > 0:
-                    fields["reference"] = "../sft/model"
-                else:
-                    fields["reference_model"] = cfg.model
-            write_manifest(tmp, finetune="full", model="model", stage=stage,
-                           variant=self._variant(), **fields)
-            if stage == "sft":
-                self._sft_in_memory = True
-        (tmp / COMPLETE).write_text("")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        with atomic_folder(folder) as tmp:
+            if cfg.finetune == "lora":
+                self.model.save_pretrained(tmp / "adapter")
+                sft_adapter = None
+                if stage == "pref" and cfg.sft_steps > 0:
+                    shutil.copytree(self.out / "sft" / "adapter", tmp / "sft_adapter")
+                    sft_adapter = "sft_adapter"
+                write_manifest(tmp, finetune="lora", base=cfg.model, sft_adapter=sft_adapter,
+                               adapter="adapter", stage=stage, variant=self._variant())
+            else:
+                self._save_weights(tmp)
+                fields: dict[str, Any] = {}
+                if stage == "pref":
+                    # The reference is the SFT result already on disk, or the base model.
+                    if cfg.sft_steps > 0:
+                        fields["reference"] = "../sft/model"
+                    else:
+                        fields["reference_model"] = cfg.model
+                write_manifest(tmp, finetune="full", model="model", stage=stage,
+                               variant=self._variant(), **fields)
+                if stage == "sft":
+                    self._sft_in_memory = True
+            (tmp / COMPLETE).write_text("")
 
     def _variant(self) -> str:
         """The episodes' serialization variant (the data side records it in meta)."""
