@@ -17,11 +17,13 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from tqdm.auto import tqdm
 
-from personalign.methods import DEFAULT_METHODS, MethodSettings, build, method_class, split_spec
+from personalign.methods import (
+    DEFAULT_METHODS, MethodSettings, build, label, method_class, split_spec,
+)
 from personalign.runtime.data.opinionqa import load_opinionqa
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.config import Config
@@ -165,8 +167,7 @@ class BenchResult:
 
 
 def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
-                  models: SharedModels | None = None, progress: bool = True,
-                  on_unit: Callable[[str, str], None] | None = None) -> BenchResult:
+                  models: SharedModels | None = None, progress: bool = True) -> BenchResult:
     """Run (or resume) the benchmark and write its report folder. ``models``, when given,
     replace the config's model names (tests, notebooks)."""
     from personalign.bench.report import sum_usage, write_report
@@ -177,11 +178,9 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     if not splits:
         raise ConfigError(f"no user in {cfg.data} has {cfg.min_opinions} or more opinions")
     models = models or cfg.shared_models()
-    labels = {spec: method_class(split_spec(spec)[0]).label
-              + (f" ({split_spec(spec)[1]})" if split_spec(spec)[1] else "")
-              for spec in cfg.methods}
     for spec in cfg.methods:  # a bad method argument fails before any work
         build(spec, models, cfg.settings)
+    identities = {spec: method_inputs(spec) for spec in cfg.methods}
     run = RunFolder.open(cfg.out, kind=f"bench {cfg.protocol}", inputs=cfg.run_inputs(models),
                          force=cfg.force)
     wall = time.time()
@@ -191,15 +190,13 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     for split in splits:
         per_method = {}
         for spec in cfg.methods:
-            unit, inputs = f"{split.user_id}/{spec}", [split.rows(), method_inputs(spec)]
+            unit, inputs = f"{split.user_id}/{spec}", [split.rows(), identities[spec]]
             result = run.load(unit, inputs)
             if result is None:
                 bar.set_postfix(user=split.user_id, method=spec)
                 result = run_method(spec, split, models, cfg.settings)
                 run.save(unit, result, inputs)
                 ran += 1
-                if on_unit:
-                    on_unit(split.user_id, spec)
             per_method[spec] = result
             bar.update(1)
         records.append({
@@ -211,7 +208,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             "wall_s": round(sum(r["seconds"] for r in per_method.values()), 2)})
     bar.close()
     meta = {"protocol": cfg.protocol, "data": cfg.data,
-            "methods": [{"spec": s, "label": labels[s]} for s in cfg.methods],
+            "methods": [{"spec": s, "label": label(s)} for s in cfg.methods],
             "models": models.identity(), "settings": asdict(cfg.settings), "seed": cfg.seed,
             "split": {"n_shots": cfg.n_shots, "n_test": cfg.n_test,
                       "min_opinions": cfg.min_opinions,

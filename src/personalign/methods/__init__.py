@@ -67,6 +67,12 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return name, (arg if sep else None)
 
 
+def label(spec: str) -> str:
+    """What reports call the method of ``spec`` ("FSPO (runs/x)")."""
+    name, arg = split_spec(spec)
+    return method_class(name).label + (f" ({arg})" if arg else "")
+
+
 def parse_specs(text: str) -> list[str]:
     """Method specs from a comma list (``all``: :data:`DEFAULT_METHODS`), checked by name."""
     specs = [s.strip() for s in text.split(",") if s.strip()]
