@@ -50,6 +50,10 @@ def sum_usage(items: Sequence[dict]) -> dict:
     return total
 
 
+def _write_csv(path: Path, frame: pd.DataFrame, index: bool = False) -> None:
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=index))
+
+
 def _pct(x: float) -> str:
     return "-" if x != x else f"{100 * x:.1f}"
 
@@ -96,7 +100,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
     shown = accuracy.map(_pct).rename(columns=labels)
     shown.insert(0, "test questions", [r["n_test"] for r in records])
     shown = shown.reset_index().rename(columns={"index": "user_id"})
-    accuracy.to_csv(out / "per_user.csv")
+    _write_csv(out / "per_user.csv", accuracy, index=True)
     atomic_write_text(out / "per_user.md", markdown(shown) + "\n")
 
     # per method
@@ -124,7 +128,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         row["collapsed_users"] = collapsed[spec]
         table.append(row)
     per_method = pd.DataFrame(table)
-    per_method.to_csv(out / "per_method.csv", index=False)
+    _write_csv(out / "per_method.csv", per_method)
     gold_letter, gold_share = _top_share(frame.drop_duplicates(["user_id", "qid"])["answer"]
                                          .tolist() if len(frame) else [])
     md_rows = []
@@ -159,7 +163,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
                            "users": len(complete)})
     paired_df = pd.DataFrame(paired, columns=["method", "baseline", "diff", "ci_low",
                                               "ci_high", "significant", "users"])
-    paired_df.to_csv(out / "paired.csv", index=False)
+    _write_csv(out / "paired.csv", paired_df)
     md_paired = markdown(pd.DataFrame([{
         "Method": labels[p["method"]], "minus": labels[p["baseline"]],
         "Diff (points)": f"{100 * p['diff']:+.1f}",
