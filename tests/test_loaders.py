@@ -282,7 +282,8 @@ def test_lamp_unknown_task_and_missing_gold(tmp_path):
     raises_at(lambda: load_lamp(q, o), path=o, field="task")
     q, o = _lamp_copy(tmp_path, "lamp2")
     _edit_json(o, lambda d: d["golds"].pop())
-    raises_at(lambda: load_lamp(q, o), path=o, match="no gold output")
+    # Named at the question whose id has no gold (the outputs file has no line for it).
+    raises_at(lambda: load_lamp(q, o), path=q, line=23, field="[1].id", match="no gold output")
 
 
 # ----------------------------------------------------------------------------- preferences

@@ -34,10 +34,10 @@ def detect_format(path: Path) -> Format:
     if path.suffix == ".json" and "questions" in path.name:
         return Format.lamp
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no key
             first = next((line for line in f if line.strip()), "")
         keys = set(json.loads(first)) if first.strip().startswith("{") else set()
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # ValueError: bad UTF-8 or JSON
         keys = set()  # the loader reports the problem with its line
     if {"chosen", "rejected"} & keys:
         return Format.preferences

@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from personalign.runtime.errors import PersonalignError
 
@@ -38,11 +39,13 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The ``personalign`` entry point (``args`` default to the command line)."""
     try:
-        app(standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except PersonalignError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        # One line however long the path (soft_wrap), and data text is never rich markup.
+        err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: finished work is saved; run again to resume")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import math
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.data.validate import read_text
+from personalign.runtime.data.validate import (finite_number, read_text, require_options,
+                                               require_records)
 from personalign.runtime.errors import DataError
 
 COLUMNS = ("question", "selections", "options", "source")
@@ -30,7 +30,8 @@ _NAN = re.compile(r"\bnan\b")
 def _literal(text: str, path: Path, line: int, field: str) -> Any:
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+    # TypeError: an unhashable dict key or set member, e.g. {[1]: 2}.
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
         reason = e.msg if isinstance(e, SyntaxError) else str(e)
         raise DataError(f"malformed literal: {reason}", path=str(path), line=line,
                         field=field) from None
@@ -55,13 +56,11 @@ def parse_selections(text: str, path: Path, line: int) -> dict[str, list[float]]
                             field=field)
         clean = []
         for s in shares:
-            if s is None:
-                s = 0.0
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0 \
-                    or math.isnan(s) or math.isinf(s):
+            share = 0.0 if s is None else finite_number(s)
+            if share is None or share < 0:
                 raise DataError(f"share {s!r} is not a non-negative number", path=str(path),
                                 line=line, field=field)
-            clean.append(float(s))
+            clean.append(share)
         out[country.strip()] = clean
     return out
 
@@ -80,7 +79,17 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
             yield start, row
             start = reader.line_num + 1
     except csv.Error as e:
-        raise DataError(f"malformed CSV: {e}", path=str(path), line=reader.line_num) from None
+        # reader.line_num can lag behind (an oversized cell fails before its line is counted).
+        raise DataError(f"malformed CSV in the record starting here: {e}", path=str(path),
+                        line=start) from None
+
+
+def _scale_points_as_text(options: Any) -> Any:
+    """WVS questions list their middle scale points as numbers (``['Not at all', 2.0, ...]``):
+    those become option texts as written; anything else is left for the options check."""
+    if not isinstance(options, (list, tuple)):
+        return options
+    return [str(o) if finite_number(o) is not None else o for o in options]
 
 
 def load_globalopinionqa(path: str | Path, *, countries: list[str] | None = None,
@@ -98,13 +107,8 @@ def load_globalopinionqa(path: str | Path, *, countries: list[str] | None = None
                 raise DataError("missing", path=str(path), line=line, field=col)
         question = row["question"].strip()
         source = (row.get("source") or "").strip()
-        options = _literal(row["options"], path, line, "options")
-        if not isinstance(options, (list, tuple)):
-            raise DataError(f"expected a list, got {type(options).__name__}", path=str(path),
-                            line=line, field="options")
-        if not options:
-            raise DataError("options is empty", path=str(path), line=line, field="options")
-        options = tuple(str(o) for o in options)
+        options = require_options(_scale_points_as_text(
+            _literal(row["options"], path, line, "options")), path, line, "options")
         key = (question, options, source)
         if key in seen:
             raise DataError(f"duplicate question (first on line {seen[key]})", path=str(path),
@@ -125,5 +129,6 @@ def load_globalopinionqa(path: str | Path, *, countries: list[str] | None = None
                 question=question, options=options, answer=majority,
                 qid=f"goqa_{line}", topic=source or None,
                 ordinal=None, distribution=tuple(shares)))
+    require_records(len(seen), path, "questions")
     return [User(user_id=country, profile={"COUNTRY": country}, opinions=tuple(ops))
             for country, ops in per_country.items() if len(ops) >= min_opinions]

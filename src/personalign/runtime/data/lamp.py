@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.data.validate import read_text
+from personalign.runtime.data.validate import (parse_json, read_text, require_object,
+                                               require_options, require_records)
 from personalign.runtime.errors import DataError
 
 TASKS = ("LaMP-2", "LaMP-3", "LaMP-5")
@@ -95,37 +96,58 @@ def normalize_task(name: str) -> str:
     return task
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> tuple[Any, str]:
+    """The parsed document and its text (for locating records in error messages)."""
     text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", path=str(path),
-                        line=e.lineno) from None
+    return parse_json(text, path), text
 
 
-def _line_index(path: Path, ids: list[str]) -> dict[str, int]:
-    """Best-effort 1-based line of each id's first ``"id": "..."`` occurrence, for messages."""
-    lines: dict[str, int] = {}
-    pattern = re.compile(r'"id"\s*:\s*"?([^",}\s]+)')
-    for number, text in enumerate(read_text(path).splitlines(), start=1):
-        for m in pattern.finditer(text):
-            lines.setdefault(m.group(1), number)
-    return {i: lines.get(i) for i in ids}
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _array_item_offsets(text: str, start: int) -> list[int]:
+    """Where each item of the (already parsed, so valid) JSON array at ``start`` begins."""
+    decoder, offsets = json.JSONDecoder(), []
+    i = _WHITESPACE.match(text, start + 1).end()
+    while text[i] != "]":
+        offsets.append(i)
+        _, i = decoder.raw_decode(text, i)
+        i = _WHITESPACE.match(text, i).end()
+        if text[i] == ",":
+            i = _WHITESPACE.match(text, i + 1).end()
+    return offsets
+
+
+def _member_offsets(text: str, start: int) -> dict[str, int]:
+    """Where each member's value begins in the (valid) JSON object at ``start``."""
+    decoder, offsets = json.JSONDecoder(), {}
+    i = _WHITESPACE.match(text, start + 1).end()
+    while text[i] != "}":
+        key, i = decoder.raw_decode(text, i)
+        i = _WHITESPACE.match(text, _WHITESPACE.match(text, i).end() + 1).end()  # past ':'
+        offsets[key] = i
+        _, i = decoder.raw_decode(text, i)
+        i = _WHITESPACE.match(text, i).end()
+        if text[i] == ",":
+            i = _WHITESPACE.match(text, i + 1).end()
+    return offsets
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
 
 
 def _need(obj: Any, key: str, where: str, path: Path, line: int | None,
           kind: type | tuple[type, ...] = str) -> Any:
-    if not isinstance(obj, dict):
-        raise DataError(f"expected an object, got {type(obj).__name__}", path=str(path),
-                        line=line, field=where)
+    # Like validate.require, but an empty text is kept (a LaMP profile item may have none).
+    require_object(obj, path, line, where)
+    field = f"{where}.{key}".lstrip(".")
     if key not in obj or obj[key] is None:
-        raise DataError("missing", path=str(path), line=line, field=f"{where}.{key}".lstrip("."))
+        raise DataError("missing", path=str(path), line=line, field=field)
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, kind):
         raise DataError(f"expected {getattr(kind, '__name__', kind)}, got "
-                        f"{type(value).__name__}", path=str(path), line=line,
-                        field=f"{where}.{key}".lstrip("."))
+                        f"{type(value).__name__}", path=str(path), line=line, field=field)
     return value
 
 
@@ -153,61 +175,68 @@ def _label(task: str, value: Any) -> str:
     return text
 
 
+def _read_golds(opath: Path, task: str | None) -> tuple[str, dict[str, tuple[str, int]]]:
+    """The task name and ``{id: (gold label, line)}`` of an outputs file."""
+    out_doc, text = _read_json(opath)
+    if not isinstance(out_doc, dict):
+        raise DataError("expected an object with 'task' and 'golds'", path=str(opath), line=1)
+    members = _member_offsets(text, _WHITESPACE.match(text).end())
+    task_line = _line_of(text, members["task"]) if "task" in members else 1
+    task_name = task or _need(out_doc, "task", "", opath, task_line)
+    try:
+        task_name = normalize_task(task_name)
+    except ValueError as e:
+        raise DataError(str(e), path=str(opath), line=task_line, field="task") from None
+    golds_line = _line_of(text, members["golds"]) if "golds" in members else 1
+    golds_raw = _need(out_doc, "golds", "", opath, golds_line, list)
+    golds: dict[str, tuple[str, int]] = {}
+    for i, offset in enumerate(_array_item_offsets(text, members["golds"])):
+        g, line = golds_raw[i], _line_of(text, offset)
+        gid = str(_need(g, "id", f"golds[{i}]", opath, line, (str, int)))
+        out = _need(g, "output", f"golds[{i}]", opath, line, (str, int, float))
+        if gid in golds:
+            raise DataError(f"duplicate id {gid!r}", path=str(opath), line=line,
+                            field=f"golds[{i}].id")
+        label = _label(task_name, out)
+        if not label.strip():
+            raise DataError("empty gold output", path=str(opath), line=line,
+                            field=f"golds[{i}].output")
+        golds[gid] = (label, line)
+    return task_name, golds
+
+
 def load_lamp(questions: str | Path, outputs: str | Path | None = None, *,
               task: str | None = None) -> list[LampExample]:
     """Examples of one LaMP split; ``outputs`` defaults to the sibling ``*outputs*.json``."""
     qpath = Path(questions)
     opath = Path(outputs) if outputs else _sibling_outputs(qpath)
-    out_doc = _read_json(opath)
-    if not isinstance(out_doc, dict):
-        raise DataError("expected an object with 'task' and 'golds'", path=str(opath), line=1)
-    task_name = task or _need(out_doc, "task", "", opath, 1)
-    try:
-        task_name = normalize_task(task_name)
-    except ValueError as e:
-        raise DataError(str(e), path=str(opath), field="task") from None
-    golds_raw = _need(out_doc, "golds", "", opath, 1, list)
-    gold_lines = _line_index(opath, [str(g.get("id")) for g in golds_raw if isinstance(g, dict)])
-    golds: dict[str, str] = {}
-    for i, g in enumerate(golds_raw):
-        gid = str(_need(g, "id", f"golds[{i}]", opath, None, (str, int)))
-        line = gold_lines.get(gid)
-        out = _need(g, "output", f"golds[{i}]", opath, line, (str, int, float))
-        if gid in golds:
-            raise DataError(f"duplicate id {gid!r}", path=str(opath), line=line,
-                            field=f"golds[{i}].id")
-        golds[gid] = _label(task_name, out)
-
-    doc = _read_json(qpath)
+    task_name, golds = _read_golds(opath, task)
+    doc, text = _read_json(qpath)
     if not isinstance(doc, list):
         raise DataError("expected a JSON list of questions", path=str(qpath), line=1)
-    lines = _line_index(qpath, [str(q.get("id")) for q in doc if isinstance(q, dict)])
+    require_records(len(doc), qpath, "questions")
     text_key, label_key = PROFILE_FIELDS[task_name]
     examples: list[LampExample] = []
     seen: set[str] = set()
-    for i, q in enumerate(doc):
-        where = f"[{i}]"
-        qid = str(_need(q, "id", where, qpath, None, (str, int)))
-        line = lines.get(qid)
+    for i, offset in enumerate(_array_item_offsets(text, _WHITESPACE.match(text).end())):
+        q, where, line = doc[i], f"[{i}]", _line_of(text, offset)
+        qid = str(_need(q, "id", where, qpath, line, (str, int)))
         if qid in seen:
             raise DataError(f"duplicate id {qid!r}", path=str(qpath), line=line,
                             field=f"{where}.id")
         seen.add(qid)
-        text = _need(q, "input", where, qpath, line)
+        text_in = _need(q, "input", where, qpath, line)
         profile = _need(q, "profile", where, qpath, line, list)
-        options = _options(task_name, text)
-        if task_name == "LaMP-2" and not options:
-            raise DataError("options is empty: no 'tags: [...]' list in the input",
-                            path=str(qpath), line=line, field=f"{where}.input")
+        options = _options(task_name, text_in)
+        if task_name == "LaMP-2":
+            require_options(options, qpath, line, f"{where}.input")
         if qid not in golds:
-            raise DataError(f"no gold output for id {qid!r}", path=str(opath), field="golds")
-        gold = golds[qid]
+            raise DataError(f"no gold output for id {qid!r} in {opath.name}", path=str(qpath),
+                            line=line, field=f"{where}.id")
+        gold, gold_line = golds[qid]
         if options and gold not in options:
             raise DataError(f"gold {gold!r} is not one of the {len(options)} options "
-                            "(answer out of range)", path=str(opath),
-                            line=gold_lines.get(qid), field="output")
-        if not gold.strip():
-            raise DataError("empty gold output", path=str(opath), line=gold_lines.get(qid),
+                            "(answer out of range)", path=str(opath), line=gold_line,
                             field="output")
         items = []
         for j, p in enumerate(profile):
@@ -219,12 +248,12 @@ def load_lamp(questions: str | Path, outputs: str | Path | None = None, *,
                                 "(answer out of range)", path=str(qpath), line=line,
                                 field=f"{pwhere}.{label_key}")
             items.append({**p, label_key: label})
-        examples.append(LampExample(task=task_name, user_id=qid, input=text,
+        examples.append(LampExample(task=task_name, user_id=qid, input=text_in,
                                     profile=tuple(items), gold=gold, options=options))
-    extra = set(golds) - seen
+    extra = sorted(set(golds) - seen, key=lambda gid: golds[gid][1])
     if extra:
-        raise DataError(f"{len(extra)} gold id(s) have no question, e.g. {sorted(extra)[0]!r}",
-                        path=str(opath), field="golds")
+        raise DataError(f"{len(extra)} gold id(s) have no question in {qpath.name}, e.g. "
+                        f"{extra[0]!r}", path=str(opath), line=golds[extra[0]][1], field="golds")
     return examples
 
 

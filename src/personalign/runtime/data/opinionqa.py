@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Iterable
 
 from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.data.validate import (finite_number, optional, read_jsonl, require,
+                                               require_object, require_options,
+                                               require_records)
 from personalign.runtime.errors import DataError
-from personalign.runtime.data.validate import read_jsonl, require
 
 # The 12 OpinionQA demographic fields, in the order the profile prompt lists them.
 PROFILE_FIELDS = {
@@ -17,30 +19,79 @@ PROFILE_FIELDS = {
     "POLPARTY": "Political party", "RACE": "Race", "RELIG": "Religion",
     "RELIGATTEND": "Frequency of religious attendance", "SEX": "Sex",
 }
+# The option OpinionQA keeps in some lists but never as an answer; dropped on load.
+REFUSED = "Refused"
 
 
-def _opinion(raw: dict, path: Path, line: int, idx: int) -> Opinion:
+def _ordinal(raw: dict, n_options: int, path: Path, line: int,
+             where: str) -> tuple[float | None, ...] | None:
+    """One numeric position per option (null for non-substantive options), or None."""
+    ordinal = raw.get("ordinal")
+    if ordinal is None:
+        return None
+    field = f"{where}.ordinal"
+    if not isinstance(ordinal, list):
+        raise DataError(f"expected a list, got {type(ordinal).__name__}", path=str(path),
+                        line=line, field=field)
+    if len(ordinal) != n_options:
+        raise DataError(f"ordinal has {len(ordinal)} values for {n_options} options",
+                        path=str(path), line=line, field=field)
+    values = []
+    for i, value in enumerate(ordinal):
+        number = finite_number(value)
+        if value is not None and number is None:
+            raise DataError(f"{value!r} is not a finite number or null", path=str(path),
+                            line=line, field=f"{field}[{i}]")
+        values.append(number)
+    return tuple(values)
+
+
+def _opinion(raw: object, path: Path, line: int, idx: int, drop_refused: bool) -> Opinion:
     where = f"opinions[{idx}]"
+    raw = require_object(raw, path, line, where)
     question = require(raw, "question", str, path, line, where)
-    options = require(raw, "options", list, path, line, where)
-    if not options:
-        raise DataError("options is empty", path=str(path), line=line, field=f"{where}.options")
+    options = require_options(require(raw, "options", list, path, line, where), path, line,
+                              f"{where}.options")
     answer = require(raw, "answer", int, path, line, where)
     if not 0 <= answer < len(options):
         raise DataError(f"answer {answer} is out of range for {len(options)} options",
                         path=str(path), line=line, field=f"{where}.answer")
-    ordinal = raw.get("ordinal")
-    if ordinal is not None and len(ordinal) != len(options):
-        raise DataError(f"ordinal has {len(ordinal)} values for {len(options)} options",
-                        path=str(path), line=line, field=f"{where}.ordinal")
-    return Opinion(question=question.strip(), options=tuple(str(o) for o in options),
-                   answer=answer, qid=raw.get("qid"), topic=raw.get("topic"),
-                   ordinal=None if ordinal is None else tuple(ordinal))
+    if drop_refused and options[answer] == REFUSED:
+        raise DataError(f"answer {answer} is the {REFUSED!r} option, which is never an answer",
+                        path=str(path), line=line, field=f"{where}.answer")
+    opinion = Opinion(question=question.strip(), options=options, answer=answer,
+                      qid=optional(raw, "qid", str, path, line, where),
+                      topic=optional(raw, "topic", str, path, line, where),
+                      ordinal=_ordinal(raw, len(options), path, line, where))
+    if not drop_refused:
+        return opinion
+    opinion = opinion.without_option(REFUSED)
+    if len(opinion.options) < 2:
+        raise DataError(f"only one option besides {REFUSED!r}: a question needs at least two",
+                        path=str(path), line=line, field=f"{where}.options")
+    return opinion
+
+
+def _opinions(raw: dict, path: Path, line: int, drop_refused: bool) -> tuple[Opinion, ...]:
+    opinions = []
+    first_index: dict[str, int] = {}
+    for idx, item in enumerate(require(raw, "opinions", list, path, line)):
+        opinion = _opinion(item, path, line, idx, drop_refused)
+        if opinion.qid is not None:
+            if opinion.qid in first_index:
+                raise DataError(f"duplicate qid {opinion.qid!r} (first at "
+                                f"opinions[{first_index[opinion.qid]}])", path=str(path),
+                                line=line, field=f"opinions[{idx}].qid")
+            first_index[opinion.qid] = idx
+        opinions.append(opinion)
+    return tuple(opinions)
 
 
 def load_opinionqa(path: str | Path, *, drop_refused: bool = True,
                    user_ids: Iterable[str] | None = None) -> list[User]:
-    """Users of an OpinionQA JSONL file; "Refused" options dropped (never an answer)."""
+    """Users of an OpinionQA JSONL file; "Refused" options dropped (never an answer).
+
+    Every line is checked, also those of users not in ``user_ids``."""
     path = Path(path)
     wanted = set(user_ids) if user_ids is not None else None
     users: list[User] = []
@@ -48,21 +99,17 @@ def load_opinionqa(path: str | Path, *, drop_refused: bool = True,
     for line, raw in read_jsonl(path):
         user_id = require(raw, "user_id", str, path, line)
         if user_id in seen:
-                raise DataError(f"duplicate user_id {user_id!r} (first on line {seen[user_id]})",
+            raise DataError(f"duplicate user_id {user_id!r} (first on line {seen[user_id]})",
                             path=str(path), line=line, field="user_id")
         seen[user_id] = line
-        if wanted is not None and user_id not in wanted:
-            continue
-        profile = raw.get("profile") or {}
-        if not isinstance(profile, dict):
-                raise DataError("profile must be an object", path=str(path), line=line,
-                            field="profile")
-        opinions = [_opinion(o, path, line, i)
-                    for i, o in enumerate(require(raw, "opinions", list, path, line))]
-        if drop_refused:
-            opinions = [o.without_option("Refused") for o in opinions]
-        users.append(User(user_id=user_id, profile={k: str(v) for k, v in profile.items()},
-                          opinions=tuple(opinions), description=raw.get("description")))
+        profile = {} if raw.get("profile") is None else \
+            require_object(raw["profile"], path, line, "profile")
+        opinions = _opinions(raw, path, line, drop_refused)
+        description = optional(raw, "description", str, path, line)
+        if wanted is None or user_id in wanted:
+            users.append(User(user_id=user_id, profile={k: str(v) for k, v in profile.items()},
+                              opinions=opinions, description=description))
+    require_records(len(seen), path, "users")
     return users
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from personalign.runtime.data.records import PreferencePair
-from personalign.runtime.data.validate import read_jsonl, require
+from personalign.runtime.data.validate import optional, read_jsonl, require, require_records
 from personalign.runtime.errors import DataError
 from personalign.runtime.storage import atomic_write
 
@@ -39,7 +39,7 @@ def _pair(row: dict, path: str, line: int | None, seen: dict, default_user: str)
     if values["chosen"].strip() == values["rejected"].strip():
         raise DataError("chosen and rejected are the same text", path=path, line=line,
                         field="rejected")
-    user_id = row.get("user_id")
+    user_id = optional(row, "user_id", (str, int), path, line)
     user_id = default_user if user_id is None else str(user_id)
     for key in ("user_description", "rejected_description"):
         if row.get(key) is not None and not isinstance(row[key], str):
@@ -95,33 +95,36 @@ def load_preferences(source: Any, *, default_user: str = "default") -> list[Pref
 
     Rows are numbered from 1 (the line of a JSONL file, the row of a table) in error messages.
     """
-    seen: dict = {}
     if not isinstance(source, (str, os.PathLike)):
         name = getattr(source, "info", None) and source.info.dataset_name or "<dataset>"
-        try:
-            return [_pair(dict(r), name, i, seen, default_user)
-                    for i, r in enumerate(_rows_of_dataset(source), start=1)]
-        except DataError as e:
-            raise _with_path(e, name) from None
-    path = Path(source)
-    if not path.exists():
-        raise DataError("file not found", path=str(path))
-    if path.is_dir():
-        try:
-            from datasets import load_from_disk
+        rows = enumerate(_rows_of_dataset(source), start=1)
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise DataError("file not found", path=name)
+        if path.is_dir():
+            rows = enumerate(_rows_of_dataset(_load_from_disk(path)), start=1)
+        elif path.suffix == ".parquet":
+            rows = enumerate(_read_parquet(path), start=1)
+        else:
+            rows = read_jsonl(path)
+    seen: dict = {}
+    try:
+        pairs = [_pair(dict(row), name, number, seen, default_user) for number, row in rows]
+    except DataError as e:
+        raise _with_path(e, name) from None
+    require_records(len(pairs), name, "preference pairs")
+    return pairs
 
-            ds = load_from_disk(str(path))
-        except Exception as e:  # datasets raises FileNotFoundError/ValueError/...
-            raise DataError(f"not a saved datasets folder: {e}", path=str(path)) from None
-        try:
-            return [_pair(dict(r), str(path), i, seen, default_user)
-                    for i, r in enumerate(_rows_of_dataset(ds), start=1)]
-        except DataError as e:
-            raise _with_path(e, str(path)) from None
-    if path.suffix == ".parquet":
-        return [_pair(r, str(path), i, seen, default_user)
-                for i, r in enumerate(_read_parquet(path), start=1)]
-    return [_pair(r, str(path), line, seen, default_user) for line, r in read_jsonl(path)]
+
+def _load_from_disk(path: Path):
+    try:
+        from datasets import load_from_disk
+
+        return load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError/ValueError/...
+        raise DataError(f"not a saved datasets folder: {e}", path=str(path)) from None
 
 
 def _with_path(e: DataError, path: str) -> DataError:
