@@ -19,7 +19,8 @@ from typing import Any
 
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.data.validate import (parse_json, read_text, require_object,
-                                               require_options, require_records)
+                                               require_options, require_records,
+                                               type_names)
 from personalign.runtime.errors import DataError
 
 TASKS = ("LaMP-2", "LaMP-3", "LaMP-5")
@@ -146,8 +147,8 @@ def _need(obj: Any, key: str, where: str, path: Path, line: int | None,
         raise DataError("missing", path=str(path), line=line, field=field)
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise DataError(f"expected {getattr(kind, '__name__', kind)}, got "
-                        f"{type(value).__name__}", path=str(path), line=line, field=field)
+        raise DataError(f"expected {type_names(kind)}, got {type(value).__name__}",
+                        path=str(path), line=line, field=field)
     return value
 
 

@@ -69,7 +69,7 @@ def require_object(value: Any, path: str | Path, line: int | None, field: str) -
     return value
 
 
-def _type_names(kind: type | tuple[type, ...]) -> str:
+def type_names(kind: type | tuple[type, ...]) -> str:
     return kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
 
 
@@ -82,7 +82,7 @@ def require(obj: dict, key: str, kind: type | tuple[type, ...], path: str | Path
     value = obj[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise DataError(f"expected {_type_names(kind)}, got {type(value).__name__}",
+        raise DataError(f"expected {type_names(kind)}, got {type(value).__name__}",
                         path=str(path), line=line, field=field)
     if isinstance(value, str) and not value.strip():
         raise DataError("empty", path=str(path), line=line, field=field)
