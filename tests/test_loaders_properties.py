@@ -61,12 +61,14 @@ def file_bytes(structured: st.SearchStrategy) -> st.SearchStrategy:
     return often(encoded, st.binary(max_size=40))
 
 
-def load_or_error(load, path: Path, *files: Path):
-    """The loader's result, or None after checking that its DataError names file and line."""
+def load_or_error(load, data: bytes, path: Path, *other_files: Path):
+    """``load(path)`` once ``data`` is written there, or None after checking that its
+    DataError names a file (``path`` or ``other_files``) and a line."""
+    path.write_bytes(data)
     try:
-        return load()
+        return load(path)
     except DataError as e:
-        assert e.path is not None and Path(e.path) in (path, *files), str(e)
+        assert e.path is not None and Path(e.path) in (path, *other_files), str(e)
         assert e.line is not None, str(e)
         assert e.field is not None or e.reason.startswith(WHOLE_LINE), str(e)
         return None
@@ -111,9 +113,7 @@ def jsonl(rows: st.SearchStrategy) -> st.SearchStrategy:
 @FAST
 @given(data=file_bytes(jsonl(often(OQA_USER, ANY_JSON))))
 def test_opinionqa_any_file(tmp_path, data):
-    path = tmp_path / "users.jsonl"
-    path.write_bytes(data)
-    users = load_or_error(lambda: load_opinionqa(path), path)
+    users = load_or_error(load_opinionqa, data, tmp_path / "users.jsonl")
     for user in users or []:
         assert isinstance(user.user_id, str) and user.user_id.strip()
         assert user.description is None or isinstance(user.description, str)
@@ -156,9 +156,7 @@ GOQA_FILE = st.builds(goqa_csv, st.lists(GOQA_ROW, min_size=1, max_size=4),
 @FAST
 @given(data=file_bytes(GOQA_FILE))
 def test_globalopinionqa_any_file(tmp_path, data):
-    path = tmp_path / "goqa.csv"
-    path.write_bytes(data)
-    users = load_or_error(lambda: load_globalopinionqa(path), path)
+    users = load_or_error(load_globalopinionqa, data, tmp_path / "goqa.csv")
     for user in users or []:
         assert user.profile == {"COUNTRY": user.user_id}
         for o in user.opinions:
@@ -192,10 +190,10 @@ def json_text(doc: st.SearchStrategy) -> st.SearchStrategy:
 @given(questions=file_bytes(json_text(often(QUESTIONS, ANY_JSON))),
        outputs=file_bytes(json_text(often(OUTPUTS, ANY_JSON))))
 def test_lamp_any_files(tmp_path, questions, outputs):
-    qpath, opath = tmp_path / "x_questions.json", tmp_path / "x_outputs.json"
-    qpath.write_bytes(questions)
+    opath = tmp_path / "x_outputs.json"
     opath.write_bytes(outputs)
-    examples = load_or_error(lambda: load_lamp(qpath, opath), qpath, opath)
+    examples = load_or_error(lambda qpath: load_lamp(qpath, opath), questions,
+                             tmp_path / "x_questions.json", opath)
     for e in examples or []:
         assert isinstance(e.user_id, str) and isinstance(e.input, str) and e.gold.strip()
         if e.is_choice:
@@ -218,9 +216,7 @@ PAIR = record(prompt=field(TEXT), chosen=field(TEXT | MESSAGES), rejected=field(
 @FAST
 @given(data=file_bytes(jsonl(often(PAIR, ANY_JSON))))
 def test_preferences_any_file(tmp_path, data):
-    path = tmp_path / "pairs.jsonl"
-    path.write_bytes(data)
-    pairs = load_or_error(lambda: load_preferences(path), path)
+    pairs = load_or_error(load_preferences, data, tmp_path / "pairs.jsonl")
     for p in pairs or []:
         assert isinstance(p.user_id, str) and isinstance(p.meta, dict)
         assert all(isinstance(t, str) and t.strip() for t in (p.prompt, p.chosen, p.rejected))
