@@ -138,6 +138,16 @@ def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
+def _line_numbers(text: str, offsets: list[int]) -> list[int]:
+    """The line of each of the ascending ``offsets``, in one pass (files can be large)."""
+    lines, line, previous = [], 1, 0
+    for offset in offsets:
+        line += text.count("\n", previous, offset)
+        lines.append(line)
+        previous = offset
+    return lines
+
+
 def _need(obj: Any, key: str, where: str, path: Path, line: int | None,
           kind: type | tuple[type, ...] = str) -> Any:
     # Like validate.require, but an empty text is kept (a LaMP profile item may have none).
@@ -191,8 +201,8 @@ def _read_golds(opath: Path, task: str | None) -> tuple[str, dict[str, tuple[str
     golds_line = _line_of(text, members["golds"]) if "golds" in members else 1
     golds_raw = _need(out_doc, "golds", "", opath, golds_line, list)
     golds: dict[str, tuple[str, int]] = {}
-    for i, offset in enumerate(_array_item_offsets(text, members["golds"])):
-        g, line = golds_raw[i], _line_of(text, offset)
+    item_lines = _line_numbers(text, _array_item_offsets(text, members["golds"]))
+    for i, (g, line) in enumerate(zip(golds_raw, item_lines)):
         gid = str(_need(g, "id", f"golds[{i}]", opath, line, (str, int)))
         out = _need(g, "output", f"golds[{i}]", opath, line, (str, int, float))
         if gid in golds:
@@ -219,8 +229,9 @@ def load_lamp(questions: str | Path, outputs: str | Path | None = None, *,
     text_key, label_key = PROFILE_FIELDS[task_name]
     examples: list[LampExample] = []
     seen: set[str] = set()
-    for i, offset in enumerate(_array_item_offsets(text, _WHITESPACE.match(text).end())):
-        q, where, line = doc[i], f"[{i}]", _line_of(text, offset)
+    item_lines = _line_numbers(text, _array_item_offsets(text, _WHITESPACE.match(text).end()))
+    for i, (q, line) in enumerate(zip(doc, item_lines)):
+        where = f"[{i}]"
         qid = str(_need(q, "id", where, qpath, line, (str, int)))
         if qid in seen:
             raise DataError(f"duplicate id {qid!r}", path=str(qpath), line=line,
