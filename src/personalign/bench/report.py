@@ -143,7 +143,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         cells["Top letter"] = f"{r['top_letter']} ({_pct(r['top_letter_share'])}%)" \
             if r["top_letter"] else "-"
         if vanilla is not None:
-            cells["Differs from vanilla"] = f"{_pct(r.get('differs_from_vanilla', np.nan))}%"
+            differs = r.get("differs_from_vanilla", np.nan)
+            cells["Differs from vanilla"] = "-" if differs != differs else f"{_pct(differs)}%"
         cells["Collapsed pools"] = r["collapsed_users"] if any(collapsed.values()) else "-"
         md_rows.append(cells)
     md_method = markdown(pd.DataFrame(md_rows)) if md_rows else "(no methods)"
