@@ -70,7 +70,9 @@ def load_or_error(load, data: bytes, path: Path, *other_files: Path):
     except DataError as e:
         assert e.path is not None and Path(e.path) in (path, *other_files), str(e)
         assert e.line is not None, str(e)
-        assert e.field is not None or e.reason.startswith(WHOLE_LINE), str(e)
+        # a field, unless the whole line is what is wrong (not JSON, not an object)
+        names_a_field = e.field is not None
+        assert names_a_field or e.reason.startswith(WHOLE_LINE), str(e)
         return None
 
 
