@@ -137,22 +137,22 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
             result = run.load(unit, inputs)
             if result is None:
                 start = time.perf_counter()
-                llm = completion_llm(shared, m.model)
-                before = llm.usage.as_dict()
-                policy = _score(llm, recs, m.mode, descriptions, f"{m.name}/score")
-                reference = None
+                llms = [completion_llm(shared, m.model)]
                 if with_ref:
-                    ref_llm = completion_llm(shared, m.model, reference=True)
-                    reference = _score(ref_llm, recs, m.mode, descriptions,
-                                       f"{m.name}/reference")
+                    llms.append(completion_llm(shared, m.model, reference=True))
+                before = [llm.usage.as_dict() for llm in llms]
+                policy = _score(llms[0], recs, m.mode, descriptions, f"{m.name}/score")
+                reference = _score(llms[1], recs, m.mode, descriptions,
+                                   f"{m.name}/reference") if with_ref else None
                 rows = {m.name: _rows(m.name, recs, policy, reference, protocol, beta)}
                 if reference is not None and m.reference_name:
                     rows[m.reference_name] = _rows(m.reference_name, recs, reference, None,
                                                    protocol, beta)
-                after = llm.usage.as_dict()
+                usage = {llm.model_id: {k: llm.usage.as_dict()[k] - was[k] for k in
+                                        ("calls", "prompt_tokens", "scored_items")}
+                         for llm, was in zip(llms, before)}
                 result = {"rows": rows, "seconds": time.perf_counter() - start,
-                          "usage": {llm.model_id: {k: after[k] - before.get(k, 0) for k in
-                                                   ("calls", "prompt_tokens", "scored_items")}}}
+                          "usage": usage}
                 run.save(unit, result, inputs)
             per_user[user_id][m.name] = result
             bar.update(1)

@@ -25,7 +25,7 @@ from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
 from personalign.runtime.personalizer import (
-    Answer, Personalizer, SharedModels, check_questions, check_user,
+    Answer, Personalizer, SharedModels, check_questions, check_user, last_user_text,
 )
 
 RESPONSE_HEADER = "## Preferred Response\n"
@@ -105,11 +105,9 @@ class FSPO(Personalizer):
     def respond(self, messages, max_tokens: int = 256) -> str:
         """The preferred response to the last user message, in FSPO's raw-text format."""
         self._require_fitted()
-        from personalign.runtime.personalizer import _last_user_text
-
         llm = self.llm
         with llm.phase(f"{self.name}/respond"):
-            text = llm.generate([self.prompt(_last_user_text(messages)) + RESPONSE_HEADER],
+            text = llm.generate([self.prompt(last_user_text(messages)) + RESPONSE_HEADER],
                                 SamplingParams(max_tokens=max_tokens, stop=("\n#",)))[0][0]
         return text.strip()
 

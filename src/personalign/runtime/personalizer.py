@@ -27,7 +27,7 @@ from personalign.runtime import models as embedded
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
-from personalign.runtime.llm.types import Message, ScoringMethod
+from personalign.runtime.llm.types import Message, SamplingParams, ScoringMethod
 from personalign.runtime.storage import atomic_write_json
 
 FORMAT = "personalign.personalizer"
@@ -146,10 +146,8 @@ class Personalizer(ABC):
         """An open-ended answer: the method's personalized instruction as the system message
         before ``messages``, answered by the task model."""
         self._require_fitted()
-        system = self.system_prompt(_last_user_text(messages))
+        system = self.system_prompt(last_user_text(messages))
         prompt = ([{"role": "system", "content": system}] if system else []) + list(messages)
-        from personalign.runtime.llm.types import SamplingParams
-
         llm = self.models.task_llm
         with llm.phase(f"{self.name}/respond"):
             return llm.generate([prompt], SamplingParams(max_tokens=max_tokens))[0][0]
@@ -197,7 +195,8 @@ class Personalizer(ABC):
             "state": self.state()})
 
 
-def _last_user_text(messages: Sequence[Message]) -> str:
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The text of the last user message (what a personalized answer responds to)."""
     for m in reversed(messages):
         if m.get("role") == "user":
             content = m.get("content")
