@@ -100,7 +100,7 @@ class FSPOTrainer:
             for folder in ("checkpoints", "sft", "final"):
                 shutil.rmtree(self.out / folder, ignore_errors=True)
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        if (final / COMPLETE).exists():
+        if (final / COMPLETE).exists() and not self._budget_raised():
             log.info("%s is complete; nothing to do", final)
             return final
         configure_threads(cfg.threads)
@@ -254,6 +254,20 @@ class FSPOTrainer:
         return metrics
 
     # ---- stages -------------------------------------------------------------------------
+    def _budget_raised(self) -> bool:
+        """True when the finished run stopped on its time budget before its last step and
+        this config allows more time: the rerun continues from the last checkpoint."""
+        cfg, metrics = self.config, self.out / "metrics.jsonl"
+        if not cfg.resume or cfg.max_minutes is None or not metrics.exists():
+            return False
+        summaries = [r for r in map(json.loads, metrics.read_text().splitlines())
+                     if r.get("stage") == "pref" and r.get("split") == "summary"]
+        if not summaries or not summaries[-1].get("stopped_by_budget"):
+            return False
+        last = summaries[-1]
+        used = last["cpu_s"] if cfg.budget_clock == "cpu" else last["elapsed_s"]
+        return last["step"] < cfg.steps and cfg.max_minutes * 60 > used
+
     def _stage_checkpoint(self, stage: str) -> Path | None:
         folder = self.out / "checkpoints"
         found = sorted(p for p in folder.glob(f"{stage}-*") if (p / COMPLETE).exists()) \
