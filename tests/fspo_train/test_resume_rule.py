@@ -77,3 +77,28 @@ def test_a_complete_run_is_reused_only_for_the_same_inputs(tmp_path, no_model):
     assert _trainer(cfg).fit() == tmp_path / "final"  # nothing loaded
     with pytest.raises(ConfigError, match=r"config\.beta"):
         _trainer(cfg.updated(beta=0.1)).fit()
+
+
+def _finished_on_budget(folder, step=10, cpu_s=600.0):
+    (folder / "final").mkdir()
+    (folder / "final" / "COMPLETE").write_text("")
+    summary = {"stage": "pref", "step": step, "split": "summary", "elapsed_s": 900.0,
+               "cpu_s": cpu_s, "stopped_by_budget": True}
+    (folder / "metrics.jsonl").write_text(json.dumps(summary) + "\n")
+
+
+def test_a_run_stopped_by_its_budget_continues_when_the_budget_is_raised(tmp_path, no_model):
+    # max_minutes and budget_clock are run control, not inputs: raising them resumes.
+    cfg = FSPOTrainConfig(output_dir=str(tmp_path), steps=100, max_minutes=10.0,
+                          budget_clock="cpu")
+    _passes_the_check(cfg)
+    _finished_on_budget(tmp_path, step=10, cpu_s=600.0)
+    assert _trainer(cfg).fit() == tmp_path / "final"        # same budget: nothing to do
+    _passes_the_check(cfg.updated(max_minutes=20.0))        # raised: it loads and trains on
+
+
+def test_a_run_that_reached_its_last_step_is_not_resumed(tmp_path, no_model):
+    cfg = FSPOTrainConfig(output_dir=str(tmp_path), steps=10, max_minutes=10.0)
+    _passes_the_check(cfg)
+    _finished_on_budget(tmp_path, step=10)
+    assert _trainer(cfg.updated(max_minutes=60.0)).fit() == tmp_path / "final"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -10,10 +11,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from personalign.runtime.errors import DataError
+from personalign.runtime.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
+
+
+def parse_assignments(pairs: list[str], option: str) -> dict:
+    """``FIELD=VALUE`` strings to a dict; a value is JSON (8, 0.7, true, null) or else text."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{option} {pair!r}: expected FIELD=VALUE")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out
 
 
 def print_result(result, title: str) -> None:
@@ -59,6 +74,9 @@ def opinionqa(
     memory: Optional[int] = typer.Option(None, "--memory", "-L", help="Override L."),
     final_pool: Optional[str] = typer.Option(None, help="last_k or memory."),
     reference_entry: Optional[str] = typer.Option(None, help="best or worst."),
+    fermi: list[str] = typer.Option([], "--fermi", help="FIELD=VALUE: any FermiConfig field "
+                                    "(repeatable), e.g. optimizer_strategy=continuation, "
+                                    "samples_per_iteration=8, include_best=true."),
     scoring: str = typer.Option("letter", help="How choices are read from the task model."),
     fewshot_k: int = typer.Option(3, help="Past opinions in the few-shot baseline."),
     retriever: str = typer.Option("embeddings", help="embeddings or bm25 (few-shot)."),
@@ -76,6 +94,7 @@ def opinionqa(
     overrides = {k: v for k, v in {"iterations": iterations, "num_candidates": candidates,
                                    "memory_size": memory, "final_pool": final_pool,
                                    "reference_entry": reference_entry}.items() if v is not None}
+    overrides.update(parse_assignments(fermi, "--fermi"))
     settings = MethodSettings(seed=seed, preset=preset, fermi=overrides, fewshot_k=fewshot_k,
                               retriever=retriever, fspo_shots=fspo_shots)
     cfg = BenchConfig(data=str(data), out=str(out), users=users,

@@ -48,6 +48,14 @@ class FermiConfig(Config):
     # --- task model M
     scoring_method: ScoringMethod = "letter"
     # --- optimizer model M_opt
+    # How the optimizer is asked for a new prompt. "meta_prompt": the spec's instruction
+    # (memory, failure cases, demonstrations; reply in brackets) for a chat model.
+    # "continuation": OPRO's list form for a base model: the scored memory as "text:/score:"
+    # lines, and the model continues with a new "text:" line.
+    optimizer_strategy: Literal["meta_prompt", "continuation"] = "meta_prompt"
+    # Replies sampled per iteration; all are scored and the best K enter the memory.
+    # None: K (the spec). More samples trade optimizer time for a better K.
+    samples_per_iteration: int | None = None
     optimizer_temperature: float = 1.0
     # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
     # memory plus the margin, so a rewrite as long as the prompts it improves on fits. A reply
@@ -82,6 +90,10 @@ class FermiConfig(Config):
             raise ConfigError("FermiConfig.optimization_fraction must be in (0, 1]")
         if self.max_retries < 0:
             raise ConfigError("FermiConfig.max_retries must be >= 0")
+        if self.samples_per_iteration is not None \
+                and self.samples_per_iteration < self.num_candidates:
+            raise ConfigError("FermiConfig.samples_per_iteration must be >= num_candidates "
+                              f"({self.num_candidates}) or None, got {self.samples_per_iteration}")
         if self.optimizer_max_tokens is not None and self.optimizer_max_tokens < 1:
             raise ConfigError("FermiConfig.optimizer_max_tokens must be >= 1 or None (derived), "
                               f"got {self.optimizer_max_tokens}")

@@ -4,6 +4,9 @@ Layout (spec "Optimizer meta-prompt"): task framing with the profile, the scorin
 memory in ascending score order (failure cases in full for the reference entry; for the
 others only the indices shared with the reference and a count of newly mis-aligned ones),
 demonstrations with <INS>, and the closing request for a new text in square brackets.
+
+``build_continuation_prompt`` is the list form OPRO gives a base (non-chat) optimizer: the
+memory as "text:/score:" lines and an open "text:" line for the model to continue.
 """
 
 from __future__ import annotations
@@ -82,4 +85,28 @@ def build_meta_prompt(*, profile: str, questions: Sequence[Opinion],
         parts.append("\n\n".join(demo_lines))
     parts.append("Write a new text that is different from the old ones and has a score as high "
                  "as possible. Write the text in square brackets.")
+    return "\n\n".join(parts)
+
+
+def build_continuation_prompt(*, profile: str, questions: Sequence[Opinion],
+                              entries: Sequence[Candidate], reference: Candidate | None,
+                              mode: str = "fermi", failure_case_cap: int = 8) -> str:
+    """The memory as a scored list that a base model continues with one new "text:" line.
+    Fermi mode first lists the person's answers that the reference entry still misses."""
+    header = ("The texts below make a language model answer survey questions the way one "
+              "person would.")
+    if profile:
+        header += f" The person: {profile}."
+    header += (" Each text has a score: the percentage of the person's answers it reproduces. "
+               "Texts are listed from lowest to highest score.")
+    parts = [header]
+    if mode == "fermi" and reference is not None and reference.misaligned:
+        lines = ["The person's answers that the best text still misses:"]
+        for i in reference.misaligned[:failure_case_cap]:
+            q = questions[i]
+            lines.append(f"- {q.question} The person's answer: {answer_text(q.options, q.answer)}")
+        parts.append("\n".join(lines))
+    for entry in entries:
+        parts.append(f"text: {entry.prompt}\nscore: {_score_text(entry.score)}")
+    parts.append("text:")
     return "\n\n".join(parts)

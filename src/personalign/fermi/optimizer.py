@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 from personalign.fermi import rop
 from personalign.fermi.config import PROFILE_INSTRUCTION, TASK_INSTRUCTION, FermiConfig
 from personalign.fermi.memory import Candidate, Memory
-from personalign.fermi.meta_prompt import build_meta_prompt
-from personalign.fermi.parsing import parse_prompt
+from personalign.fermi.meta_prompt import build_continuation_prompt, build_meta_prompt
+from personalign.fermi.parsing import parse_continuation, parse_prompt
 from personalign.fermi.tasks import is_misaligned, question_block, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
@@ -188,26 +188,40 @@ class Fermi:
             return False
         return llm.count_tokens(reply) >= max_tokens - max(4, max_tokens // 10)
 
+    @property
+    def samples_per_iteration(self) -> int:
+        return self.config.samples_per_iteration or self.config.num_candidates
+
+    def _request(self, llm: LLM, meta_prompt: str) -> tuple[Any, tuple[str, ...], bool]:
+        """What the optimizer is sent, its stop strings, and whether the reply continues an
+        opened "[" (then it is whole when it stops)."""
+        cfg = self.config
+        if cfg.optimizer_strategy == "continuation":
+            return meta_prompt, ("\n",), False
+        primed = cfg.prime_bracket and callable(getattr(llm, "render", None))
+        messages = [{"role": "user", "content": meta_prompt}]
+        if primed:
+            return llm.render(messages) + "[", ("]",), True
+        return messages, (), False
+
     def _propose(self, meta_prompt: str, iteration: int, max_tokens: int, seen: set[str],
                  result: FitResult) -> list[str]:
-        """Up to K new prompts: K samples, then bounded retries for the ones that failed."""
+        """Up to ``samples_per_iteration`` new prompts: that many samples, then bounded retries
+        for the ones that failed."""
         llm = self._require(self.optimizer_llm, "optimizer")
         cfg = self.config
+        request, stop, primed = self._request(llm, meta_prompt)
         accepted: list[str] = []
         for attempt in range(cfg.max_retries + 1):
-            need = cfg.num_candidates - len(accepted)
+            need = self.samples_per_iteration - len(accepted)
             if need <= 0:
                 break
             if attempt:
                 result.failures["retries"] += 1
-            primed = cfg.prime_bracket and callable(getattr(llm, "render", None))
             params = SamplingParams(
-                n=need, temperature=cfg.optimizer_temperature, max_tokens=max_tokens,
-                stop=("]",) if primed else (),
+                n=need, temperature=cfg.optimizer_temperature, max_tokens=max_tokens, stop=stop,
                 seed=derive_seed(cfg.seed, self.user_id, iteration, attempt))
-            messages = [{"role": "user", "content": meta_prompt}]
-            prompt = llm.render(messages) + "[" if primed else messages
-            replies = llm.generate([prompt], params)[0]
+            replies = llm.generate([request], params)[0]
             for reply in replies:
                 result.counts["optimizer_replies"] += 1
                 if self._cut_off(llm, reply, max_tokens):
@@ -217,7 +231,10 @@ class Fermi:
                     # The reply continues after "[" and ended at "]" (dropped by the backend)
                     # or at the end of the turn: either way the text is whole.
                     reply = "[" + reply + "]"
-                parsed = parse_prompt(reply, cfg.parse_fallback)
+                if cfg.optimizer_strategy == "continuation":
+                    parsed = parse_continuation(reply)
+                else:
+                    parsed = parse_prompt(reply, cfg.parse_fallback)
                 if parsed.how == "fallback":
                     result.failures["no_brackets_fallback"] += 1
                 elif parsed.how == "unclosed":
@@ -239,7 +256,7 @@ class Fermi:
                     continue
                 seen.add(key)
                 accepted.append(text)
-        if len(accepted) < cfg.num_candidates:
+        if len(accepted) < self.samples_per_iteration:
             result.failures["short_iterations"] += 1
         result.counts["accepted"] += len(accepted)
         return accepted
@@ -280,15 +297,23 @@ class Fermi:
         for t in bar:
             entries = memory.ascending()
             reference = memory.reference(cfg.reference_entry) if cfg.mode == "fermi" else None
-            meta = build_meta_prompt(profile=self.profile, questions=opt, demonstrations=demo,
-                                     entries=entries, reference=reference, mode=cfg.mode,
-                                     failure_case_cap=cfg.failure_case_cap)
+            if cfg.optimizer_strategy == "continuation":
+                meta = build_continuation_prompt(
+                    profile=self.profile, questions=opt, entries=entries, reference=reference,
+                    mode=cfg.mode, failure_case_cap=cfg.failure_case_cap)
+            else:
+                meta = build_meta_prompt(
+                    profile=self.profile, questions=opt, demonstrations=demo, entries=entries,
+                    reference=reference, mode=cfg.mode, failure_case_cap=cfg.failure_case_cap)
             max_tokens = self.reply_budget(memory)
             with self._phase(self.optimizer_llm, "optimize"):
                 prompts = self._propose(meta, t, max_tokens, seen, result)
             with self._phase(self.task_llm, "score"):
                 cands = self._score_prompts(prompts, opt, t) if prompts else []
             result.counts["prompts_scored"] += len(cands)
+            if len(cands) > cfg.num_candidates:
+                # More samples than K: the best K go on (ties: sampled first).
+                cands = sorted(cands, key=lambda c: -c.score)[:cfg.num_candidates]
             memory.extend(cands)
             generated.extend(cands)
             result.history.append({"iteration": t, "best_score": memory.best_score,

@@ -64,3 +64,9 @@ def parse_prompt(reply: str, fallback: str = "whole_reply") -> Parsed:
         text = _clean(strip_boilerplate(reply.replace("[", " ").replace("]", " ")))
         return Parsed(text or None, "fallback" if text else "none")
     return Parsed(None, "none")
+
+
+def parse_continuation(reply: str) -> Parsed:
+    """A continued "text:" line: the line itself, cleaned (``how`` "line" or "none")."""
+    text = _clean((reply or "").strip().split("\n", 1)[0])
+    return Parsed(text or None, "line" if text else "none")

@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from personalign.runtime import settings
 from personalign.runtime.errors import ModelError
@@ -172,3 +174,15 @@ def listing() -> list[dict]:
                      "prepared": prepared, "path": str(path) if path else "",
                      "size_mb": round(_size(path) / 2**20, 1) if path else 0.0})
     return rows
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around PEFT's model wrapping (``PeftModel``, ``get_peft_model``). PEFT 0.21.2, the
+    newest release, reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated
+    in favour of ``is_activation_checkpointing``: the cause is in PEFT, so this one warning,
+    and only inside these calls, is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message="`is_gradient_checkpointing` is deprecated")
+        yield

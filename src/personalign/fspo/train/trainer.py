@@ -46,6 +46,7 @@ from personalign.fspo.train.losses import completion_nll, preference_loss, rewar
 from personalign.fspo.train.model import load_base, write_manifest
 from personalign.fspo.train.scoring import EncodedExample, completion_token_logps, encode
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.models import peft_wrapping
 from personalign.runtime.runs import RunFolder, digest, model_identity
 from personalign.runtime.settings import configure_threads
 from personalign.runtime.storage import atomic_folder
@@ -137,11 +138,12 @@ class FSPOTrainer:
 
         torch.manual_seed(self.config.seed)
         if self.config.finetune == "lora":
-            if checkpoint is not None:
-                self.model = PeftModel.from_pretrained(self.model, checkpoint / "adapter",
-                                                       is_trainable=True)
-            else:
-                self.model = get_peft_model(self.model, self._lora_config())
+            with peft_wrapping():
+                if checkpoint is not None:
+                    self.model = PeftModel.from_pretrained(self.model, checkpoint / "adapter",
+                                                           is_trainable=True)
+                else:
+                    self.model = get_peft_model(self.model, self._lora_config())
         elif checkpoint is not None:
             self.model, _ = load_base(str(checkpoint / "model"))
 
@@ -154,8 +156,9 @@ class FSPOTrainer:
             if hasattr(self.model, "peft_config"):  # SFT just ran in this process
                 self.model = self.model.merge_and_unload()
             elif sft_dir is not None:
-                self.model = PeftModel.from_pretrained(
-                    self.model, sft_dir / "adapter").merge_and_unload()
+                with peft_wrapping():
+                    self.model = PeftModel.from_pretrained(
+                        self.model, sft_dir / "adapter").merge_and_unload()
             # The reference is this merged model: stage 2's adapter disabled.
         else:
             if sft_dir is not None and not self._sft_in_memory:

@@ -80,7 +80,9 @@ class TransformersLLM(LLM):
         for adapter in self.adapters:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload().eval()
+            with models.peft_wrapping():
+                self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
+            self.model.eval()
         if name:
             self.model_id = name
         self.option_template = option_template
