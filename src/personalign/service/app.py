@@ -25,6 +25,7 @@ Every error, everywhere, is OpenAI's error object ``{"error": {"message", "type"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -196,7 +197,12 @@ def create_app(config: ServiceConfig | None = None, *, models: SharedModels | No
               f"{service.admin_key_created}", flush=True)
     limits = config.limits
 
-    app = FastAPI(title="personalign", version="0.2.0",
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()
+
+    app = FastAPI(title="personalign", version="0.2.0", lifespan=lifespan,
                   description="Few-shot personalization of LLMs (Fermi, FSPO) as a service.")
     app.state.service = service
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
@@ -238,10 +244,6 @@ def create_app(config: ServiceConfig | None = None, *, models: SharedModels | No
     async def _http(request: Request, exc: StarletteHTTPException):
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None,
                                        str(exc.status_code)), status_code=exc.status_code)
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        service.close()
 
     if config.resume_jobs:
         service.resume_jobs()

@@ -359,6 +359,7 @@ class PersonalizationService:
                 job.attempts += 1
                 job.updated_at = now()
                 spec, preset = job.method, job.preset
+                resumed = bool((job.summary or {}).get("resumed"))
             method = build(spec, self.models, MethodSettings(preset=preset))
             self.loaded()
             if cancelled.is_set():
@@ -367,7 +368,7 @@ class PersonalizationService:
             method.fit(user)
             report = method.fit_report()
             saved = method.saved()
-            summary = {"method": method.name}
+            summary: dict[str, Any] = {"method": method.name, "resumed": resumed}
             if report.get("pool"):
                 summary.update(prompts=len(report["pool"]),
                                best_train_score=max(p["train_score"] for p in report["pool"]),
