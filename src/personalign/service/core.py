@@ -176,10 +176,15 @@ class PersonalizationService:
         self._load_lock = threading.Lock()
         self._user_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._cancel: dict[str, threading.Event] = {}
+        # In-process caches of keys and loaded personalizations: this process is the only
+        # writer (fits and deletions run here), and it drops entries as it changes them.
         self._personalizers: dict[str, tuple[Any, Personalizer]] = {}
+        self._keys: dict[str, tuple[str, Principal]] = {}
+        self._keys_lock = threading.Lock()
+        self._deletions = 0
         # One fit at a time: the models run one forward at a time anyway.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
-        self._generate_lock = threading.Lock()
+        self._model_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
         self.admin_key_created = self._ensure_admin(admin_key)
 
     # ---- keys ---------------------------------------------------------------------------
@@ -202,12 +207,21 @@ class PersonalizationService:
         if not token:
             raise AuthError("no API key: send 'Authorization: Bearer <key>'")
         digest = hash_key(token)
-        with self.store.session() as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+        known = self._keys.get(digest)
+        if known is None:
+            epoch = self._deletions
+            with self.store.session() as s:
+                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+            if row is None:
+                raise AuthError("invalid API key")
+            known = (row.key_hash, Principal(row.id, row.role, row.user_id))
+            with self._keys_lock:
+                if epoch == self._deletions:  # no deletion raced this lookup
+                    self._keys[digest] = known
         # The lookup is by hash; the final comparison is in constant time all the same.
-        if row is None or not hmac.compare_digest(row.key_hash, digest):
+        if not hmac.compare_digest(known[0], digest):
             raise AuthError("invalid API key")
-        return Principal(row.id, row.role, row.user_id)
+        return known[1]
 
     def allow(self, who: Principal, user_id: str) -> str:
         check_user_id(user_id)
@@ -455,6 +469,10 @@ class PersonalizationService:
                     UserRow.id == user_id)).rowcount
                 removed["cancelled_jobs"] = len(active)
             self._personalizers.pop(user_id, None)
+            with self._keys_lock:
+                self._deletions += 1
+                for digest in [d for d, (_, p) in self._keys.items() if p.user_id == user_id]:
+                    self._keys.pop(digest, None)
             texts = {t for o in user.opinions for t in (o.question, *o.options)} | {
                 t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)}
             embedder = self.models._loaded.get("embedder")
@@ -468,18 +486,23 @@ class PersonalizationService:
 
     # ---- answering -----------------------------------------------------------------------
     def personalizer(self, user_id: str) -> Personalizer:
-        with self.store.session() as s:
-            self._user_row(s, user_id)
-            row = s.get(PersonalizationRow, user_id)
-            if row is None:
-                raise NotFoundError(f"user {user_id!r} has no personalization yet: start a fit")
-            stamp, saved = row.updated_at, row.saved
         cached = self._personalizers.get(user_id)
-        if cached is not None and cached[0] == stamp:
+        if cached is not None:
             return cached[1]
-        method = from_saved(saved, self.loaded(), source=f"personalization of {user_id!r}")
-        self._personalizers[user_id] = (stamp, method)
-        return method
+        with self._user_locks[user_id]:  # a deletion cannot interleave with the caching
+            cached = self._personalizers.get(user_id)
+            if cached is not None:
+                return cached[1]
+            with self.store.session() as s:
+                self._user_row(s, user_id)
+                row = s.get(PersonalizationRow, user_id)
+                if row is None:
+                    raise NotFoundError(f"user {user_id!r} has no personalization yet: "
+                                        "start a fit")
+                stamp, saved = row.updated_at, row.saved
+            method = from_saved(saved, self.loaded(), source=f"personalization of {user_id!r}")
+            self._personalizers[user_id] = (stamp, method)
+            return method
 
     def personalization_of(self, user_id: str) -> dict[str, Any]:
         method = self.personalizer(user_id)
@@ -495,7 +518,7 @@ class PersonalizationService:
 
     def answer(self, user_id: str, questions: Sequence[Opinion]) -> tuple[str, list]:
         method = self.personalizer(user_id)
-        with self._generate_lock:
+        with self._serial(method.models.task_llm):
             return method.name, method.predict(questions)
 
     def chat(self, user_id: str, messages: list[Message], params: SamplingParams,
@@ -510,30 +533,33 @@ class PersonalizationService:
             raise DataError("a chat needs at least one user message", field="messages")
         applied: dict[str, Any] = {"user_id": user_id, "method": method.name}
         system = method.system_prompt(query)
-        with self._generate_lock:
-            if system is not None or type(method).respond is Personalizer.respond:
-                prompt = ([{"role": "system", "content": system}] if system else []) + messages
-                applied["system_prompt"] = system
-                llm = method.models.task_llm
-                with llm.phase(f"{method.name}/chat"):
-                    before = llm.usage.prompt_tokens, llm.usage.completion_tokens
-                    texts = llm.generate([prompt], params)[0]
-                    used = (llm.usage.prompt_tokens - before[0],
-                            llm.usage.completion_tokens - before[1])
-                top = None
-                if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):
-                    top = llm.next_token_logprobs(prompt, max(1, top_logprobs))
-                return Chat(texts, used[0], used[1], applied, top,
-                            [_finish(llm, t, params) for t in texts])
-            if params.n != 1:
-                raise DataError(f"{method.name} answers one choice per request", field="n")
-            llm = getattr(method, "llm", method.models.task_llm)
-            applied.update(model=getattr(method, "model", None),
-                           shots=len(getattr(method, "shots", []) or []))
+        if system is not None or type(method).respond is Personalizer.respond:
+            prompt = ([{"role": "system", "content": system}] if system else []) + messages
+            applied["system_prompt"] = system
+            llm = method.models.task_llm
+            # Per-request usage comes with the texts, so requests run concurrently (a local
+            # model serializes its own forwards; a remote server batches them).
+            texts, used_in, used_out = llm.generate_one(prompt, params)
+            top = None
+            if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):
+                top = llm.next_token_logprobs(prompt, max(1, top_logprobs))
+            return Chat(texts, used_in, used_out, applied, top,
+                        [_finish(llm, t, params) for t in texts])
+        if params.n != 1:
+            raise DataError(f"{method.name} answers one choice per request", field="n")
+        llm = getattr(method, "llm", method.models.task_llm)
+        applied.update(model=getattr(method, "model", None),
+                       shots=len(getattr(method, "shots", []) or []))
+        with self._serial(llm):  # usage is read from the model's counters
             before = llm.usage.prompt_tokens, llm.usage.completion_tokens
             text = method.respond(messages, max_tokens=params.max_tokens)
             used = (llm.usage.prompt_tokens - before[0], llm.usage.completion_tokens - before[1])
-            return Chat([text], used[0], used[1], applied, None, [_finish(llm, text, params)])
+        return Chat([text], used[0], used[1], applied, None, [_finish(llm, text, params)])
+
+    def _serial(self, llm: LLM):
+        """One request at a time where usage is read as a difference of the model's
+        counters (``respond``, ``predict``)."""
+        return self._model_locks[id(llm)]
 
     def close(self) -> None:
         for event in list(self._cancel.values()):
