@@ -36,6 +36,7 @@ from typing import Iterator
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -208,9 +209,14 @@ def create_app(config: ServiceConfig | None = None, *, models: SharedModels | No
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="An API key: the admin's or a user's.")
 
-    def who(request: Request, creds: HTTPAuthorizationCredentials | None = Security(bearer)
-            ) -> Principal:
-        principal = service.authenticate(creds.credentials if creds else None)
+    async def who(request: Request,
+                  creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
+        # On the event loop (no thread hop per request); a key not yet seen is looked up in
+        # the store on a worker thread.
+        token = creds.credentials if creds else None
+        principal = service.known_key(token)
+        if principal is None:
+            principal = await run_in_threadpool(service.authenticate, token)
         service.rate.check(principal.key_id, time.monotonic())
         return principal
 

@@ -203,6 +203,17 @@ class PersonalizationService:
             s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="admin"))
             return token
 
+    def known_key(self, token: str | None) -> Principal | None:
+        """The caller of a key already seen (no store access), or None: ask
+        :meth:`authenticate`."""
+        if not token:
+            return None
+        digest = hash_key(token)
+        known = self._keys.get(digest)
+        if known is None or not hmac.compare_digest(known[0], digest):
+            return None
+        return known[1]
+
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise AuthError("no API key: send 'Authorization: Bearer <key>'")
