@@ -4,6 +4,7 @@ Three processes: a model backend (a stand-in OpenAI-compatible inference server 
 take ``--backend-ms`` each and run concurrently, as a batching server's do), the
 personalign service (SQLite; a user fitted with Fermi; the task model is that backend, over
 HTTP), and this load generator: ``--clients`` concurrent clients send ``--requests`` chats
+of each kind, interleaved (each client alternates, so both kinds meet the same load on the machine):
 
 - bare: straight to the backend (the call the service itself makes, without a system prompt),
 - personalized: to the service (key check, rate limit, the user's personalization from the
@@ -137,18 +138,23 @@ def _wait_up(url: str, timeout: float = 120) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-async def _load(url: str, headers: dict, bodies: list[dict], clients: int, deadline: float
-                ) -> tuple[list[float], int, list[str]]:
+async def _load(targets: dict[str, tuple[str, dict, list[dict]]], clients: int,
+                deadline: float) -> dict[str, tuple[list[float], list[str], int]]:
+    """``clients`` concurrent clients; each alternates between the targets (bare and
+    personalized requests interleaved, so both meet the same load on the machine)."""
     import httpx
 
-    latencies: list[float] = []
-    errors: list[str] = []
-    queue = list(reversed(bodies))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    out = {name: ([], [], 0) for name in targets}
+    queue = [(name, body) for i in range(max(len(t[2]) for t in targets.values()))
+             for name, t in targets.items() if i < len(t[2]) for body in [t[2][i]]]
+    queue.reverse()
+    limits = httpx.Limits(max_connections=2 * clients, max_keepalive_connections=2 * clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         async def worker() -> None:
             while queue and time.monotonic() < deadline:
-                body = queue.pop()
+                name, body = queue.pop()
+                url, headers, _ = targets[name]
+                latencies, errors, _ = out[name]
                 start = time.perf_counter()
                 try:
                     r = await client.post(url, json=body, headers=headers)
@@ -162,7 +168,10 @@ async def _load(url: str, headers: dict, bodies: list[dict], clients: int, deadl
                 latencies.append(time.perf_counter() - start)
 
         await asyncio.gather(*(worker() for _ in range(clients)))
-    return latencies, len(bodies) - len(latencies) - len(errors), errors
+    unsent: dict[str, int] = {}
+    for name, _ in queue:
+        unsent[name] = unsent.get(name, 0) + 1
+    return {name: (lat, err, unsent.get(name, 0)) for name, (lat, err, _) in out.items()}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -174,10 +183,12 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=1000, help="per mode (bounded)")
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="requests of each kind (bare, personalized), interleaved")
     parser.add_argument("--backend-ms", type=float, default=200.0,
                         help="time the stand-in model takes per call")
-    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per mode")
+    parser.add_argument("--time-limit", type=float, default=300.0,
+                        help="stop sending after this many seconds")
     parser.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--role", choices=["backend", "service"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -215,16 +226,16 @@ def main() -> None:
         report: dict = {"clients": args.clients, "requests_per_mode": args.requests,
                         "backend_ms": args.backend_ms, "cpus": os.cpu_count(),
                         "loadavg_1m_before": os.getloadavg()[0]}
-        for mode, url, headers, model in (
-                ("bare", f"{backend_url}/chat/completions", {}, MODEL),
-                ("personalized", f"http://127.0.0.1:{sport}/v1/chat/completions",
-                 {"Authorization": f"Bearer {key}"}, "personalign")):
-            start = time.monotonic()
-            lat, unfinished, errors = asyncio.run(_load(
-                url, headers, bodies(model), args.clients, start + args.time_limit))
-            report[mode] = {"ok": len(lat), "errors": len(errors), "not_sent": unfinished,
+        targets = {
+            "bare": (f"{backend_url}/chat/completions", {}, bodies(MODEL)),
+            "personalized": (f"http://127.0.0.1:{sport}/v1/chat/completions",
+                             {"Authorization": f"Bearer {key}"}, bodies("personalign"))}
+        start = time.monotonic()
+        results = asyncio.run(_load(targets, args.clients, start + args.time_limit))
+        report["seconds"] = round(time.monotonic() - start, 1)
+        for mode, (lat, errors, unsent) in results.items():
+            report[mode] = {"ok": len(lat), "errors": len(errors), "not_sent": unsent,
                             "p50_ms": round(_pct(lat, 50), 1), "p99_ms": round(_pct(lat, 99), 1),
-                            "seconds": round(time.monotonic() - start, 1),
                             "first_errors": errors[:3]}
         bare, pers = report["bare"], report["personalized"]
         for q in ("p50", "p99"):
