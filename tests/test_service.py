@@ -261,18 +261,26 @@ def test_fit_chat_export_then_delete_leaves_nothing(server, database, tmp_path):
 
 
 def test_delete_during_a_running_fit_is_final(database, tmp_path):
-    server, cm = _serve(database, delay=0.3)  # each optimizer call takes 0.3 s
+    server, cm = _serve(database, delay=0.3)  # each optimizer call takes 0.3 s per sample
     try:
         canary = f"{CANARY}{uuid.uuid4().hex[:6]}"
         key = server.user("frank", opinions=[dict(OPINIONS[0], question=f"{canary}?")]
                           + OPINIONS[1:])
-        job = server.http.post("/v1/users/frank/fit", json={"preset": "tiny"},
+        job = server.http.post("/v1/users/frank/fit", json={"preset": "quick"},
                                headers=server.as_(key)).json()
         running = server.wait(job["job_id"], until=("running",))
-        assert running["stage"] in ("loading models", "fitting")
+        assert running["stage"] == "loading models" or running["stage"].startswith("fitting")
+        optimizer = server.app.state.fakes[1]
+        deadline = time.time() + 30
+        while not optimizer.prompts_seen:  # the fit is in its first optimizer call
+            assert time.time() < deadline
+            time.sleep(0.02)
         removed = server.http.delete("/v1/users/frank", headers=ADMIN_H).json()["removed"]
+        calls_at_delete = len(optimizer.prompts_seen)
         assert removed["cancelled_jobs"] == 1 and removed["jobs"] == 1
-        server.idle()  # the fit has finished (or stopped): it must not have written back
+        server.idle()  # the fit has stopped: it must not have written back
+        # Stopped at its next model call: the second round (quick: 2) never asked.
+        assert len(optimizer.prompts_seen) == calls_at_delete == 1
         assert server.http.get("/v1/users/frank", headers=ADMIN_H).status_code == 404
         assert server.http.get(f"/v1/jobs/{job['job_id']}", headers=ADMIN_H).status_code == 404
         assert _canary_hits(database, [tmp_path, settings.home()], canary) == []

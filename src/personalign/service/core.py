@@ -69,8 +69,9 @@ class LimitError(PersonalignError):
         super().__init__((f"field '{field}': " if field else "") + message)
 
 
-class Cancelled(Exception):
-    """A fit whose user was deleted while it ran."""
+class Cancelled(BaseException):
+    """A fit whose user was deleted while it ran (a BaseException: a method's own
+    ``except Exception`` around a model call does not swallow it)."""
 
 
 @dataclass
@@ -385,12 +386,15 @@ class PersonalizationService:
                 job.updated_at = now()
                 spec, preset = job.method, job.preset
                 resumed = bool((job.summary or {}).get("resumed"))
-            method = build(spec, self.models, MethodSettings(preset=preset))
             self.loaded()
             if cancelled.is_set():
                 raise Cancelled()
             self._update(job_id, stage="fitting", progress=0.1)
+            watch = _Watch(job_id, cancelled, self._update)
+            method = build(spec, watch.models(self.models), MethodSettings(preset=preset))
+            watch.expect(getattr(getattr(method, "config", None), "iterations", None))
             method.fit(user)
+            method.models = self.models  # what is saved and served uses the real models
             report = method.fit_report()
             saved = method.saved()
             summary: dict[str, Any] = {"method": method.name, "resumed": resumed}
@@ -576,6 +580,61 @@ class PersonalizationService:
         for event in list(self._cancel.values()):
             event.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Watch:
+    """The models a fit job runs on: each model call first checks the job's cancel flag (a
+    deletion stops the fit at its next call) and counts toward the job's progress."""
+
+    CALLS = ("generate", "generate_one", "score_choices", "loglikelihood")
+
+    def __init__(self, job_id: str, cancelled: threading.Event, update):
+        self.job_id, self.cancelled, self.update = job_id, cancelled, update
+        self.iterations: int | None = None
+        self.proposals = 0
+        self.last = 0.0
+
+    def expect(self, iterations: int | None) -> None:
+        self.iterations = iterations if isinstance(iterations, int) and iterations > 0 else None
+
+    def models(self, models: SharedModels) -> SharedModels:
+        watched = UncachedModels.of(_Watched(models.task_llm, self, "task"),
+                                    _Watched(models.optimizer_llm, self, "optimizer"),
+                                    models.embedding, models.scoring)
+        watched.embedder = models.embedder  # the identity a saved fit is checked against
+        for key, value in models._loaded.items():  # other models loaded so far are shared
+            watched._loaded.setdefault(key, value)
+        return watched
+
+    def before(self, role: str, name: str) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        if role == "optimizer" and name == "generate":
+            self.proposals += 1
+            if self.iterations:  # Fermi: one proposal round per iteration
+                progress = 0.1 + 0.85 * min(1.0, (self.proposals - 1) / self.iterations)
+                if progress > self.last:
+                    self.last = progress
+                    self.update(self.job_id, progress=round(progress, 3),
+                                stage=f"fitting (round {self.proposals} of {self.iterations})")
+
+
+class _Watched:
+    """An LLM seen through a :class:`_Watch` (everything else passes through)."""
+
+    def __init__(self, llm: LLM, watch: _Watch, role: str):
+        self._llm, self._watch, self._role = llm, watch, role
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._llm, name)
+        if name not in _Watch.CALLS:
+            return attr
+
+        def call(*args, **kwargs):
+            self._watch.before(self._role, name)
+            return attr(*args, **kwargs)
+
+        return call
 
 
 def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
