@@ -170,3 +170,36 @@ def test_fspo_chat_on_the_real_model(tmp_path):
         assert applied["method"] == "fspo" and applied["shots"] == 2
         assert r.usage.prompt_tokens > 20 and r.usage.completion_tokens > 0
         app.state.service.close()
+
+
+@pytest.mark.real_model
+def test_fermi_fit_and_chat_on_the_real_models(tmp_path, gemma, smollm, embedder):
+    """Fermi fit (Gemma answers, SmolLM2 writes prompts) through the service, then a
+    personalized chat and a multiple-choice answer."""
+    from personalign.service.app import ServiceConfig, create_app
+
+    app = create_app(ServiceConfig(database=f"sqlite:///{tmp_path / 's.db'}", admin_key=ADMIN),
+                     task_llm=gemma, optimizer_llm=smollm, embedder=embedder)
+    with serve_in_thread(app) as url:
+        http = httpx.Client(base_url=url.removesuffix("/v1"), timeout=300)
+        key = http.post("/v1/users", json={"user_id": "lee"}, headers=ADMIN_H).json()["api_key"]
+        http.post("/v1/users/lee/opinions", json={"opinions": OPINIONS}, headers=ADMIN_H)
+        job = http.post("/v1/users/lee/fit", json={"preset": "tiny"}, headers=ADMIN_H).json()
+        import time
+
+        deadline = time.time() + 600
+        while (job := http.get(f"/v1/jobs/{job['job_id']}", headers=ADMIN_H).json())[
+                "status"] not in ("done", "failed"):
+            assert time.time() < deadline
+            time.sleep(0.5)
+        assert job["status"] == "done", job
+        answers = http.post("/v1/users/lee/answer", headers=ADMIN_H, json={"questions": [
+            {"question": "Should the city add more bus routes?", "options": ["Yes", "No"]}]})
+        assert answers.json()["answers"][0]["answer"] in ("Yes", "No")
+        r = client(url, key).chat.completions.create(model="personalign", max_tokens=8,
+                                                     messages=[{"role": "user",
+                                                                "content": "Bus or car?"}])
+        applied = r.model_extra["personalization"]
+        assert applied["method"] == "fermi" and applied["system_prompt"]
+        assert r.usage.prompt_tokens > 10
+        app.state.service.close()
