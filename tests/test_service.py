@@ -167,6 +167,10 @@ def test_inputs_are_strict_and_named(server):
     assert r.status_code == 422 and "malformed JSON" in _error(r)["message"]
     r = http.post("/v1/users/carol/opinions", headers=h, content=b"x" * 1_100_000)
     assert r.status_code == 413 and _error(r)["code"] == "body_too_large"
+    chunked = iter([b'{"opinions": [' + b" " * 600_000, b" " * 600_000 + b"]}"])  # no length
+    r = http.post("/v1/users/carol/opinions", headers={**h, "content-type": "application/json"},
+                  content=chunked)
+    assert r.status_code == 413 and _error(r)["code"] == "body_too_large"
     # Opinions per user are bounded (500 by default).
     many = [dict(op, question=f"Question {i}?") for i in range(250)]
     assert http.post("/v1/users/carol/opinions", json={"opinions": many}, headers=h).json()[

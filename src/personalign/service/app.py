@@ -128,25 +128,28 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             return await too_big(scope, receive, send)
-        seen = 0
+        seen, refused = 0, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooBig()
+                    # Answer now; the app sees a client that went away, and anything it
+                    # still sends is dropped.
+                    refused = True
+                    await too_big(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooBig:
-            await too_big(scope, receive, send)
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
 
-
-class _TooBig(Exception):
-    pass
+        await self.app(scope, counted, guarded_send)
 
 
 # ---- input checks the schemas cannot express (limits are configurable) ----------------------
