@@ -180,6 +180,8 @@ def test_inputs_are_strict_and_named(server):
     e = bad({"opinions": many[:1]})
     assert e["param"] == "opinions" and "at most 500" in e["message"]
     assert bad({"method": "vanilla"}, path="/v1/users/carol/fit")["param"] == "method"
+    e = bad({"method": "fspo:/nonexistent/run"}, path="/v1/users/carol/fit")
+    assert e["param"] == "method" and "fspo_model.json" in e["message"]
     assert bad({"preset": "huge"}, path="/v1/users/carol/fit")["param"] == "preset"
 
 

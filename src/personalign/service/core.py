@@ -29,7 +29,9 @@ from sqlalchemy import delete, func, select
 from personalign.methods import MethodSettings, build, from_saved, split_spec
 from personalign.runtime import models as embedded
 from personalign.runtime.data.records import Opinion, PreferencePair, User
-from personalign.runtime.errors import ConfigError, DataError, NotFoundError, PersonalignError
+from personalign.runtime.errors import (
+    ConfigError, DataError, ModelError, NotFoundError, PersonalignError,
+)
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import Message, SamplingParams
 from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
@@ -347,7 +349,10 @@ class PersonalizationService:
         if name not in SERVED_METHODS:
             raise DataError(f"unknown method {method!r}; served: fermi, fspo or fspo:RUN_FOLDER",
                             field="method")
-        build(method, self.models, MethodSettings(preset=preset))  # a bad spec fails now
+        try:
+            build(method, self.models, MethodSettings(preset=preset))  # a bad spec fails now
+        except (ConfigError, ModelError) as e:
+            raise DataError(str(e), field="method") from None
         with self._user_locks[user_id], self.store.session() as s:
             user = self._user_record(s, user_id)
             if name == "fermi" and len(user.opinions) < 2:
