@@ -130,3 +130,12 @@ def test_phase_time_excludes_nested_phases():
     assert 0.02 <= phases["outer"].seconds < 0.05
     assert llm.usage.seconds == pytest.approx(phases["inner"].seconds + phases["outer"].seconds)
     assert llm.usage.as_dict()["by_phase"]["inner"]["seconds"] >= 0.05
+
+
+def test_generate_one_reports_the_same_usage_on_a_cache_hit(tmp_path):
+    llm = FakeLLM(responder=_responder, cache=CallCache(tmp_path / "c"))
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi" * 50}]
+    first = llm.generate_one(prompt, SamplingParams(max_tokens=8))
+    second = llm.generate_one(prompt, SamplingParams(max_tokens=8))
+    assert first == second and first[1] > 20
+    assert llm.usage.cache_hits == 1 and llm.usage.calls == 1

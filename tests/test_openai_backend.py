@@ -383,3 +383,23 @@ def test_real_server_raw_completion(real_server):
     assert texts[0].strip()
     (res,) = llm.score_choices(EASY[:1], "letter")  # raw text ending in "Answer:"
     assert res.valid and llm.logprobs_supported
+
+
+def test_server_usage_is_the_same_on_a_cache_hit(tmp_path):
+    """The same request twice: the second is a cache hit and reports the first's tokens
+    (which include the chat template's, as a real backend's do)."""
+    class Templated(FakeLLM):
+        def _generate(self, prompts, params):
+            out = super()._generate(prompts, params)
+            for gen in out:
+                gen.prompt_tokens += 30  # the template around the messages
+            return out
+
+    llm = Templated(responder=lambda t, i: "a reply of a few words", cache=CallCache(tmp_path))
+    body = {"model": "m", "max_tokens": 16, "messages": [
+        {"role": "system", "content": "Be kind. " * 20}, {"role": "user", "content": "Hi"}]}
+    with serve_in_thread(create_openai_app({"m": llm})) as url:
+        first, second = (httpx.post(f"{url}/chat/completions", json=body).json()["usage"]
+                         for _ in range(2))
+    assert llm.usage.cache_hits == 1
+    assert first == second and first["prompt_tokens"] > 20

@@ -1,39 +1,60 @@
-"""`personalign serve api|openai`: the personalization service and the OpenAI-compatible server."""
+"""`personalign serve [api]`: the personalization service; `serve openai`: bare models."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import typer
 
 from personalign.runtime import models
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+
+HOST = typer.Option("127.0.0.1", help="Listen address (loopback by default).")
+TASK = typer.Option(models.DEFAULT_SCORER, help="Answers (and scores) as the user.")
+OPTIMIZER = typer.Option(models.DEFAULT_GENERATOR, help="Writes Fermi's prompts.")
+DATABASE = typer.Option(None, "--database", help="SQLAlchemy URL (postgresql+psycopg://...); "
+                        "default: a SQLite file under $PERSONALIGN_HOME/service.")
+ADMIN_ENV = typer.Option("PERSONALIGN_ADMIN_KEY", help="Environment variable holding the admin "
+                         "key; unset: one is created on first start and printed once.")
 
 
-@app.command("api")
-def api(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-        task_model: str = typer.Option(models.DEFAULT_SCORER, help="Scores the options."),
-        optimizer_model: str = typer.Option(models.DEFAULT_GENERATOR,
-                                            help="Writes the prompts."),
-        store: Path = typer.Option(None, help="Where user personalizations are kept."),
-        openai: bool = typer.Option(True, help="Also serve the models at /openai/v1.")) -> None:
-    """Personalization service: fit a user's Fermi prompts, answer as that user."""
+def _serve(host: str, port: int, task_model: str, optimizer_model: str,
+           database: str | None, admin_key_env: str) -> None:
     import uvicorn
 
     from personalign.service.app import ServiceConfig, create_app
 
-    config = ServiceConfig(task_model=task_model, optimizer_model=optimizer_model, store=store,
-                           serve_openai=openai)
+    config = ServiceConfig(task_model=task_model, optimizer_model=optimizer_model,
+                           database=database, admin_key=os.environ.get(admin_key_env) or None)
+    application = create_app(config)
     typer.echo(f"personalign service on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.callback()
+def main(ctx: typer.Context, host: str = HOST, port: int = typer.Option(8080),
+         task_model: str = TASK, optimizer_model: str = OPTIMIZER, database: str = DATABASE,
+         admin_key_env: str = ADMIN_ENV) -> None:
+    """Personalization service (users, API keys, Fermi/FSPO fits, personalized OpenAI chat)."""
+    if ctx.invoked_subcommand is None:
+        _serve(host, port, task_model, optimizer_model, database, admin_key_env)
+
+
+@app.command("api")
+def api(host: str = HOST, port: int = typer.Option(8080), task_model: str = TASK,
+        optimizer_model: str = OPTIMIZER, database: str = DATABASE,
+        admin_key_env: str = ADMIN_ENV) -> None:
+    """The same as `personalign serve`."""
+    _serve(host, port, task_model, optimizer_model, database, admin_key_env)
 
 
 @app.command("openai")
 def openai(model: list[str] = typer.Option([models.DEFAULT_GENERATOR], "--model", "-m",
                                            help="Model spec to serve (repeatable)."),
-           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000)) -> None:
-    """OpenAI-compatible server (chat/completions with first-token log-probs) for any backend."""
+           host: str = HOST, port: int = typer.Option(8000)) -> None:
+    """OpenAI-compatible server (chat/completions with first-token log-probs) for bare models,
+    without users or keys: keep it on loopback."""
     from personalign.service.openai_server import serve_openai
 
     typer.echo(f"OpenAI-compatible server on http://{host}:{port}/v1")

@@ -102,6 +102,14 @@ def load(path: str | Path, models: SharedModels) -> Personalizer:
         raise DataError(f"cannot read: {e}", path=str(path)) from None
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON: {e.msg}", path=str(path), line=e.lineno) from None
+    return from_saved(data, models, source=str(path))
+
+
+def from_saved(data: Any, models: SharedModels, source: str = "saved personalizer"
+               ) -> Personalizer:
+    """A personalizer from what :meth:`Personalizer.saved` returned (a store keeps it as a
+    JSON value rather than a file); ``source`` names it in errors."""
+    path = source
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError("not a saved personalizer", path=str(path), field="format")
     if data.get("version") != FORMAT_VERSION:

@@ -47,6 +47,15 @@ class Embedder:
                 return np.zeros((0, self.dim), dtype=np.float32)
             return np.stack([self._memo[t] for t in texts])
 
+    def forget(self, matches) -> int:
+        """Drop the remembered vectors of every text for which ``matches(text)`` is true (a
+        service forgetting a user's texts); returns how many were dropped."""
+        with self._lock:
+            gone = [t for t in self._memo if matches(t)]
+            for text in gone:
+                del self._memo[text]
+        return len(gone)
+
     def similarity(self, queries: Sequence[str], corpus: Sequence[str]) -> np.ndarray:
         """Cosine similarity matrix (len(queries), len(corpus))."""
         return self.embed(queries) @ self.embed(corpus).T

@@ -187,12 +187,15 @@ class Personalizer(ABC):
         if not self.fitted:
             raise ConfigError(f"{self.name} is not fitted: call fit(user) or load() first")
 
-    def save(self, path: str | Path) -> Path:
+    def saved(self) -> dict[str, Any]:
+        """What :meth:`save` writes (JSON-able); ``personalign.methods.from_saved`` reads it."""
         self._require_fitted()
-        return atomic_write_json(path, {
-            "format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
-            "params": self.params(), "models": self.models.identity(), "user_id": self.user_id,
-            "state": self.state()})
+        return {"format": FORMAT, "version": FORMAT_VERSION, "method": self.name,
+                "params": self.params(), "models": self.models.identity(),
+                "user_id": self.user_id, "state": self.state()}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.saved())
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

@@ -1,226 +1,505 @@
-"""Personalization service: fit any registered method for a user, then answer as that user.
+"""The personalization service over HTTP: a thin front end over :mod:`.core`.
 
-    POST /v1/users/{user_id}/fit          {"method": "fermi", "profile": {...},
-                                           "opinions": [...], "preset": "quick"}
-                                          -> 202 {"job_id": ...}; fitting runs in the background
-    GET  /v1/jobs/{job_id}                -> status, error or the fit summary
-    GET  /v1/users/{user_id}              -> the stored personalization (method, prompts)
-    POST /v1/users/{user_id}/answer       {"questions": [{"question", "options"}]}
-                                          -> the option this user would pick, per question
-    DELETE /v1/users/{user_id}            -> forget the user (their data never leaves the store)
-    /openai/v1/...                        the same models, OpenAI-compatible (chat, completions)
+Management (admin key, or the user's own key where noted)::
 
-Each user's method is fit on that user's opinions alone (through the method protocol) and
-stored under ``$PERSONALIGN_HOME/service/users``; nothing is pooled across users. The domain
-class raises the project's errors; only ``create_app`` maps them to HTTP status codes.
+    POST   /v1/users                       admin: {"user_id", "profile"?, "description"?}
+                                           -> 201 {"user_id", "api_key"} (the key, shown once)
+    POST   /v1/users/{id}/keys             admin: another key for the user
+    POST   /v1/users/{id}/opinions         {"opinions": [{"question", "options", "answer"}]}
+    POST   /v1/users/{id}/pairs            {"pairs": [{"prompt", "chosen", "rejected"}]}
+    POST   /v1/users/{id}/fit              {"method": "fermi"|"fspo"|"fspo:RUN", "preset"}
+                                           -> 202 a job, persisted in the store
+    GET    /v1/jobs/{job_id}               status, stage, progress, error, summary
+    GET    /v1/users/{id}                  the learned personalization
+    GET    /v1/users/{id}/export           everything stored about the user, as JSON
+    POST   /v1/users/{id}/answer           multiple-choice answers as the user
+    DELETE /v1/users/{id}                  everything of the user; says what was removed
+
+OpenAI-compatible, personalized for the key's user (an admin names one with
+``model: "personalign/<user_id>"``): ``GET /v1/models``, ``POST /v1/chat/completions``,
+``POST /v1/completions`` (streaming as server-sent events).
+
+Every error, everywhere, is OpenAI's error object ``{"error": {"message", "type", "param",
+"code"}}``; ``param`` names the offending field.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import re
-import threading
-import traceback
+import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Iterator
 
-from fastapi import FastAPI
-from pydantic import BaseModel, Field, field_validator
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from personalign.methods import MethodSettings, build, load
-from personalign.runtime import models, settings
-from personalign.runtime.data.records import Opinion, User
+from personalign.runtime import models as embedded
+from personalign.runtime import settings
+from personalign.runtime.data.records import Opinion
+from personalign.runtime.data.validate import require_options
 from personalign.runtime.errors import (
-    ConfigError, DataError, ModelError, NotFoundError, PersonalignError,
+    DataError, ModelError, NotFoundError, PersonalignError,
 )
-from personalign.runtime.personalizer import Personalizer, SharedModels
+from personalign.runtime.llm.types import SamplingParams
+from personalign.runtime.personalizer import SharedModels
+from personalign.service.core import (
+    AuthError, ConflictError, ForbiddenError, LimitError, Limits, PersonalizationService,
+    Principal, UncachedModels,
+)
+from personalign.service.schemas import (
+    AnswerIn, ChatIn, CompletionIn, FitIn, OpinionsIn, PairsIn, UserIn,
+)
+from personalign.service.store import Store, sqlite_url
 
 log = logging.getLogger(__name__)
 
-_USER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-class QuestionIn(BaseModel):
-    question: str = Field(min_length=1)
-    options: list[str] = Field(min_length=2)
-
-
-class OpinionIn(QuestionIn):
-    answer: int = Field(ge=0)
-
-    @field_validator("answer")
-    @classmethod
-    def _in_range(cls, v: int, info) -> int:
-        options = info.data.get("options") or []
-        if options and v >= len(options):
-            raise ValueError(f"answer {v} is out of range for {len(options)} options")
-        return v
-
-
-class FitRequest(BaseModel):
-    method: str = "fermi"
-    profile: dict[str, str] = Field(default_factory=dict)
-    opinions: list[OpinionIn] = Field(min_length=2)
-    preset: str = "quick"
-
-
-class AnswerRequest(BaseModel):
-    questions: list[QuestionIn] = Field(min_length=1)
-
-
-@dataclass
-class Job:
-    job_id: str
-    user_id: str
-    method: str
-    status: str = "queued"  # queued | running | done | failed
-    error: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+MODEL_PREFIX = "personalign"
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 
 
 @dataclass
 class ServiceConfig:
-    task_model: str = models.DEFAULT_SCORER
-    optimizer_model: str = models.DEFAULT_GENERATOR
-    store: Path | None = None
-    serve_openai: bool = True
+    task_model: str = embedded.DEFAULT_SCORER
+    optimizer_model: str = embedded.DEFAULT_GENERATOR
+    database: str | None = None          # SQLAlchemy URL; default: a SQLite file
+    admin_key: str | None = None         # None: one is created on first start and printed
+    limits: Limits = field(default_factory=Limits)
+    resume_jobs: bool = True
+
+    def database_url(self) -> str:
+        if self.database:
+            return self.database
+        path = settings.home() / "service" / "personalign.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite_url(path)
 
 
-class PersonalizationService:
-    """Owns the models (loaded once), the per-user store and the background fit queue."""
-
-    def __init__(self, config: ServiceConfig, task_llm=None, optimizer_llm=None, embedder=None):
-        self.config = config
-        self.store = Path(config.store or settings.home() / "service" / "users")
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.models = SharedModels(config.task_model, config.optimizer_model)
-        if task_llm is not None:
-            self.models = SharedModels.of(task_llm, optimizer_llm, embedder)
-        self._load_lock = threading.Lock()
-        self.jobs: dict[str, Job] = {}
-        # One fit at a time: the models run one forward at a time anyway.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
-
-    def loaded(self) -> SharedModels:
-        """The shared models, loaded once (the first request pays for it)."""
-        with self._load_lock:
-            for part in ("task_llm", "optimizer_llm", "embedding"):
-                getattr(self.models, part)
-        return self.models
-
-    def path(self, user_id: str) -> Path:
-        if not _USER_ID.fullmatch(user_id):
-            raise DataError("may contain letters, digits, '_', '-', '.' only",
-                            field="user_id")
-        return self.store / f"{user_id}.json"
-
-    def submit_fit(self, user_id: str, request: FitRequest) -> Job:
-        path = self.path(user_id)
-        method = build(request.method, self.models, MethodSettings(preset=request.preset))
-        job = Job(uuid.uuid4().hex, user_id, method.name)
-        self.jobs[job.job_id] = job
-        user = User(user_id, dict(request.profile), tuple(
-            Opinion(o.question, tuple(o.options), o.answer) for o in request.opinions))
-
-        def work() -> None:
-            job.status = "running"
-            try:
-                self.loaded()
-                method.fit(user).save(path)
-                report = method.fit_report()
-                job.summary = {"method": method.name,
-                               **({"prompts": len(report["pool"]),
-                                   "best_train_score": max(p["train_score"]
-                                                           for p in report["pool"]),
-                                   "collapsed": report.get("collapsed")}
-                                  if report.get("pool") else {})}
-                job.status = "done"
-            except Exception as e:  # reported through the job, never lost in a thread
-                log.error("fit %s failed: %s", job.job_id, traceback.format_exc())
-                job.status, job.error = "failed", str(e)
-
-        self._executor.submit(work)
-        return job
-
-    def job(self, job_id: str) -> Job:
-        if job_id not in self.jobs:
-            raise NotFoundError(f"no job {job_id!r}")
-        return self.jobs[job_id]
-
-    def personalizer(self, user_id: str) -> Personalizer:
-        path = self.path(user_id)
-        if not path.exists():
-            raise NotFoundError(f"user {user_id!r} has no personalization yet")
-        return load(path, self.loaded())
-
-    def forget(self, user_id: str) -> bool:
-        path = self.path(user_id)
-        existed = path.exists()
-        path.unlink(missing_ok=True)
-        return existed
+# ---- errors -------------------------------------------------------------------------------
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None
+               ) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-#: how the project's errors read over HTTP
-STATUS = {NotFoundError: 404, DataError: 422, ConfigError: 422, ModelError: 503}
+def _status(exc: PersonalignError, openai_route: bool) -> tuple[int, str, str | None]:
+    if isinstance(exc, AuthError):
+        return 401, "authentication_error", "invalid_api_key"
+    if isinstance(exc, ForbiddenError):
+        return 403, "permission_error", "forbidden"
+    if isinstance(exc, NotFoundError):
+        return 404, "not_found_error", "not_found"
+    if isinstance(exc, ConflictError):
+        return 409, "conflict_error", "conflict"
+    if isinstance(exc, LimitError):
+        return exc.status, ("rate_limit_error" if exc.status == 429 else
+                            "invalid_request_error"), "limit_exceeded"
+    if isinstance(exc, ModelError):
+        return 503, "server_error", "model_unavailable"
+    return (400 if openai_route else 422), "invalid_request_error", "invalid_value"
 
 
-def create_app(config: ServiceConfig | None = None, **components) -> FastAPI:
+def _field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+class BodyLimit:
+    """Refuses bodies over ``max_bytes`` (by Content-Length, and by counting when chunked)
+    before the app reads them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = JSONResponse(error_body(
+            f"request body is larger than {self.max_bytes} bytes", "invalid_request_error",
+            None, "body_too_large"), status_code=413)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await too_big(scope, receive, send)
+        seen, refused = 0, False
+
+        async def counted():
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Answer now; the app sees a client that went away, and anything it
+                    # still sends is dropped.
+                    refused = True
+                    await too_big(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded_send)
+
+
+# ---- input checks the schemas cannot express (limits are configurable) ----------------------
+def _text(value: str, name: str, limits: Limits) -> str:
+    if not value.strip():
+        raise DataError("empty", field=name)
+    if len(value) > limits.max_text_chars:
+        raise DataError(f"{len(value)} characters; at most {limits.max_text_chars}", field=name)
+    return value
+
+
+def _question(q, where: str, limits: Limits) -> tuple[str, tuple[str, ...]]:
+    _text(q.question, f"{where}.question", limits)
+    if len(q.options) > limits.max_options:
+        raise DataError(f"{len(q.options)} options; at most {limits.max_options}",
+                        field=f"{where}.options")
+    options = require_options(q.options, "", None, f"{where}.options")  # the loaders' rules
+    for i, o in enumerate(options):
+        _text(o, f"{where}.options[{i}]", limits)
+    return q.question, options
+
+
+def _opinions(body: OpinionsIn, limits: Limits) -> list[Opinion]:
+    out = []
+    for i, o in enumerate(body.opinions):
+        where = f"opinions[{i}]"
+        question, options = _question(o, where, limits)
+        if not 0 <= o.answer < len(options):
+            raise DataError(f"answer {o.answer} is out of range for {len(options)} options",
+                            field=f"{where}.answer")
+        out.append(Opinion(question, options, o.answer))
+    return out
+
+
+# ---- the app --------------------------------------------------------------------------------
+def create_app(config: ServiceConfig | None = None, *, models: SharedModels | None = None,
+               task_llm=None, optimizer_llm=None, embedder=None) -> FastAPI:
+    """The service app. ``models`` (or loaded ``task_llm``/``optimizer_llm``/``embedder``)
+    replace the configured models (tests, notebooks); either way they run uncached."""
     config = config or ServiceConfig()
-    service = PersonalizationService(config, **components)
-    app = FastAPI(title="personalign", version="0.1.0",
-                  description="Few-shot personalization of LLMs (Fermi) as a service.")
+    if task_llm is not None:
+        models = UncachedModels.of(task_llm, optimizer_llm, embedder)
+    models = models or UncachedModels(config.task_model, config.optimizer_model)
+    store = Store(config.database_url())
+    service = PersonalizationService(store, models, config.limits, config.admin_key)
+    if service.admin_key_created:
+        # Shown once; only its hash is stored.
+        print(f"personalign: created the admin API key (shown once): "
+              f"{service.admin_key_created}", flush=True)
+    limits = config.limits
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()
+
+    app = FastAPI(title="personalign", version="0.2.0", lifespan=lifespan,
+                  description="Few-shot personalization of LLMs (Fermi, FSPO) as a service.")
     app.state.service = service
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    bearer = HTTPBearer(auto_error=False, description="An API key: the admin's or a user's.")
+
+    async def who(request: Request,
+                  creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
+        # On the event loop (no thread hop per request); a key not yet seen is looked up in
+        # the store on a worker thread.
+        token = creds.credentials if creds else None
+        principal = service.known_key(token)
+        if principal is None:
+            principal = await run_in_threadpool(service.authenticate, token)
+        service.rate.check(principal.key_id, time.monotonic())
+        return principal
+
+    def is_openai(request: Request) -> bool:
+        return request.url.path in OPENAI_PATHS
 
     @app.exception_handler(PersonalignError)
-    def _project_error(request, exc: PersonalignError):
-        from fastapi.responses import JSONResponse
+    async def _project_error(request: Request, exc: PersonalignError):
+        status, kind, code = _status(exc, is_openai(request))
+        param = getattr(exc, "field", None)
+        return JSONResponse(error_body(str(exc), kind, param, code), status_code=status,
+                            headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
-        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 422)
-        return JSONResponse(status_code=status, content={"detail": str(exc)})
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        param = _field(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            message, param = "malformed JSON: " + str(first.get("ctx", {}).get(
+                "error", first.get("msg"))), None
+        else:
+            message = (f"field '{param}': " if param else "") + first.get("msg", "invalid")
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more)"
+        return JSONResponse(error_body(message, "invalid_request_error", param or None,
+                                       first.get("type")),
+                            status_code=400 if is_openai(request) else 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None,
+                                       str(exc.status_code)), status_code=exc.status_code)
+
+    if config.resume_jobs:
+        service.resume_jobs()
+
+    # ---- management ------------------------------------------------------------------------
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "task_model": config.task_model,
-                "optimizer_model": config.optimizer_model}
+        return {"status": "ok", "task_model": models.task, "optimizer_model": models.optimizer,
+                "database": store.engine.dialect.name}
+
+    @app.post("/v1/users", status_code=201)
+    def create_user(body: UserIn, p: Principal = Depends(who)) -> dict:
+        service.require_admin(p)
+        for k, v in body.profile.items():
+            _text(v, f"profile.{k}", limits)
+        if body.description is not None:
+            _text(body.description, "description", limits)
+        key = service.create_user(body.user_id, body.profile, body.description)
+        return {"user_id": body.user_id, "api_key": key}
+
+    @app.post("/v1/users/{user_id}/keys", status_code=201)
+    def new_key(user_id: str, p: Principal = Depends(who)) -> dict:
+        service.require_admin(p)
+        service.allow(p, user_id)
+        return {"user_id": user_id, "api_key": service.new_user_key(user_id)}
+
+    @app.post("/v1/users/{user_id}/opinions")
+    def add_opinions(user_id: str, body: OpinionsIn, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        total = service.add_opinions(user_id, _opinions(body, limits))
+        return {"user_id": user_id, "added": len(body.opinions), "opinions": total}
+
+    @app.post("/v1/users/{user_id}/pairs")
+    def add_pairs(user_id: str, body: PairsIn, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        pairs = []
+        for i, pair in enumerate(body.pairs):
+            pairs.append(tuple(_text(getattr(pair, k), f"pairs[{i}].{k}", limits)
+                               for k in ("prompt", "chosen", "rejected")))
+        total = service.add_pairs(user_id, pairs)
+        return {"user_id": user_id, "added": len(pairs), "pairs": total}
 
     @app.post("/v1/users/{user_id}/fit", status_code=202)
-    def fit(user_id: str, body: FitRequest) -> dict:
-        job = service.submit_fit(user_id, body)
-        return {"job_id": job.job_id, "status": job.status}
+    def fit(user_id: str, body: FitIn, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        return service.submit_fit(user_id, body.method, body.preset)
 
     @app.get("/v1/jobs/{job_id}")
-    def job_status(job_id: str) -> dict:
-        return service.job(job_id).__dict__
+    def job(job_id: str, p: Principal = Depends(who)) -> dict:
+        return service.job(p, job_id)
 
     @app.get("/v1/users/{user_id}")
-    def user(user_id: str) -> dict:
-        method = service.personalizer(user_id)
-        report = method.state()
-        return {"user_id": user_id, "method": method.name,
-                "prompts": [{"prompt": p["prompt"], "train_score": p["train_score"]}
-                            for p in report.get("pool", [])]}
+    def user(user_id: str, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        return service.personalization_of(user_id)
+
+    @app.get("/v1/users/{user_id}/export")
+    def export(user_id: str, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        return service.export(user_id)
 
     @app.delete("/v1/users/{user_id}")
-    def forget(user_id: str) -> dict:
-        return {"user_id": user_id, "deleted": service.forget(user_id)}
+    def delete_user(user_id: str, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        return {"user_id": user_id, "deleted": True, "removed": service.delete_user(user_id)}
 
     @app.post("/v1/users/{user_id}/answer")
-    def answer(user_id: str, body: AnswerRequest) -> dict:
-        method = service.personalizer(user_id)
-        questions = [Opinion(q.question, tuple(q.options), 0) for q in body.questions]
-        return {"method": method.name, "answers": [
-            {"choice": a.choice, "answer": None if a.choice is None else q.options[a.choice],
-             "prompt": a.prompt}
-            for q, a in zip(body.questions, method.predict(questions))]}
+    def answer(user_id: str, body: AnswerIn, p: Principal = Depends(who)) -> dict:
+        service.allow(p, user_id)
+        questions = [Opinion(*_question(q, f"questions[{i}]", limits), 0)
+                     for i, q in enumerate(body.questions)]
+        name, answers = service.answer(user_id, questions)
+        return {"method": name, "answers": [
+            {"choice": a.choice,
+             "answer": None if a.choice is None else q.options[a.choice], "prompt": a.prompt}
+            for q, a in zip(questions, answers)]}
 
-    if config.serve_openai:
-        from personalign.service.openai_server import create_openai_app
+    # ---- OpenAI-compatible -----------------------------------------------------------------
+    def user_of_model(p: Principal, model: str) -> str:
+        name, _, user_id = model.partition("/")
+        if name != MODEL_PREFIX:
+            raise DataError(f"unknown model {model!r}: use '{MODEL_PREFIX}' (your key's user) "
+                            f"or '{MODEL_PREFIX}/<user_id>'", field="model")
+        if not user_id:
+            if p.admin:
+                raise DataError(f"the admin key must name the user: "
+                                f"'{MODEL_PREFIX}/<user_id>'", field="model")
+            user_id = p.user_id or ""
+        return service.allow(p, user_id)
 
-        # The same loaded models, also under the OpenAI API shape.
-        shared = service.loaded()
-        app.mount("/openai", create_openai_app({config.task_model: shared.task_llm,
-                                                config.optimizer_model: shared.optimizer_llm}))
+    def sampling(body, max_tokens: int | None, default: int) -> SamplingParams:
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        return SamplingParams(n=body.n, temperature=body.temperature,
+                              max_tokens=max_tokens or default, stop=stop, top_p=body.top_p,
+                              seed=body.seed if body.seed is not None else 0)
+
+    def check_chat_size(texts: list[str]) -> None:
+        total = sum(len(t) for t in texts)
+        if total > limits.max_chat_chars:
+            raise DataError(f"{total} characters of text; at most {limits.max_chat_chars}",
+                            field="messages")
+
+    @app.get("/v1/models")
+    def list_models(p: Principal = Depends(who)) -> dict:
+        ids = [MODEL_PREFIX] if not p.admin else []
+        if p.user_id:
+            ids.append(f"{MODEL_PREFIX}/{p.user_id}")
+        return {"object": "list", "data": [
+            {"id": i, "object": "model", "created": 0, "owned_by": "personalign"} for i in ids]}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: ChatIn, p: Principal = Depends(who)):
+        user_id = user_of_model(p, body.model)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        check_chat_size([m["content"] for m in messages])
+        params = sampling(body, body.max_completion_tokens or body.max_tokens, 256)
+        top_k = (body.top_logprobs or 0) if body.logprobs else None
+        result = service.chat(user_id, messages, params, top_k)
+        created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        usage = {"prompt_tokens": result.prompt_tokens,
+                 "completion_tokens": result.completion_tokens,
+                 "total_tokens": result.prompt_tokens + result.completion_tokens}
+        logprobs = [_chat_logprobs(t, result.top_logprobs, top_k) if top_k is not None
+                    and result.top_logprobs else None for t in result.texts]
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(_chat_chunks(cid, created, body.model, result, logprobs,
+                                     usage if include_usage else None))
+        return {"id": cid, "object": "chat.completion", "created": created,
+                "model": body.model, "personalization": result.personalization,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": t},
+                             "finish_reason": result.finish[i], "logprobs": logprobs[i]}
+                            for i, t in enumerate(result.texts)],
+                "usage": usage}
+
+    @app.post("/v1/completions")
+    def completions(body: CompletionIn, p: Principal = Depends(who)):
+        user_id = user_of_model(p, body.model)
+        if body.echo:
+            raise DataError("echo is not supported by this server", field="echo")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if not prompts or not all(x.strip() for x in prompts):
+            raise DataError("empty", field="prompt")
+        check_chat_size(prompts)
+        params = sampling(body, body.max_tokens, 16)
+        created, cid = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
+        choices, used_in, used_out, applied = [], 0, 0, None
+        for prompt in prompts:
+            # A completion prompt is answered as the user's message, personalized alike.
+            result = service.chat(user_id, [{"role": "user", "content": prompt}], params,
+                                  body.logprobs)
+            used_in, used_out = used_in + result.prompt_tokens, used_out + result.completion_tokens
+            applied = result.personalization
+            for i, text in enumerate(result.texts):
+                lp = None
+                if body.logprobs is not None and result.top_logprobs:
+                    token, value = _first_token(text, result.top_logprobs)
+                    listed: dict[str, float] = {}
+                    for t, v in result.top_logprobs[: body.logprobs]:
+                        listed.setdefault(t, v)
+                    lp = {"tokens": [token], "token_logprobs": [value],
+                          "top_logprobs": [listed], "text_offset": [0]}
+                choices.append({"index": len(choices), "text": text,
+                                "finish_reason": result.finish[i], "logprobs": lp})
+        usage = {"prompt_tokens": used_in, "completion_tokens": used_out,
+                 "total_tokens": used_in + used_out}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse(_completion_chunks(cid, created, body.model, choices, applied,
+                                           usage if include_usage else None))
+        return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
+                "personalization": applied, "choices": choices, "usage": usage}
+
     return app
+
+
+# ---- OpenAI response pieces ------------------------------------------------------------------
+def _first_token(text: str, top: list[tuple[str, float]]) -> tuple[str, float]:
+    for token, value in top:
+        if token and text.startswith(token):
+            return token, value
+    return top[0]
+
+
+def _chat_logprobs(text: str, top: list[tuple[str, float]], k: int) -> dict:
+    token, value = _first_token(text, top)
+    return {"content": [{"token": token, "logprob": value, "bytes": list(token.encode()),
+                         "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
+                                          for t, v in top[:k]]}]}
+
+
+def _pieces(text: str) -> list[str]:
+    """The text in word-sized pieces (the whole answer is generated first, then streamed)."""
+    out, start = [], 0
+    for i in range(1, len(text)):
+        if text[i] == " " and text[i - 1] != " ":
+            out.append(text[start:i])
+            start = i
+    out.append(text[start:])
+    return [p for p in out if p]
+
+
+def _sse(events: Iterator[dict]) -> StreamingResponse:
+    def body() -> Iterator[str]:
+        for event in events:
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+def _chat_chunks(cid: str, created: int, model: str, result, logprobs: list,
+                 usage: dict | None) -> Iterator[dict]:
+    def chunk(choices: list[dict], **extra) -> dict:
+        return {"id": cid, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": choices, **extra}
+
+    for i, text in enumerate(result.texts):
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                      "finish_reason": None, "logprobs": None}],
+                    personalization=result.personalization)
+        for j, piece in enumerate(_pieces(text)):
+            yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None,
+                          "logprobs": logprobs[i] if j == 0 else None}])
+        yield chunk([{"index": i, "delta": {}, "finish_reason": result.finish[i],
+                      "logprobs": None}])
+    if usage is not None:
+        yield chunk([], usage=usage)
+
+
+def _completion_chunks(cid: str, created: int, model: str, choices: list[dict], applied,
+                       usage: dict | None) -> Iterator[dict]:
+    def chunk(items: list[dict], **extra) -> dict:
+        return {"id": cid, "object": "text_completion", "created": created, "model": model,
+                "choices": items, **extra}
+
+    for c in choices:
+        pieces = _pieces(c["text"]) or [""]
+        for j, piece in enumerate(pieces):
+            last = j == len(pieces) - 1
+            yield chunk([{"index": c["index"], "text": piece,
+                          "finish_reason": c["finish_reason"] if last else None,
+                          "logprobs": c["logprobs"] if j == 0 else None}],
+                        personalization=applied)
+    if usage is not None:
+        yield chunk([], usage=usage)
+
+
+__all__ = ["ServiceConfig", "create_app"]

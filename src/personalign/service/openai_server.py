@@ -42,9 +42,7 @@ class NextTokenLogprobs(Protocol):
 
 
 # Request bodies (module level: FastAPI resolves annotations from module globals).
-class Message(BaseModel):
-    role: str
-    content: str
+from personalign.service.schemas import ChatMessage as Message  # noqa: E402  roles, parts
 
 
 class Common(BaseModel):
@@ -55,6 +53,7 @@ class Common(BaseModel):
     stop: Union[str, list[str], None] = None
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
+    stream: bool = False
 
 
 class ChatRequest(Common):
@@ -78,12 +77,23 @@ class _Served:
         self.lock = threading.Lock()
 
     def generate(self, prompt: Prompt, params: SamplingParams) -> tuple[list[str], int, int]:
+        # The tokens a request spent are cached next to its texts, so a cache hit reports the
+        # same usage as the miss that filled it (not an estimate without the chat template).
+        key = cache_key(self.llm._identity(), "usage", prompt, params)
+        cache = self.llm.cache
         with self.lock:
             before = (self.llm.usage.prompt_tokens, self.llm.usage.completion_tokens)
             texts = self.llm.generate([prompt], params)[0]
             used_in = self.llm.usage.prompt_tokens - before[0]
             used_out = self.llm.usage.completion_tokens - before[1]
-        if not used_in:  # a cache hit spends nothing: report what the request amounts to
+            if cache is not None:
+                if used_in:
+                    cache.set(key, [used_in, used_out])
+                else:
+                    known = cache.get(key)
+                    if known is not None:
+                        used_in, used_out = known
+        if not used_in:  # a hit cached before usage was: report what the request amounts to
             used_in = self.llm.count_tokens(_prompt_text(prompt))
             used_out = sum(self.llm.count_tokens(t) for t in texts if t)
         return texts, used_in, used_out
@@ -143,6 +153,7 @@ def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
 def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
     """FastAPI app serving ``llms`` (name -> LLM) under the OpenAI API shape."""
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     served = {name: _Served(llm) for name, llm in llms.items()}
@@ -160,6 +171,14 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
         # OpenAI's error shape, which OpenAI clients read.
         return JSONResponse({"error": {"message": exc.detail, "type": "invalid_request_error",
                                        "code": exc.status_code}}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return JSONResponse({"error": {"message": f"{param}: {first.get('msg')}",
+                                       "type": "invalid_request_error", "param": param,
+                                       "code": first.get("type")}}, status_code=422)
 
     @app.exception_handler(PersonalignError)
     async def _user_error(request: Request, exc: PersonalignError):
@@ -179,7 +198,10 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
     @app.post("/v1/chat/completions")
     def chat(body: ChatRequest) -> dict:
         model = model_of(body.model)
-        messages = [m.model_dump() for m in body.messages]
+        if body.stream:
+            raise HTTPException(400, "stream is not supported by the bare model server; "
+                                "`personalign serve` streams")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         params = _params(body, default_max_tokens)
         top = model.top_logprobs(messages, max(1, body.top_logprobs or 0)) \
             if body.logprobs else None
@@ -205,8 +227,8 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
     @app.post("/v1/completions")
     def completions(body: CompletionRequest) -> dict:
         model = model_of(body.model)
-        if body.echo:
-            raise HTTPException(400, "echo is not supported by this server")
+        if body.echo or body.stream:
+            raise HTTPException(400, "echo and stream are not supported by this server")
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts:
             raise HTTPException(400, "prompt is empty")

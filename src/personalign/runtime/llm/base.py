@@ -107,6 +107,25 @@ class LLM(ABC):
         bar.close()
         return out
 
+    def generate_one(self, prompt: Prompt, params: SamplingParams = SamplingParams()
+                     ) -> tuple[list[str], int, int]:
+        """``generate`` for one prompt, with the tokens this request took: (texts,
+        prompt_tokens, completion_tokens). A cache hit reports the tokens of the call that
+        filled the cache (kept next to its texts), so the same request reports the same
+        usage whether it was computed or cached (servers report per-request usage)."""
+        key = cache_key(self._identity(), "generate", prompt, params)
+        usage_key = cache_key(self._identity(), "generate-usage", prompt, params)
+        texts, used = self._cached([key, usage_key])
+        if texts is not None and used is not None:
+            self._count(cache_hits=1)
+            return texts, int(used[0]), int(used[1])
+        gen = self._generate([prompt], params)[0]
+        self._count(calls=1, prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=gen.completion_tokens)
+        self._store(key, gen.texts)
+        self._store(usage_key, [gen.prompt_tokens, gen.completion_tokens])
+        return gen.texts, gen.prompt_tokens, gen.completion_tokens
+
     def score_choices(self, items: Sequence[ChoiceItem], method: ScoringMethod | None = None,
                       *, progress: bool = False) -> list[ChoiceResult]:
         """Normalized per-option log-probs and the chosen option for every item."""

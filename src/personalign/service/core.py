@@ -1,0 +1,655 @@
+"""The personalization service's domain: users, keys, inputs, fit jobs, deletion, chat.
+
+It raises the project's errors (``DataError``, ``NotFoundError``, ...) plus the two below;
+only the HTTP layer (``app.py``) maps them to status codes. Every user's method is fit on
+that user's data alone, through the method protocol (``build`` / ``fit`` / ``saved`` /
+``from_saved`` / ``system_prompt`` / ``respond``), so Fermi and FSPO are served alike.
+
+User data never enters the shared LLM call cache: the service's models run uncached
+(:class:`UncachedModels`), so deleting a user's rows, personalization and in-memory vectors
+leaves nothing derived from them behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import uuid
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from sqlalchemy import delete, func, select
+
+from personalign.methods import MethodSettings, build, from_saved, split_spec
+from personalign.runtime import models as embedded
+from personalign.runtime.data.records import Opinion, PreferencePair, User
+from personalign.runtime.errors import (
+    ConfigError, DataError, ModelError, NotFoundError, PersonalignError,
+)
+from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.types import Message, SamplingParams
+from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
+from personalign.service.store import Store
+from personalign.service.store.models import (
+    ApiKeyRow, DeletionLogRow, JobRow, OpinionRow, PersonalizationRow, PreferencePairRow,
+    UserRow, now,
+)
+
+log = logging.getLogger(__name__)
+
+USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+KEY_PREFIX = "pa_"
+#: methods a user may be fit with: Fermi (prompt-level) and FSPO (weight-level, ``fspo:RUN``)
+SERVED_METHODS = ("fermi", "fspo")
+ACTIVE = ("queued", "running")
+MAX_RESUMES = 2
+
+
+class AuthError(PersonalignError):
+    """No API key, or one that is not known (HTTP 401)."""
+
+
+class ForbiddenError(PersonalignError):
+    """A known key asking for what it may not reach (HTTP 403)."""
+
+
+class ConflictError(PersonalignError):
+    """The request clashes with what exists (a user id taken; HTTP 409)."""
+
+
+class LimitError(PersonalignError):
+    """A limit was reached (too many opinions: HTTP 422 with the field; rate: HTTP 429)."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 422):
+        self.field, self.status = field, status
+        super().__init__((f"field '{field}': " if field else "") + message)
+
+
+class Cancelled(BaseException):
+    """A fit whose user was deleted while it ran (a BaseException: a method's own
+    ``except Exception`` around a model call does not swallow it)."""
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 1_000_000
+    max_opinions_per_user: int = 500
+    max_pairs_per_user: int = 500
+    max_text_chars: int = 4_000       # a question, an option, a prompt or a response
+    max_options: int = 26
+    max_chat_chars: int = 32_000      # all message text of one chat request
+    requests_per_minute: int = 600    # per API key
+
+
+@dataclass
+class Principal:
+    """Who is calling: the admin, or one user's key."""
+
+    key_id: str
+    role: str
+    user_id: str | None
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def check_user_id(user_id: str) -> str:
+    if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
+        raise DataError("must be 1-128 characters from letters, digits, '_', '-', '.'",
+                        field="user_id")
+    return user_id
+
+
+class UncachedModels(SharedModels):
+    """Shared models whose LLMs run without the call cache: a cache entry derived from a
+    user's text would outlive the user's deletion."""
+
+    def llm(self, spec: str, **options: Any) -> LLM:
+        key = (spec, tuple(sorted(options.items())))
+        if key not in self._loaded:
+            from personalign.runtime.llm.factory import load_llm
+
+            self._loaded[key] = load_llm(spec, cache=False, **options)
+        return self._loaded[key]
+
+    @classmethod
+    def of(cls, task_llm: LLM, optimizer_llm: LLM | None = None, embedder=None,
+           scoring="letter") -> "UncachedModels":
+        for llm in (task_llm, optimizer_llm):
+            if llm is not None:
+                llm.cache = None
+        return super().of(task_llm, optimizer_llm, embedder, scoring)  # type: ignore
+
+
+class RateLimiter:
+    """Requests per key in a sliding minute (in memory, per process)."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._seen: dict[str, deque] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def check(self, key_id: str, at: float) -> None:
+        with self._lock:
+            seen = self._seen[key_id]
+            while seen and seen[0] <= at - 60:
+                seen.popleft()
+            if len(seen) >= self.per_minute:
+                raise LimitError(f"more than {self.per_minute} requests in a minute for this "
+                                 "key; retry later", status=429)
+            seen.append(at)
+
+
+@dataclass
+class Chat:
+    """A personalized chat answer."""
+
+    texts: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    personalization: dict[str, Any]
+    top_logprobs: list[tuple[str, float]] | None = None
+    finish: list[str] = field(default_factory=list)
+
+
+class PersonalizationService:
+    """Owns the store, the models (loaded once) and the background fit queue."""
+
+    def __init__(self, store: Store, models: SharedModels, limits: Limits | None = None,
+                 admin_key: str | None = None):
+        self.store = store
+        self.models = models
+        self.limits = limits or Limits()
+        self.rate = RateLimiter(self.limits.requests_per_minute)
+        self._load_lock = threading.Lock()
+        self._user_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._cancel: dict[str, threading.Event] = {}
+        # In-process caches of keys and loaded personalizations: this process is the only
+        # writer (fits and deletions run here), and it drops entries as it changes them.
+        self._personalizers: dict[str, tuple[Any, Personalizer]] = {}
+        self._keys: dict[str, tuple[str, Principal]] = {}
+        self._keys_lock = threading.Lock()
+        self._deletions = 0
+        # One fit at a time: the models run one forward at a time anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
+        self._model_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
+        self.admin_key_created = self._ensure_admin(admin_key)
+
+    # ---- keys ---------------------------------------------------------------------------
+    def _ensure_admin(self, admin_key: str | None) -> str | None:
+        """Register ``admin_key`` (hashed); with none given and no admin key stored, create
+        one and return it (shown once by the caller)."""
+        with self.store.session() as s:
+            if admin_key:
+                digest = hash_key(admin_key)
+                if s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)) is None:
+                    s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=digest, role="admin"))
+                return None
+            if s.scalar(select(ApiKeyRow).where(ApiKeyRow.role == "admin")) is not None:
+                return None
+            token = new_key()
+            s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="admin"))
+            return token
+
+    def known_key(self, token: str | None) -> Principal | None:
+        """The caller of a key already seen (no store access), or None: ask
+        :meth:`authenticate`."""
+        if not token:
+            return None
+        digest = hash_key(token)
+        known = self._keys.get(digest)
+        if known is None or not hmac.compare_digest(known[0], digest):
+            return None
+        return known[1]
+
+    def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthError("no API key: send 'Authorization: Bearer <key>'")
+        digest = hash_key(token)
+        known = self._keys.get(digest)
+        if known is None:
+            epoch = self._deletions
+            with self.store.session() as s:
+                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+            if row is None:
+                raise AuthError("invalid API key")
+            known = (row.key_hash, Principal(row.id, row.role, row.user_id))
+            with self._keys_lock:
+                if epoch == self._deletions:  # no deletion raced this lookup
+                    self._keys[digest] = known
+        # The lookup is by hash; the final comparison is in constant time all the same.
+        if not hmac.compare_digest(known[0], digest):
+            raise AuthError("invalid API key")
+        return known[1]
+
+    def allow(self, who: Principal, user_id: str) -> str:
+        check_user_id(user_id)
+        if not who.admin and who.user_id != user_id:
+            raise ForbiddenError("this key does not reach that user's data")
+        return user_id
+
+    def require_admin(self, who: Principal) -> None:
+        if not who.admin:
+            raise ForbiddenError("only the admin key may do this")
+
+    def new_user_key(self, user_id: str) -> str:
+        with self.store.session() as s:
+            self._user_row(s, user_id)
+            token = new_key()
+            s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="user",
+                            user_id=user_id))
+        return token
+
+    # ---- users and their inputs ---------------------------------------------------------
+    @staticmethod
+    def _user_row(s, user_id: str) -> UserRow:
+        row = s.get(UserRow, user_id)
+        if row is None:
+            raise NotFoundError(f"no user {user_id!r}")
+        return row
+
+    def create_user(self, user_id: str, profile: dict[str, str], description: str | None
+                    ) -> str:
+        check_user_id(user_id)
+        with self.store.session() as s:
+            if s.get(UserRow, user_id) is not None:
+                raise ConflictError(f"user {user_id!r} exists")
+            s.add(UserRow(id=user_id, profile=dict(profile), description=description))
+            s.flush()
+            token = new_key()
+            s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="user",
+                            user_id=user_id))
+        return token
+
+    def add_opinions(self, user_id: str, opinions: Sequence[Opinion]) -> int:
+        with self._user_locks[user_id], self.store.session() as s:
+            self._user_row(s, user_id)
+            have = s.scalar(select(func.count()).select_from(OpinionRow)
+                            .where(OpinionRow.user_id == user_id)) or 0
+            if have + len(opinions) > self.limits.max_opinions_per_user:
+                raise LimitError(f"a user may have at most {self.limits.max_opinions_per_user}"
+                                 f" opinions ({have} stored, {len(opinions)} sent)",
+                                 field="opinions")
+            s.add_all(OpinionRow(user_id=user_id, question=o.question, options=list(o.options),
+                                 answer=o.answer) for o in opinions)
+            return have + len(opinions)
+
+    def add_pairs(self, user_id: str, pairs: Sequence[tuple[str, str, str]]) -> int:
+        with self._user_locks[user_id], self.store.session() as s:
+            self._user_row(s, user_id)
+            have = s.scalar(select(func.count()).select_from(PreferencePairRow)
+                            .where(PreferencePairRow.user_id == user_id)) or 0
+            if have + len(pairs) > self.limits.max_pairs_per_user:
+                raise LimitError(f"a user may have at most {self.limits.max_pairs_per_user} "
+                                 f"preference pairs ({have} stored, {len(pairs)} sent)",
+                                 field="pairs")
+            s.add_all(PreferencePairRow(user_id=user_id, prompt=p, chosen=c, rejected=r)
+                      for p, c, r in pairs)
+            return have + len(pairs)
+
+    def _user_record(self, s, user_id: str) -> User:
+        row = self._user_row(s, user_id)
+        opinions = s.scalars(select(OpinionRow).where(OpinionRow.user_id == user_id)
+                             .order_by(OpinionRow.id)).all()
+        pairs = s.scalars(select(PreferencePairRow).where(PreferencePairRow.user_id == user_id)
+                          .order_by(PreferencePairRow.id)).all()
+        return User(user_id, dict(row.profile or {}),
+                    tuple(Opinion(o.question, tuple(o.options), o.answer) for o in opinions),
+                    description=row.description,
+                    pairs=tuple(PreferencePair(user_id, p.prompt, p.chosen, p.rejected)
+                                for p in pairs))
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything the store holds about the user (keys as ids only)."""
+        with self.store.session() as s:
+            user = self._user_record(s, user_id)
+            row = s.get(UserRow, user_id)
+            keys = s.scalars(select(ApiKeyRow).where(ApiKeyRow.user_id == user_id)).all()
+            jobs = s.scalars(select(JobRow).where(JobRow.user_id == user_id)
+                             .order_by(JobRow.created_at)).all()
+            pers = s.get(PersonalizationRow, user_id)
+            return {"user_id": user_id, "created_at": row.created_at.isoformat(),
+                    "profile": user.profile, "description": user.description,
+                    "opinions": [{"question": o.question, "options": list(o.options),
+                                  "answer": o.answer} for o in user.opinions],
+                    "pairs": [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+                              for p in user.pairs],
+                    "api_keys": [{"id": k.id, "created_at": k.created_at.isoformat()}
+                                 for k in keys],
+                    "jobs": [self._job_dict(j) for j in jobs],
+                    "personalization": None if pers is None else {
+                        "method": pers.method, "job_id": pers.job_id,
+                        "updated_at": pers.updated_at.isoformat(), "saved": pers.saved}}
+
+    # ---- fit jobs ------------------------------------------------------------------------
+    def loaded(self) -> SharedModels:
+        """The shared models, loaded once (the first fit or chat pays for it)."""
+        with self._load_lock:
+            for part in ("task_llm", "optimizer_llm", "embedding"):
+                getattr(self.models, part)
+        return self.models
+
+    def submit_fit(self, user_id: str, method: str, preset: str) -> dict[str, Any]:
+        name, _ = split_spec(method)
+        if name not in SERVED_METHODS:
+            raise DataError(f"unknown method {method!r}; served: fermi, fspo or fspo:RUN_FOLDER",
+                            field="method")
+        try:
+            build(method, self.models, MethodSettings(preset=preset))  # a bad spec fails now
+        except (ConfigError, ModelError) as e:
+            raise DataError(str(e), field="method") from None
+        with self._user_locks[user_id], self.store.session() as s:
+            user = self._user_record(s, user_id)
+            if name == "fermi" and len(user.opinions) < 2:
+                raise DataError(f"fermi needs at least 2 opinions; user {user_id!r} has "
+                                f"{len(user.opinions)}", field="opinions")
+            if name == "fspo" and not (user.pairs or user.opinions):
+                raise DataError("fspo needs preference pairs or opinions", field="pairs")
+            job = JobRow(id=uuid.uuid4().hex, user_id=user_id, method=method, preset=preset,
+                         status="queued", stage="queued", progress=0.0, summary={})
+            s.add(job)
+        self._enqueue(job.id)
+        return self._job_dict(job)
+
+    def _enqueue(self, job_id: str) -> None:
+        self._cancel[job_id] = threading.Event()
+        self._executor.submit(self._run, job_id)
+
+    def _update(self, job_id: str, **values: Any) -> None:
+        with self.store.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is not None:
+                for k, v in values.items():
+                    setattr(job, k, v)
+                job.updated_at = now()
+
+    def _run(self, job_id: str) -> None:
+        cancelled = self._cancel.get(job_id) or threading.Event()
+        try:
+            with self.store.session() as s:
+                job = s.get(JobRow, job_id)
+                if job is None or job.status not in ACTIVE:
+                    return  # deleted with its user, or finished
+                user = self._user_record(s, job.user_id)
+                job.status, job.stage, job.progress = "running", "loading models", 0.05
+                job.attempts += 1
+                job.updated_at = now()
+                spec, preset = job.method, job.preset
+                resumed = bool((job.summary or {}).get("resumed"))
+            self.loaded()
+            if cancelled.is_set():
+                raise Cancelled()
+            self._update(job_id, stage="fitting", progress=0.1)
+            watch = _Watch(job_id, cancelled, self._update)
+            method = build(spec, watch.models(self.models), MethodSettings(preset=preset))
+            watch.expect(getattr(getattr(method, "config", None), "iterations", None))
+            method.fit(user)
+            method.models = self.models  # what is saved and served uses the real models
+            report = method.fit_report()
+            saved = method.saved()
+            summary: dict[str, Any] = {"method": method.name, "resumed": resumed}
+            if report.get("pool"):
+                summary.update(prompts=len(report["pool"]),
+                               best_train_score=max(p["train_score"] for p in report["pool"]),
+                               collapsed=report.get("collapsed"))
+            if getattr(method, "shots", None) is not None:
+                summary["shots"] = len(method.shots)
+            # Written back under the user's lock, and only if the user still exists and the
+            # job was not cancelled: a deletion that ran meanwhile wins.
+            with self._user_locks[user.user_id], self.store.session() as s:
+                job = s.get(JobRow, job_id, with_for_update=True)
+                if cancelled.is_set() or job is None or s.get(UserRow, user.user_id) is None:
+                    raise Cancelled()
+                s.merge(PersonalizationRow(user_id=user.user_id, method=method.name,
+                                           saved=saved, job_id=job_id, updated_at=now()))
+                job.status, job.stage, job.progress, job.summary = "done", "done", 1.0, summary
+                job.updated_at = now()
+                self._personalizers.pop(user.user_id, None)
+        except Cancelled:
+            log.info("fit %s cancelled: its user was deleted", job_id)
+        except Exception as e:  # reported through the job, never lost in a thread
+            log.error("fit %s failed: %s: %s", job_id, type(e).__name__, e)
+            reason = str(e) if isinstance(e, PersonalignError) else f"{type(e).__name__}: {e}"
+            self._update(job_id, status="failed", stage="failed", error=reason)
+        finally:
+            self._cancel.pop(job_id, None)
+
+    def resume_jobs(self) -> list[str]:
+        """After a restart: jobs that were queued or running run again (from the start); a
+        job interrupted too often is marked failed with the reason. None is lost."""
+        resumed = []
+        with self.store.session() as s:
+            for job in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))
+                                 .order_by(JobRow.created_at)).all():
+                if job.attempts >= MAX_RESUMES:
+                    job.status, job.stage = "failed", "failed"
+                    job.error = (f"interrupted by a service restart {job.attempts} times; "
+                                 "not resumed again")
+                else:
+                    job.status, job.stage, job.progress = "queued", "resumed after restart", 0.0
+                    job.summary = {**(job.summary or {}), "resumed": True}
+                    resumed.append(job.id)
+                job.updated_at = now()
+        for job_id in resumed:
+            self._enqueue(job_id)
+        return resumed
+
+    @staticmethod
+    def _job_dict(job: JobRow) -> dict[str, Any]:
+        return {"job_id": job.id, "user_id": job.user_id, "method": job.method,
+                "preset": job.preset, "status": job.status, "stage": job.stage,
+                "progress": job.progress, "attempts": job.attempts, "error": job.error,
+                "summary": job.summary or {}, "created_at": job.created_at.isoformat(),
+                "updated_at": job.updated_at.isoformat()}
+
+    def job(self, who: Principal, job_id: str) -> dict[str, Any]:
+        with self.store.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id!r}")
+            self.allow(who, job.user_id)
+            return self._job_dict(job)
+
+    # ---- deletion ------------------------------------------------------------------------
+    def delete_user(self, user_id: str) -> dict[str, Any]:
+        """Remove every row of the user, their personalization and in-memory state; a running
+        fit of theirs is cancelled first (its result is discarded, never written back)."""
+        with self._user_locks[user_id]:
+            with self.store.session() as s:
+                user = self._user_record(s, user_id)
+                s.get(UserRow, user_id, with_for_update=True)
+                active = s.scalars(select(JobRow.id).where(JobRow.user_id == user_id,
+                                                           JobRow.status.in_(ACTIVE))).all()
+                for job_id in active:
+                    if job_id in self._cancel:
+                        self._cancel[job_id].set()
+                removed: dict[str, Any] = {}
+                for name, table in (("api_keys", ApiKeyRow), ("opinions", OpinionRow),
+                                    ("preference_pairs", PreferencePairRow),
+                                    ("personalizations", PersonalizationRow),
+                                    ("jobs", JobRow)):
+                    removed[name] = s.execute(delete(table).where(
+                        table.user_id == user_id)).rowcount
+                removed["users"] = s.execute(delete(UserRow).where(
+                    UserRow.id == user_id)).rowcount
+                removed["cancelled_jobs"] = len(active)
+            self._personalizers.pop(user_id, None)
+            with self._keys_lock:
+                self._deletions += 1
+                for digest in [d for d, (_, p) in self._keys.items() if p.user_id == user_id]:
+                    self._keys.pop(digest, None)
+            texts = {t for o in user.opinions for t in (o.question, *o.options)} | {
+                t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)}
+            embedder = self.models._loaded.get("embedder")
+            removed["embedding_cache_entries"] = embedder.forget(
+                lambda t: any(x in t for x in texts)) if embedder is not None and texts else 0
+            removed["llm_cache_entries"] = 0  # the service's models run uncached
+            removed["files"] = 0              # the store holds everything; no per-user files
+            with self.store.session() as s:
+                s.add(DeletionLogRow(id=uuid.uuid4().hex, removed=removed))
+        return removed
+
+    # ---- answering -----------------------------------------------------------------------
+    def personalizer(self, user_id: str) -> Personalizer:
+        cached = self._personalizers.get(user_id)
+        if cached is not None:
+            return cached[1]
+        with self._user_locks[user_id]:  # a deletion cannot interleave with the caching
+            cached = self._personalizers.get(user_id)
+            if cached is not None:
+                return cached[1]
+            with self.store.session() as s:
+                self._user_row(s, user_id)
+                row = s.get(PersonalizationRow, user_id)
+                if row is None:
+                    raise NotFoundError(f"user {user_id!r} has no personalization yet: "
+                                        "start a fit")
+                stamp, saved = row.updated_at, row.saved
+            method = from_saved(saved, self.loaded(), source=f"personalization of {user_id!r}")
+            self._personalizers[user_id] = (stamp, method)
+            return method
+
+    def personalization_of(self, user_id: str) -> dict[str, Any]:
+        method = self.personalizer(user_id)
+        state = method.state()
+        out: dict[str, Any] = {"user_id": user_id, "method": method.name}
+        if "pool" in state:
+            out["prompts"] = [{"prompt": p["prompt"], "train_score": p["train_score"]}
+                              for p in state["pool"]]
+        if getattr(method, "shots", None) is not None:
+            out["model"] = getattr(method, "model", None)
+            out["shots"] = len(method.shots)
+        return out
+
+    def answer(self, user_id: str, questions: Sequence[Opinion]) -> tuple[str, list]:
+        method = self.personalizer(user_id)
+        with self._serial(method.models.task_llm):
+            return method.name, method.predict(questions)
+
+    def chat(self, user_id: str, messages: list[Message], params: SamplingParams,
+             top_logprobs: int | None = None) -> Chat:
+        """The user's personalization applied to a chat: a method with a system prompt
+        (Fermi: the RoP-selected prompt for the last user message) puts it before the
+        messages and the task model answers; others answer through ``respond`` (FSPO: the
+        user's shots with the FSPO model)."""
+        method = self.personalizer(user_id)
+        query = last_user_text(messages)
+        if not query:
+            raise DataError("a chat needs at least one user message", field="messages")
+        applied: dict[str, Any] = {"user_id": user_id, "method": method.name}
+        system = method.system_prompt(query)
+        if system is not None or type(method).respond is Personalizer.respond:
+            prompt = ([{"role": "system", "content": system}] if system else []) + messages
+            applied["system_prompt"] = system
+            llm = method.models.task_llm
+            # Per-request usage comes with the texts, so requests run concurrently (a local
+            # model serializes its own forwards; a remote server batches them).
+            texts, used_in, used_out = llm.generate_one(prompt, params)
+            top = None
+            if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):
+                top = llm.next_token_logprobs(prompt, max(1, top_logprobs))
+            return Chat(texts, used_in, used_out, applied, top,
+                        [_finish(llm, t, params) for t in texts])
+        if params.n != 1:
+            raise DataError(f"{method.name} answers one choice per request", field="n")
+        llm = getattr(method, "llm", method.models.task_llm)
+        applied.update(model=getattr(method, "model", None),
+                       shots=len(getattr(method, "shots", []) or []))
+        with self._serial(llm):  # usage is read from the model's counters
+            before = llm.usage.prompt_tokens, llm.usage.completion_tokens
+            text = method.respond(messages, max_tokens=params.max_tokens)
+            used = (llm.usage.prompt_tokens - before[0], llm.usage.completion_tokens - before[1])
+        return Chat([text], used[0], used[1], applied, None, [_finish(llm, text, params)])
+
+    def _serial(self, llm: LLM):
+        """One request at a time where usage is read as a difference of the model's
+        counters (``respond``, ``predict``)."""
+        return self._model_locks[id(llm)]
+
+    def close(self) -> None:
+        for event in list(self._cancel.values()):
+            event.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Watch:
+    """The models a fit job runs on: each model call first checks the job's cancel flag (a
+    deletion stops the fit at its next call) and counts toward the job's progress."""
+
+    CALLS = ("generate", "generate_one", "score_choices", "loglikelihood")
+
+    def __init__(self, job_id: str, cancelled: threading.Event, update):
+        self.job_id, self.cancelled, self.update = job_id, cancelled, update
+        self.iterations: int | None = None
+        self.proposals = 0
+        self.last = 0.0
+
+    def expect(self, iterations: int | None) -> None:
+        self.iterations = iterations if isinstance(iterations, int) and iterations > 0 else None
+
+    def models(self, models: SharedModels) -> SharedModels:
+        watched = UncachedModels.of(_Watched(models.task_llm, self, "task"),
+                                    _Watched(models.optimizer_llm, self, "optimizer"),
+                                    models.embedding, models.scoring)
+        watched.embedder = models.embedder  # the identity a saved fit is checked against
+        for key, value in models._loaded.items():  # other models loaded so far are shared
+            watched._loaded.setdefault(key, value)
+        return watched
+
+    def before(self, role: str, name: str) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        if role == "optimizer" and name == "generate":
+            self.proposals += 1
+            if self.iterations:  # Fermi: one proposal round per iteration
+                progress = 0.1 + 0.85 * min(1.0, (self.proposals - 1) / self.iterations)
+                if progress > self.last:
+                    self.last = progress
+                    self.update(self.job_id, progress=round(progress, 3),
+                                stage=f"fitting (round {self.proposals} of {self.iterations})")
+
+
+class _Watched:
+    """An LLM seen through a :class:`_Watch` (everything else passes through)."""
+
+    def __init__(self, llm: LLM, watch: _Watch, role: str):
+        self._llm, self._watch, self._role = llm, watch, role
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._llm, name)
+        if name not in _Watch.CALLS:
+            return attr
+
+        def call(*args, **kwargs):
+            self._watch.before(self._role, name)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
+    return "length" if llm.count_tokens(text) >= params.max_tokens else "stop"
+
+
+def default_models(task: str = embedded.DEFAULT_SCORER,
+                   optimizer: str = embedded.DEFAULT_GENERATOR) -> UncachedModels:
+    return UncachedModels(task, optimizer)
+
+
+__all__ = ["AuthError", "ForbiddenError", "ConflictError", "LimitError", "Limits",
+           "PersonalizationService", "Principal", "UncachedModels", "ConfigError"]
