@@ -186,3 +186,18 @@ def peft_wrapping() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=FutureWarning,
                                 message="`is_gradient_checkpointing` is deprecated")
         yield
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Around ``from_pretrained``: transformers draws its own "Loading weights" bar for a load
+    that takes under a second, a second progress display inside ours."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

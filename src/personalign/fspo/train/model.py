@@ -27,8 +27,9 @@ def load_base(model: str, *, dtype=torch.float32):
 
     path = embedded.resolve(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with embedded.quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as e:
         raise ModelError(f"cannot load model from {path}: {e}") from None
     if tokenizer.pad_token_id is None:

@@ -71,9 +71,10 @@ class TransformersLLM(LLM):
         self.device = device
         self.batch_size = batch_size
         self.max_padding = max_padding
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=getattr(torch, dtype)).to(device).eval()
+        with models.quiet_loading():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.path, dtype=getattr(torch, dtype)).to(device).eval()
         self.adapters = tuple(str(a) for a in adapters)
         # Content digests: a retrained adapter under the same path must not hit the cache.
         self._adapter_ids = tuple(model_identity(a) for a in self.adapters)
