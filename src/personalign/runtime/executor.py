@@ -26,6 +26,7 @@ user and the run's seed), never from the worker.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import threading
 import time
@@ -62,6 +63,8 @@ class ExecutorConfig(Config):
             raise ConfigError("--address needs --executor ray")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        if self.kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise ConfigError("--executor ray needs Ray: pip install 'personalign[ray]'")
 
     @property
     def total_threads(self) -> int:
