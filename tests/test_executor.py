@@ -4,6 +4,7 @@ and the benchmark's results identical with every executor and worker count."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,26 @@ def _users(n=4):
     return [make_user(f"u{i}", 40) for i in range(n)]
 
 
-def bench(tmp_path: Path, name: str, execution: ExecutorConfig, **kw):
+def bench(tmp_path: Path, name: str, execution: ExecutorConfig, users=None, **kw):
     cfg = BenchConfig(data="synthetic", out=str(tmp_path / name), users=None, methods=METHODS,
                       settings=MethodSettings(preset="tiny"), task_model="fake:task",
                       optimizer_model="fake:opt", execution=execution, **kw)
-    return run_benchmark(cfg, _users(), progress=False)
+    return run_benchmark(cfg, users or _users(), progress=False)
+
+
+def check_changed_data_stops_the_run(tmp_path: Path, execution: ExecutorConfig) -> None:
+    """A user whose data rows changed since their units were saved stops the rerun, whichever
+    executor runs it, before any unit is written."""
+    bench(tmp_path, "run", ExecutorConfig())
+    users = _users()
+    first = users[0]
+    changed = replace(first.opinions[0], answer=(first.opinions[0].answer + 1) % 3)
+    users[0] = replace(first, opinions=(changed,) + first.opinions[1:])
+    units = tmp_path / "run" / "units"
+    stamps = {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")}
+    with pytest.raises(ConfigError, match="computed from other inputs"):
+        bench(tmp_path, "run", execution, users=users)
+    assert {p.name: p.stat().st_mtime_ns for p in units.glob("*.json")} == stamps
 
 
 # ---- local ---------------------------------------------------------------------------------
@@ -102,6 +118,10 @@ def test_bench_same_results_with_one_or_two_local_workers(tmp_path):
     assert (one.out / "per_method.csv").read_text() == (two.out / "per_method.csv").read_text()
 
 
+def test_changed_data_stops_a_run_on_local_workers(tmp_path):
+    check_changed_data_stops_the_run(tmp_path, ExecutorConfig(workers=2, threads=2))
+
+
 # ---- Ray -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():
@@ -140,3 +160,7 @@ def test_bench_ray_gives_the_same_report_as_local(local_ray, tmp_path):
     assert (local.out / "per_method.csv").read_text() == \
         (ray_run.out / "per_method.csv").read_text()
     assert (local.out / "per_user.csv").read_text() == (ray_run.out / "per_user.csv").read_text()
+
+
+def test_changed_data_stops_a_run_on_ray(local_ray, tmp_path):
+    check_changed_data_stops_the_run(tmp_path, ExecutorConfig(kind="ray", workers=2, threads=2))
