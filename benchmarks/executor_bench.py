@@ -1,7 +1,7 @@
 """Users per hour of `personalign bench opinionqa` with each executor, on the same dev users.
 
     python benchmarks/executor_bench.py --data ../shared/data/opinionqa/dev.jsonl \
-        [--users 6] [--methods vanilla,profile,fewshot] [--out runs/executor_bench]
+        [--users 6] [--methods vanilla,profile] [--out runs/executor_bench]
 
 Runs the benchmark command once per configuration (local 1 worker x 2 threads, local 2
 workers x 1 thread, Ray 2 workers x 1 thread), each in a fresh folder with the LLM-call cache
@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/opinionqa/dev.jsonl")
     parser.add_argument("--users", type=int, default=6)
-    parser.add_argument("--methods", default="vanilla,profile,fewshot")
+    parser.add_argument("--methods", default="vanilla,profile")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--out", default="runs/executor_bench")
     args = parser.parse_args()

@@ -131,6 +131,6 @@ def opinionqa(
     result = run_benchmark(cfg, loaded)
     for user, reason in result.stopped.items():
         console.print(f"[yellow]stopped[/] {user}: {reason} (raise the limit and rerun to "
-                      "continue)")
+                      "continue)", soft_wrap=True)
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
     print_result(result, f"opinionqa-individual, {len(result.records)} users, preset {label}")
