@@ -24,9 +24,11 @@ from personalign.runtime.llm.types import Usage
 
 @dataclass
 class Limits(Config):
-    """Hard limits (None: unlimited). Per user: over all of a user's units, this session and
-    earlier ones. Per run: over every unit of the run folder; the run's wall time is this
-    session's. Limits are not run inputs: a rerun with raised limits continues the run."""
+    """Hard limits (None: unlimited). Per user: over all of a user's saved units, this session
+    and earlier ones. Per run: over the saved units of the run's users; the run's wall time is
+    this session's. With several workers, the users in flight when the run limit is reached
+    each finish or stop on their own allowance, so a run may pass its limit by up to that.
+    Limits are not run inputs: a rerun with raised limits continues the run."""
 
     user_calls: int | None = None
     user_tokens: int | None = None
