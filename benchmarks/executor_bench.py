@@ -42,7 +42,8 @@ def run(label: str, executor: str, workers: int, threads: int, args, out: Path) 
     if done.returncode != 0:
         sys.exit(f"{label} failed:\n{done.stderr[-3000:]}")
     usage = json.loads((out / "usage.json").read_text())
-    return {"label": label, "command": " ".join(cmd[1:]), "wall_s": wall,
+    return {"label": label, "command": "PERSONALIGN_NO_CACHE=1 personalign " + " ".join(cmd[3:]),
+            "wall_s": wall,
             "users_per_hour": args.users * 3600 / wall,
             "compute_s_per_user": usage["wall_s_per_user"]["mean"],
             "rows": (out / "results.jsonl").read_text()}
