@@ -9,6 +9,12 @@ CIs, in one report for every method (:mod:`personalign.bench.report`).
 A run folder (:mod:`personalign.runtime.runs`) keeps one unit per (user, method), written
 atomically as it finishes: a rerun resumes, a new method runs only itself, and a unit whose
 user data or model changed stops the run (``force``: recompute it).
+
+Users are independent: the driver checks what is done, then hands each user's missing units
+to an executor (:mod:`personalign.runtime.executor`: this process, local worker processes or
+Ray actors), whose workers save each unit as it finishes. Limits
+(:mod:`personalign.runtime.budget`) stop a user's or the run's work between or inside units;
+the report then covers the users whose every unit is done and lists the stopped ones.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from tqdm.auto import tqdm
 from personalign.methods import (
     DEFAULT_METHODS, MethodSettings, build, label, method_class, split_spec,
 )
+from personalign.runtime.budget import Allowance, BudgetExceeded, Limits, Spend, watch
 from personalign.runtime.data.opinionqa import load_opinionqa
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.config import Config
 from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.executor import ExecutorConfig, make_executor
 from personalign.runtime.llm.types import ScoringMethod
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
@@ -66,7 +74,7 @@ def split_user(user: User, seed: int = 0, n_shots: int = 20, n_test: int = 30,
 @dataclass
 class BenchConfig(Config):
     """One benchmark run. Every field is a run-wide input except ``out``, ``users``,
-    ``user_ids`` and ``force``."""
+    ``user_ids``, ``force``, ``execution`` and ``limits``."""
 
     data: str
     out: str
@@ -83,6 +91,8 @@ class BenchConfig(Config):
     embedder: str = "all-minilm-l6-v2"
     scoring: ScoringMethod = "letter"
     force: bool = False
+    execution: ExecutorConfig = field(default_factory=ExecutorConfig)
+    limits: Limits = field(default_factory=Limits)
 
     def validate(self) -> None:
         if not self.methods:
@@ -159,17 +169,67 @@ def run_method(spec: str, split: UserSplit, models: SharedModels,
             "usage": _diff(_usage(models), before), "seconds": time.perf_counter() - start}
 
 
+def unit_name(split: UserSplit, spec: str) -> str:
+    return f"{split.user_id}/{spec}"
+
+
+def unit_spend(result: dict[str, Any]) -> Spend:
+    return Spend.of_usage(result["usage"], result["seconds"])
+
+
+@dataclass
+class UserJob:
+    """One user's units still to run, with what the user and the run spent before."""
+
+    split: UserSplit
+    specs: list[str]
+    identities: dict[str, str]
+    settings: MethodSettings
+    run: RunFolder
+    limits: Limits
+    user_spent: Spend
+    run_spent: Spend
+    deadline: float | None
+
+
+def run_user(models: SharedModels, job: UserJob) -> dict[str, Any]:
+    """A worker's part: run a user's units in order, saving each as it finishes. A limit
+    reached stops the user before or inside a unit (that unit is not saved)."""
+    results, stopped, ran, spent = {}, None, 0, Spend()
+    for spec in job.specs:
+        unit, inputs = unit_name(job.split, spec), [job.split.rows(), job.identities[spec]]
+        result = job.run.load(unit, inputs)  # saved by a worker lost before it returned
+        if result is None:
+            allowance = Allowance.remaining(job.limits, job.user_spent + spent,
+                                            job.run_spent + spent, job.deadline)
+            stopped = allowance.exhausted()
+            if stopped:
+                break
+            try:
+                with watch(models, allowance):
+                    result = run_method(spec, job.split, models, job.settings)
+            except BudgetExceeded as e:
+                stopped = e.reason
+                break
+            job.run.save(unit, result, inputs)
+            ran += 1
+            spent = spent + unit_spend(result)
+        results[spec] = result
+    return {"user_id": job.split.user_id, "results": results, "stopped": stopped, "ran": ran}
+
+
 @dataclass
 class BenchResult:
     out: Path
     records: list[dict[str, Any]]
     summary: dict[str, Any]
+    stopped: dict[str, str] = field(default_factory=dict)  # user id -> the limit reached
 
 
 def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                   models: SharedModels | None = None, progress: bool = True) -> BenchResult:
     """Run (or resume) the benchmark and write its report folder. ``models``, when given,
-    replace the config's model names (tests, notebooks)."""
+    replace the config's model names (tests, notebooks) and need the in-process executor."""
     from personalign.bench.report import sum_usage, write_report
 
     if users is None:
@@ -177,6 +237,10 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     splits, skipped = select_users(users, cfg)
     if not splits:
         raise ConfigError(f"no user in {cfg.data} has {cfg.min_opinions} or more opinions")
+    in_memory = models is not None
+    if in_memory and (cfg.execution.kind != "local" or cfg.execution.workers > 1):
+        raise ConfigError("in-memory models run in this process only; name the models by "
+                          "spec to run on worker processes or Ray")
     models = models or cfg.shared_models()
     for spec in cfg.methods:  # a bad method argument fails before any work
         build(spec, models, cfg.settings)
@@ -184,21 +248,55 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     run = RunFolder.open(cfg.out, kind=f"bench {cfg.protocol}", inputs=cfg.run_inputs(models),
                          force=cfg.force)
     wall = time.time()
-    records, ran = [], 0
+    deadline = wall + cfg.limits.run_seconds if cfg.limits.run_seconds else None
+    # What is done already, read here so that changed inputs stop the run before any work.
+    done: dict[str, dict[str, dict]] = {}
+    for split in splits:
+        done[split.user_id] = {}
+        for spec in cfg.methods:
+            result = run.load(unit_name(split, spec), [split.rows(), identities[spec]])
+            if result is not None:
+                done[split.user_id][spec] = result
+    user_spent = {u: sum((unit_spend(r) for r in d.values()), Spend()) for u, d in done.items()}
+    run_spent = sum(user_spent.values(), Spend())
+    stopped: dict[str, str] = {}
+
+    def jobs():
+        """Users with units to run, pulled one at a time as workers free up."""
+        for split in splits:
+            todo = [s for s in cfg.methods if s not in done[split.user_id]]
+            if not todo:
+                continue
+            spent = user_spent[split.user_id]
+            reason = Allowance.remaining(cfg.limits, spent, run_spent, deadline).exhausted()
+            if reason:
+                stopped[split.user_id] = reason
+                continue
+            yield UserJob(split, todo, identities, cfg.settings, run, cfg.limits, spent,
+                          run_spent, deadline)
+
+    ran = 0
     bar = tqdm(total=len(splits) * len(cfg.methods), desc="users x methods",
                disable=not progress, dynamic_ncols=True)
+    bar.update(sum(len(d) for d in done.values()))
+    setup = (lambda: models) if in_memory else cfg.shared_models
+    with make_executor(cfg.execution, setup) as executor:
+        for _, out in executor.run(run_user, jobs()):
+            user = out["user_id"]
+            new = {s: r for s, r in out["results"].items() if s not in done[user]}
+            done[user].update(new)
+            run_spent = run_spent + sum((unit_spend(r) for r in new.values()), Spend())
+            if out["stopped"]:
+                stopped[user] = out["stopped"]
+            ran += out["ran"]
+            bar.update(len(new))
+            bar.set_postfix(user=user)
+    bar.close()
+    records = []
     for split in splits:
-        per_method = {}
-        for spec in cfg.methods:
-            unit, inputs = f"{split.user_id}/{spec}", [split.rows(), identities[spec]]
-            result = run.load(unit, inputs)
-            if result is None:
-                bar.set_postfix(user=split.user_id, method=spec)
-                result = run_method(spec, split, models, cfg.settings)
-                run.save(unit, result, inputs)
-                ran += 1
-            per_method[spec] = result
-            bar.update(1)
+        per_method = {spec: done[split.user_id].get(spec) for spec in cfg.methods}
+        if any(r is None for r in per_method.values()):
+            continue  # stopped by a limit: in the report once every method is done
         records.append({
             "user_id": split.user_id, "n_test": len(split.test),
             "rows": [row for r in per_method.values() for row in r["rows"]],
@@ -206,7 +304,6 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             "usage": sum_usage([r["usage"] for r in per_method.values()]),
             "seconds": {s: round(r["seconds"], 2) for s, r in per_method.items()},
             "wall_s": round(sum(r["seconds"] for r in per_method.values()), 2)})
-    bar.close()
     meta = {"protocol": cfg.protocol, "data": cfg.data,
             "methods": [{"spec": s, "label": label(s)} for s in cfg.methods],
             "models": models.identity(), "settings": asdict(cfg.settings), "seed": cfg.seed,
@@ -214,13 +311,15 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                       "min_opinions": cfg.min_opinions,
                       "order": "protocol_order: derive_seed(seed, user_id)"},
             "threads": os.environ.get("PERSONALIGN_THREADS", ""),
+            "execution": cfg.execution.describe(), "limits": cfg.limits.to_dict(),
+            "stopped_users": {u: stopped[u] for u in sorted(stopped)},
             "skipped_users": skipped, "units_run_this_session": ran,
             "this_session_wall_s": round(time.time() - wall, 1),
             "notes": [f"Fermi/OPRO preset: {cfg.settings.preset}"
                       + (" (smaller T and K than the paper)"
                          if cfg.settings.preset != "paper" else "") + "."]}
     summary = write_report(cfg.out, records, meta)
-    return BenchResult(Path(cfg.out), records, summary)
+    return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
 
 
 def run_demo(users: Sequence[User] | None = None, path: str | Path | None = None, *,

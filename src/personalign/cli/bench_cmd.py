@@ -31,6 +31,23 @@ def parse_assignments(pairs: list[str], option: str) -> dict:
     return out
 
 
+def print_projection(projection: dict, n_users: int) -> None:
+    """Projected LLM calls and tokens per (method, phase): per user and for the run."""
+    table = Table(title=f"Projected LLM use ({n_users} users; no retries, no cache hits)")
+    for col in ("Method", "Phase", "Calls / user", "Tokens / user", "Calls", "Tokens"):
+        table.add_column(col, justify="left" if col in ("Method", "Phase") else "right")
+    calls = tokens = 0
+    for spec, phases in projection.items():
+        for phase, c in phases.items():
+            table.add_row(spec, phase, f"{c['calls_per_user']:,.0f}",
+                          f"{c['tokens_per_user']:,.0f}", f"{c['calls']:,.0f}",
+                          f"{c['tokens']:,.0f}")
+            calls, tokens = calls + c["calls"], tokens + c["tokens"]
+    table.add_row("all", "", f"{calls / max(1, n_users):,.0f}",
+                  f"{tokens / max(1, n_users):,.0f}", f"{calls:,.0f}", f"{tokens:,.0f}")
+    console.print(table)
+
+
 def print_result(result, title: str) -> None:
     """The per-method table and the paired CIs against vanilla, as rich tables."""
     table = Table(title=title)
@@ -84,10 +101,30 @@ def opinionqa(
     task_model: str = typer.Option("gemma3-270m", help="Task model spec (load_llm)."),
     optimizer_model: str = typer.Option("smollm2-135m-instruct", help="Optimizer model spec."),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
+    executor: str = typer.Option("local", help="local (this machine) or ray."),
+    workers: int = typer.Option(1, help="Worker processes (local) or actors (ray); each "
+                                "loads the models once."),
+    threads: Optional[int] = typer.Option(None, help="Torch threads for the whole run, shared "
+                                          "out among the workers (default: "
+                                          "$PERSONALIGN_THREADS, else the CPU count)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join (auto, "
+                                          "ray://host:10001); default: a local Ray."),
+    max_user_calls: Optional[int] = typer.Option(None, help="Stop a user after this many "
+                                                 "LLM calls (a rerun with more continues)."),
+    max_user_tokens: Optional[int] = typer.Option(None, help="... this many tokens."),
+    max_user_seconds: Optional[float] = typer.Option(None, help="... this many seconds."),
+    max_run_calls: Optional[int] = typer.Option(None, help="Stop the run after this many "
+                                                "LLM calls over all users."),
+    max_run_tokens: Optional[int] = typer.Option(None, help="... this many tokens."),
+    max_run_seconds: Optional[float] = typer.Option(None, help="... this session's seconds."),
 ) -> None:
     """Run (or resume) the benchmark and write the report folder."""
-    from personalign.bench.runner import BenchConfig, run_benchmark
+    from personalign.bench.projection import project_run
+    from personalign.bench.runner import BenchConfig, run_benchmark, select_users
     from personalign.methods import MethodSettings, parse_specs
+    from personalign.runtime.budget import Limits
+    from personalign.runtime.data.opinionqa import load_opinionqa
+    from personalign.runtime.executor import ExecutorConfig
 
     if not data.is_file():
         raise DataError("not a data file", path=str(data))
@@ -100,8 +137,19 @@ def opinionqa(
     cfg = BenchConfig(data=str(data), out=str(out), users=users,
                       user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None,
                       methods=parse_specs(methods), settings=settings, task_model=task_model,
-                      optimizer_model=optimizer_model, scoring=scoring, force=force)
+                      optimizer_model=optimizer_model, scoring=scoring, force=force,
+                      execution=ExecutorConfig(kind=executor, workers=workers, threads=threads,
+                                               address=address),
+                      limits=Limits(max_user_calls, max_user_tokens, max_user_seconds,
+                                    max_run_calls, max_run_tokens, max_run_seconds))
     logging.getLogger("personalign").setLevel(logging.INFO)
-    result = run_benchmark(cfg)
+    loaded = load_opinionqa(cfg.data)
+    splits, _ = select_users(loaded, cfg)
+    print_projection(project_run(cfg.methods, splits, cfg.settings), len(splits))
+    console.print(f"Executor: {cfg.execution.describe()}")
+    result = run_benchmark(cfg, loaded)
+    for user, reason in result.stopped.items():
+        console.print(f"[yellow]stopped[/] {user}: {reason} (raise the limit and rerun to "
+                      "continue)", soft_wrap=True)
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
     print_result(result, f"opinionqa-individual, {len(result.records)} users, preset {label}")

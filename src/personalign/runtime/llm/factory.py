@@ -4,6 +4,8 @@
     gemma3-270m                         same
     openai:MODEL@http://host:port/v1    any OpenAI-compatible server (vLLM, Ollama, ...)
     llamacpp:/path/model.gguf           llama.cpp (optional extra)
+    fake:NAME[@SECONDS]                 tests only: the deterministic FakeLLM, optionally
+                                        sleeping SECONDS per call (a slow model in a kill test)
 """
 
 from __future__ import annotations
@@ -28,5 +30,13 @@ def load_llm(spec: str, **options) -> LLM:
         from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
 
         return LlamaCppLLM(rest, **options)
+    if backend == "fake":
+        from personalign.runtime.llm.fake import FakeLLM
+
+        name, _, delay = rest.partition("@")
+        try:
+            return FakeLLM(model_id=f"fake:{name}", delay=float(delay or 0), **options)
+        except ValueError:
+            raise ConfigError(f"fake LLM delay must be seconds, got {delay!r}") from None
     raise ConfigError(f"unknown LLM backend {backend!r} in {spec!r} "
                       "(use transformers:, openai: or llamacpp:)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from typing import Callable, Sequence
 
 from personalign.runtime.llm.base import LLM, Generation, ProgressFn
@@ -18,14 +19,16 @@ def _prompt_text(prompt: Prompt) -> str:
 
 class FakeLLM(LLM):
     """``responder(prompt_text, sample_index) -> text`` drives generation;
-    ``chooser(item) -> option index`` drives scoring (default: a hash of the item)."""
+    ``chooser(item) -> option index`` drives scoring (default: a hash of the item);
+    ``delay`` seconds are slept per call (a slow model for timing and kill tests)."""
 
     backend = "fake"
 
     def __init__(self, responder: Callable[[str, int], str] | None = None,
                  chooser: Callable[[ChoiceItem], int] | None = None, model_id: str = "fake",
-                 cache=None):
+                 cache=None, delay: float = 0.0):
         super().__init__(cache=cache)
+        self.delay = delay
         self.model_id = model_id
         self.responder = responder or (lambda text, i: f"[prompt {i}]")
         self.chooser = chooser or (lambda item: int(hashlib.md5(
@@ -37,6 +40,7 @@ class FakeLLM(LLM):
         for p in prompts:
             text = _prompt_text(p)
             self.prompts_seen.append(text)
+            time.sleep(self.delay)
             texts = [self.responder(text, i) for i in range(params.n)]
             out.append(Generation(texts, len(text) // 4, sum(len(t) // 4 for t in texts)))
         return out
@@ -45,6 +49,7 @@ class FakeLLM(LLM):
                progress: ProgressFn) -> list[ChoiceResult]:
         out = []
         for item in items:
+            time.sleep(self.delay)
             c = self.chooser(item)
             n = len(item.options)
             lp = [math.log(0.7) if i == c else math.log(0.3 / max(1, n - 1)) for i in range(n)]
