@@ -1,7 +1,10 @@
-"""`personalign bench opinionqa`: every method on the same users under opinionqa-individual."""
+"""`personalign bench opinionqa` and `bench globalopinionqa`: every method on the same users
+under opinionqa-individual or globalopinionqa-individual (one set of options for both)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from pathlib import Path
 from typing import Optional
@@ -19,13 +22,16 @@ console = Console()
 def print_result(result, title: str) -> None:
     """The per-method table and the paired CIs against vanilla, as rich tables."""
     table = Table(title=title)
-    for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla"):
+    similarity = any("distribution_similarity" in r for r in result.summary["per_method"])
+    for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla") + (
+            ("1 - W1/(n-1) (%)",) if similarity else ()):
         table.add_column(col, justify="left" if col == "Method" else "right")
     for r in result.summary["per_method"]:
         differs = r.get("differs_from_vanilla")
         table.add_row(r["label"], f"{100 * r['accuracy']:.1f}",
                       f"[{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]",
-                      str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%")
+                      str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%",
+                      *([f"{100 * r['distribution_similarity']:.1f}"] if similarity else []))
     console.print(table)
     labels = {r["method"]: r["label"] for r in result.summary["per_method"]}
     pairs = [p for p in result.summary["paired"] if p["baseline"] in ("vanilla", "fewshot")]
@@ -43,9 +49,9 @@ def print_result(result, title: str) -> None:
                   f"{usage['wall_s_per_user']['mean']:.0f} s. Report: {result.out}/README.md")
 
 
-@app.command("opinionqa")
 def opinionqa(
-    data: Path = typer.Option(..., help="OpinionQA JSONL (e.g. ../shared/data/opinionqa/dev.jsonl)."),
+    data: Path = typer.Option(..., help="OpinionQA JSONL (../shared/data/opinionqa/dev.jsonl) or, "
+                              "for globalopinionqa, its CSV."),
     out: Path = typer.Option(..., help="Report folder (a rerun resumes it)."),
     users: Optional[int] = typer.Option(20, help="First N eligible users in file order."),
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
@@ -66,6 +72,7 @@ def opinionqa(
     task_model: str = typer.Option("gemma3-270m", help="Task model spec (load_llm)."),
     optimizer_model: str = typer.Option("smollm2-135m-instruct", help="Optimizer model spec."),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
+    protocol: str = "opinionqa-individual",
 ) -> None:
     """Run (or resume) the benchmark and write the report folder."""
     from personalign.bench.runner import BenchConfig, run_benchmark
@@ -78,11 +85,32 @@ def opinionqa(
                                    "reference_entry": reference_entry}.items() if v is not None}
     settings = MethodSettings(seed=seed, preset=preset, fermi=overrides, fewshot_k=fewshot_k,
                               retriever=retriever, fspo_shots=fspo_shots)
-    cfg = BenchConfig(data=str(data), out=str(out), users=users,
+    cfg = BenchConfig(data=str(data), out=str(out), protocol=protocol, users=users,
                       user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None,
                       methods=parse_specs(methods), settings=settings, task_model=task_model,
                       optimizer_model=optimizer_model, scoring=scoring, force=force)
     logging.getLogger("personalign").setLevel(logging.INFO)
     result = run_benchmark(cfg)
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
-    print_result(result, f"opinionqa-individual, {len(result.records)} users, preset {label}")
+    print_result(result, f"{protocol}, {len(result.records)} users, preset {label}")
+
+
+def _for_protocol(command, protocol: str, doc: str):
+    """``command`` with its ``protocol`` fixed: the same options under another name."""
+    @functools.wraps(command)
+    def run(**kwargs):
+        return command(**kwargs, protocol=protocol)
+
+    signature = inspect.signature(command)
+    run.__signature__ = signature.replace(parameters=[
+        p for p in signature.parameters.values() if p.name != "protocol"])
+    run.__doc__ = doc
+    return run
+
+
+app.command("opinionqa")(_for_protocol(
+    opinionqa, "opinionqa-individual", opinionqa.__doc__))
+app.command("globalopinionqa")(_for_protocol(
+    opinionqa, "globalopinionqa-individual",
+    "Run (or resume) globalopinionqa-individual (countries as users) and write the report "
+    "folder; accuracy and 1 - normalized Wasserstein distance."))
