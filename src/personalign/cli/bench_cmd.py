@@ -72,6 +72,15 @@ def opinionqa(
     task_model: str = typer.Option("gemma3-270m", help="Task model spec (load_llm)."),
     optimizer_model: str = typer.Option("smollm2-135m-instruct", help="Optimizer model spec."),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
+    fit_model: Optional[str] = typer.Option(None, help="Cross-LLM transfer: fit Fermi's prompts "
+                                            "with this task model and answer with the eval "
+                                            "model (adds fermi_transfer:MODEL beside fermi)."),
+    eval_model: Optional[str] = typer.Option(None, help="The task model that answers the test "
+                                             "questions (overrides --task-model)."),
+    transfer_correctness: str = typer.Option("eval", help="RoP correctness of a transferred "
+                                             "pool: eval (measured again with the eval model "
+                                             "on the user's training opinions) or fit "
+                                             "(reused as measured with the fit model)."),
     protocol: str = "opinionqa-individual",
 ) -> None:
     """Run (or resume) the benchmark and write the report folder."""
@@ -84,10 +93,15 @@ def opinionqa(
                                    "memory_size": memory, "final_pool": final_pool,
                                    "reference_entry": reference_entry}.items() if v is not None}
     settings = MethodSettings(seed=seed, preset=preset, fermi=overrides, fewshot_k=fewshot_k,
-                              retriever=retriever, fspo_shots=fspo_shots)
+                              retriever=retriever, fspo_shots=fspo_shots,
+                              transfer_correctness=transfer_correctness)
+    task_model = eval_model or task_model
+    specs = parse_specs(methods)
+    if fit_model and fit_model != task_model:  # the gap: transferred minus natively fitted
+        specs += [s for s in ("fermi", f"fermi_transfer:{fit_model}") if s not in specs]
     cfg = BenchConfig(data=str(data), out=str(out), protocol=protocol, users=users,
                       user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None,
-                      methods=parse_specs(methods), settings=settings, task_model=task_model,
+                      methods=specs, settings=settings, task_model=task_model,
                       optimizer_model=optimizer_model, scoring=scoring, force=force)
     logging.getLogger("personalign").setLevel(logging.INFO)
     result = run_benchmark(cfg)
