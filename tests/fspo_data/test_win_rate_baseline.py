@@ -53,3 +53,38 @@ def test_win_rate_against_the_plain_base_model_over_all_records(tmp_path, monkey
     plain = [p for p in asked["base"] if "Example" not in p]
     assert len(plain) == len(records) and len(asked["base"]) == 2 * len(records)
     assert {m["method"] for m in summary["per_method"]} == {"base", "other"}
+
+
+def test_description_first_model_scores_options_after_its_own_description(monkeypatch):
+    from personalign.fspo.data.episodes import build_eval_episodes
+    from personalign.runtime.data.records import PreferencePair
+
+    def pair(i, part):
+        return PreferencePair("u", f"Question {i}?\nOptions: Yes | No", "Yes", "No",
+                              user_description="A farmer.", rejected_description="A banker.",
+                              meta={"part": part, "options": ["Yes", "No"], "answer": 0,
+                                    "qid": f"Q{i}"})
+
+    records = [e.to_dict() for e in build_eval_episodes(
+        [pair(i, "shots") for i in range(3)], [pair(i, "test") for i in range(3, 5)],
+        n_shots=2, variant="user-description")]
+    seen = []
+
+    def chooser(item):
+        seen.append(item)
+        return 0
+
+    llm = FakeLLM(responder=lambda text, i: "The user farms.", chooser=chooser)
+    scores = prefs._score(llm, records, "as-is", {}, "x")
+    assert [len(s) for s in scores] == [4, 4]  # chosen, rejected, two options
+    option_items = [it for it in seen if "## Preferred Response\nYes\n" in it.options]
+    assert len(option_items) == 2
+    assert all(it.prefix.endswith("## User Description\nThe user farms.\n")
+               for it in option_items)
+    # the chosen/rejected pair is scored after the bare prompt (it carries its description)
+    pair_items = [it for it in seen if it.options[0].startswith("## User Description")]
+    assert len(pair_items) == 2 and all("The user farms" not in it.prefix for it in pair_items)
+    # asked zero-shot, no description is written first
+    seen.clear()
+    prefs._score(llm, records, "zero-shot", {}, "x")
+    assert len(seen) == 2 and all("The user farms" not in it.prefix for it in seen)

@@ -15,7 +15,8 @@ model, from one engine pass over [chosen, rejected, every option]:
   (``fspo.data.judge.win_rate``).
 
 Normalized log-probs suffice: every comparison above is a difference between two completions of
-one prompt, which normalization leaves unchanged.
+one prompt, which normalization leaves unchanged. Models trained on the user-description variant
+write a description first: their options are scored after the description they generate.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class EpisodeModel:
     reference_name: str | None = None
 
 
+DESCRIPTION_HEADER = "## User Description\n"
 #: what every model's responses are judged against: the base model without the user's shots
 PLAIN_BASE = EpisodeModel("base-no-shots", "base", "zero-shot")
 
@@ -92,15 +94,40 @@ def _options(record: dict[str, Any]) -> tuple[list[str], int, str | None] | None
     return None
 
 
+def _description_first(record: dict[str, Any], mode: str) -> bool:
+    """Episodes of the user-description variant, asked as-is: the model was trained to write
+    the user's description before its preferred response."""
+    meta = record.get("meta") or {}
+    return mode == "as-is" and meta.get("variant") == "user-description"
+
+
 def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
-    items = []
-    for rec in records:
+    """Per record: log-probs of [chosen, rejected, every option]. A description-first model's
+    options are scored after the description it writes itself (greedy), as it would answer;
+    its chosen and rejected completions already hold their descriptions."""
+    prompts = [transform_prompt(rec, mode, descriptions) for rec in records]
+    first = [i for i, rec in enumerate(records) if _description_first(rec, mode) and _options(rec)]
+    written: dict[int, str] = {}
+    if first:
+        params = SamplingParams(max_tokens=64, stop=("\n#",))
+        with llm.phase(f"{phase}/description"):
+            texts = llm.generate([prompts[i] + DESCRIPTION_HEADER for i in first], params)
+        written = {i: f"{DESCRIPTION_HEADER}{t[0].strip()}\n" for i, t in zip(first, texts)}
+    items, parts = [], []
+    for i, rec in enumerate(records):
         opts = _options(rec)
-        choices = [f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]] if opts else []
-        items.append(ChoiceItem(prefix=transform_prompt(rec, mode, descriptions), prompt="",
-                                options=(rec["chosen"], rec["rejected"], *choices)))
+        choices = tuple(f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]) if opts else ()
+        pair = (rec["chosen"], rec["rejected"])
+        if i in written:  # normalized per item: each comparison stays within one item
+            items += [ChoiceItem(prefix=prompts[i], prompt="", options=pair),
+                      ChoiceItem(prefix=prompts[i] + written[i], prompt="", options=choices)]
+            parts.append(2)
+        else:
+            items.append(ChoiceItem(prefix=prompts[i], prompt="", options=pair + choices))
+            parts.append(1)
     with llm.phase(phase):
-        return [r.logprobs for r in llm.score_choices(items, method="text")]
+        results = iter(llm.score_choices(items, method="text"))
+    return [[lp for _ in range(n) for lp in next(results).logprobs] for n in parts]
 
 
 def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> list[dict]:
