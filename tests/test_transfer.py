@@ -1,6 +1,7 @@
 """Cross-LLM transfer: Fermi's pool fit with task model A, evaluated with task model B."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -87,3 +88,19 @@ def test_benchmark_reports_the_transfer_gap(tmp_path):
     rows = [json.loads(x) for x in (res.out / "results.jsonl").read_text().splitlines()]
     assert {r["method"] for r in rows} == {"fermi", "fermi_transfer:model-a"}
     assert "Fermi (transferred) (model-a)" in res.summary["per_method_md"]
+
+
+def test_a_saved_fit_transfers_after_load(tmp_path):
+    train, questions = _train()
+    models = _models(_always(1, "model-b"), _always(0, "model-a"))
+    fit_models = replace(models, task="model-a")
+    fitted = build("fermi", fit_models, MethodSettings(preset="tiny")).fit(train)
+    loaded = load(fitted.save(tmp_path / "f.json"), fit_models)
+    moved = FermiTransfer.from_fitted(loaded, models, train)
+    assert moved.models.task == "model-b" and moved.fit_model == "model-a"
+    n = len(moved.estimator.pool[0].correctness)
+    assert all(p.correctness == [float(o.answer == 1) for o in train.opinions][:n]
+               for p in moved.estimator.pool)
+    assert all(a.choice == 1 for a in moved.predict(questions))
+    with pytest.raises(ConfigError, match="only a fitted fermi pool"):
+        FermiTransfer.from_fitted(build("vanilla", fit_models).fit(train), models, train)

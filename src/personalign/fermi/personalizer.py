@@ -213,6 +213,21 @@ class FermiTransfer(FermiPersonalizer):
         base = fermi_preset(settings.preset, seed=settings.seed, **settings.fermi)
         return cls(models, base.to_dict(), arg, settings.transfer_correctness)
 
+    @classmethod
+    def from_fitted(cls, fitted: FermiPersonalizer, eval_models: SharedModels, user: User,
+                    correctness: Literal["eval", "fit"] = "eval") -> "FermiTransfer":
+        """A saved Fermi fit (``fitted``, loaded with its own task model) moved to
+        ``eval_models``' task model; ``user``: the training opinions it was fit on."""
+        if type(fitted) is not FermiPersonalizer or fitted.estimator is None:
+            raise ConfigError(f"only a fitted fermi pool transfers to another task model, not "
+                              f"{fitted.name}: fit it again with that model")
+        method = cls(eval_models, fitted.params()["config"], fitted.models.task, correctness)
+        method.fitted_with = fitted.estimator
+        method.estimator = transfer(fitted.estimator, eval_models.task_llm,
+                                    check_user(user).opinions, correctness)
+        method.user_id = fitted.user_id
+        return method
+
     def fit(self, user: User) -> "FermiTransfer":
         user = check_user(user, min_opinions=2)
         # The same shared models with another task model: loaded LLMs are shared, not copied.
