@@ -182,7 +182,8 @@ def eval_cmd(
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
 ):
     """Reward, log-prob and choice accuracy (and with --judge the win rate against the plain
-    base model without shots, over every record) of each model on held-out users' episodes, in the benchmark's report format.
+    base model without shots, over every record) of each model on held-out users' episodes,
+    in the benchmark's report format.
 
     With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
     reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,
