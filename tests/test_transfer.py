@@ -48,6 +48,10 @@ def test_correctness_is_measured_again_with_the_eval_model():
     assert all(p.correctness == expected_b[:n] for p in recomputed.estimator.pool)
     assert recomputed.estimator.fit_task_model["model_id"] == "model-b"
     assert "fermi/transfer" in models.task_llm.usage.by_phase
+    scores = recomputed.fit_report()["transfer"]
+    size = len(native_a.pool)
+    assert scores["fit_pool_scores"] == pytest.approx([sum(expected_a[:n]) / n] * size)
+    assert scores["eval_pool_scores"] == pytest.approx([sum(expected_b[:n]) / n] * size)
 
     reused = FermiTransfer.from_spec(models, "model-a", MethodSettings(
         preset="tiny", transfer_correctness="fit")).fit(train)

@@ -157,7 +157,8 @@ def transfer(estimator: Fermi, task_llm: LLM, opinions: Sequence[Opinion],
     ``correctness="eval"``: each pool prompt's per-question correctness, which RoP ranks
     prompts by, is measured again with ``task_llm`` on the user's own training opinions (one
     scoring call per prompt and question); ``"fit"`` reuses it as measured with the model the
-    pool was fit with.
+    pool was fit with. A moved prompt's ``train_score`` is its mean correctness over all the
+    pool's questions (the fit's counts only the optimization part).
     """
     moved = Fermi(estimator.config, task_llm, None, estimator.embedder)
     moved.user_id, moved.profile = estimator.user_id, estimator.profile
@@ -242,10 +243,15 @@ class FermiTransfer(FermiPersonalizer):
     def fit_report(self) -> dict[str, Any]:
         report = super().fit_report()
         if self.fitted_with is not None:
+            # mean correctness of each pool prompt over the same questions (the pool's), with
+            # the fit model and with the eval model: comparable, unlike train_score
+            def means(est: Fermi) -> list[float]:
+                return [sum(p.correctness) / max(1, len(p.correctness)) for p in est.pool]
+
             report["transfer"] = {
                 "fit_model": self.fit_model, "correctness": self.correctness,
-                "fit_train_scores": [p.train_score for p in self.fitted_with.pool],
-                "eval_train_scores": [p.train_score for p in self.estimator.pool]}
+                "fit_pool_scores": means(self.fitted_with),
+                "eval_pool_scores": means(self.estimator)}
         return report
 
     def params(self) -> dict[str, Any]:
