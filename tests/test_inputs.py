@@ -121,9 +121,25 @@ def test_empty_file_in_bench_writes_nothing(tmp_path, text):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case,text,where", [
+    ("empty", "", "g.csv:1: no questions"),
+    ("whitespace", " \n\t\n", "g.csv:1: no questions"),
+    ("bad row", None, "g.csv:3"),
+])
+def test_bench_globalopinionqa_invalid_data_writes_nothing(tmp_path, case, text, where):
+    if text is None:  # a valid question, then one with one share for two options
+        rows = (DATA / "globalopinionqa_small.csv").read_text(encoding="utf-8").splitlines()
+        text = "\n".join(rows[:2] + ['"Q?","{\'A\': [1.0]}","[\'Yes\', \'No\']",GAS']) + "\n"
+    path = write(tmp_path / "g.csv", text)
+    code, output = run_cli("bench", "globalopinionqa", "--data", path, "--out", tmp_path / "out")
+    assert_one_line_error(code, output, where)
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- folders as data
 @pytest.mark.parametrize("command", [
     ["bench", "opinionqa", "--out", "{tmp}/out"],
+    ["bench", "globalopinionqa", "--out", "{tmp}/out"],
     ["fit", "--method", "fermi", "--user", "u1", "--out", "{tmp}/out/user.json"],
     ["data", "validate", "--format", "opinionqa"],
 ])

@@ -17,6 +17,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from personalign.bench.protocols import is_substantive, load_globalopinionqa_users
 from personalign.runtime.data.globalopinionqa import COLUMNS, load_globalopinionqa
 from personalign.runtime.data.lamp import LAMP2_TAGS, load_lamp
 from personalign.runtime.data.opinionqa import REFUSED, load_opinionqa
@@ -163,6 +164,29 @@ def test_globalopinionqa_any_file(tmp_path, data):
         assert user.profile == {"COUNTRY": user.user_id}
         for o in user.opinions:
             assert_valid_opinion(o)
+            assert o.distribution[o.answer] == max(o.distribution)
+
+
+# The globalopinionqa-individual protocol's reading: "Don't know" and WVS missing codes among
+# the options, dropped and the shares renormalized, or the question left out.
+PROTOCOL_OPTIONS = st.lists(st.sampled_from(["Yes", "No", "Maybe", "Don't know", "No answer",
+                                             "Missing; Not available", "DK/Refused"]),
+                            min_size=2, max_size=4, unique=True).map(repr)
+PROTOCOL_FILE = st.builds(goqa_csv, st.lists(GOQA_ROW.flatmap(
+    lambda row: st.builds(lambda o: {**row, "options": o}, often(PROTOCOL_OPTIONS,
+                                                                st.just(row["options"])))),
+    min_size=1, max_size=4), st.just(list(COLUMNS)), st.just(False))
+
+
+@FAST
+@given(data=file_bytes(PROTOCOL_FILE))
+def test_globalopinionqa_protocol_any_file(tmp_path, data):
+    users = load_or_error(load_globalopinionqa_users, data, tmp_path / "goqa.csv")
+    for user in users or []:
+        for o in user.opinions:
+            assert_valid_opinion(o)
+            assert all(is_substantive(x) for x in o.options)
+            assert abs(sum(o.distribution) - 1.0) < 1e-9
             assert o.distribution[o.answer] == max(o.distribution)
 
 

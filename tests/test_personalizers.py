@@ -13,12 +13,13 @@ import pytest
 from personalign.methods import MethodSettings, build, load, method_names
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.llm.fake import FakeLLM
 from personalign.runtime.personalizer import SharedModels
 
 from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
 
 FAKE_SPECS = ["random", "vanilla", "profile", "fewshot", "fewshot:bm25", "opro", "fermi_norop",
-              "fermi", "fermi+fewshot"]
+              "fermi", "fermi+fewshot", "fermi_transfer:fake-fit"]
 REAL_SPECS = ["fspo:base", "pooled:base", "oracle"]
 
 
@@ -76,7 +77,10 @@ def check_contract(spec: str, models: SharedModels, tmp_path, other_models: Shar
 def _fake_models(task_id: str = "fake-task") -> SharedModels:
     task = keyword_task_llm()
     task.model_id = task_id
-    return SharedModels.of(task, scripted_optimizer(), BagEmbedder())
+    models = SharedModels.of(task, scripted_optimizer(), BagEmbedder())
+    # the task model fermi_transfer:fake-fit fits with
+    models._loaded[("fake-fit", ())] = FakeLLM(model_id="fake-fit")
+    return models
 
 
 @pytest.mark.parametrize("spec", FAKE_SPECS)

@@ -14,8 +14,8 @@ DEV = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "opinionq
 
 
 def test_episodes_command(tmp_path):
-    pairs = [PreferencePair(f"u{u}", f"q{i}?", f"good {i}", f"bad {i}", user_description="D")
-             for u in range(5) for i in range(6)]
+    pairs = [PreferencePair(f"u{u}", f"q{i}?", f"good {i}", f"bad {i}", user_description="D",
+                            rejected_description="E") for u in range(5) for i in range(6)]
     write_records(pairs, tmp_path / "pairs.jsonl")
     result = CliRunner().invoke(app, ["episodes", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--shots", "2", "--passes", "2", "--out",
@@ -41,3 +41,61 @@ def test_opinionqa_command(tmp_path):
     test = [json.loads(x) for x in (tmp_path / "test.jsonl").read_text().splitlines()]
     assert test and all(r["n_shots"] == 8 for r in test)
     assert all(r["meta"]["query_meta"]["part"] == "test" for r in test)
+
+
+def test_description_variant_without_rejected_descriptions_is_skipped(tmp_path):
+    pairs = [PreferencePair(f"u{u}", f"q{i}?", f"good {i}", f"bad {i}", user_description="D")
+             for u in range(5) for i in range(6)]
+    write_records(pairs, tmp_path / "pairs.jsonl")
+    result = CliRunner().invoke(app, ["episodes", "--pairs", str(tmp_path / "pairs.jsonl"),
+                                      "--shots", "2", "--out", str(tmp_path / "ep"),
+                                      "--variant", "user-description"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "skipped the user-description variant" in result.output
+    assert "30 of 30 pairs" in result.output
+    assert not (tmp_path / "ep").exists()
+
+
+def _users_file(path: Path, prefix: str, n_users: int) -> Path:
+    lines = []
+    for u in range(n_users):
+        ops = [{"qid": f"Q{i}", "question": f"Question {i}?", "options": ["Yes", "No", "Maybe"],
+                "answer": (u + i) % 3} for i in range(30)]
+        lines.append(json.dumps({"user_id": f"{prefix}{u}", "profile": {"AGE": "30-49"},
+                                 "opinions": ops}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_opinionqa_across_files(tmp_path):
+    train = _users_file(tmp_path / "a.jsonl", "a", 3)
+    test = _users_file(tmp_path / "b.jsonl", "b", 2)
+    out = tmp_path / "ep"
+    result = CliRunner().invoke(app, ["opinionqa", "--train-data", str(train), "--test-data",
+                                      str(test), "--out", str(out), "--shots", "4",
+                                      "--passes", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_users"] == ["a0", "a1", "a2"] and summary["test_users"] == ["b0", "b1"]
+    assert summary["split"] == "across files"
+    test_rows = [json.loads(x) for x in (out / "test.jsonl").read_text().splitlines()]
+    train_rows = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
+    assert {r["user_id"] for r in test_rows} == {"b0", "b1"}
+    assert {r["user_id"] for r in train_rows} == {"a0", "a1", "a2"}
+    # the same user in both files is refused; and one file with --train-data alone too
+    again = CliRunner().invoke(app, ["opinionqa", "--train-data", str(train), "--test-data",
+                                     str(train), "--out", str(tmp_path / "x")])
+    assert again.exit_code != 0 and "in both files" in str(again.exception)
+    alone = CliRunner().invoke(app, ["opinionqa", "--train-data", str(train), "--out",
+                                     str(tmp_path / "y")])
+    assert alone.exit_code != 0 and "--test-data" in str(alone.exception)
+
+
+def test_opinionqa_description_variant_is_skipped(tmp_path):
+    data = _users_file(tmp_path / "a.jsonl", "a", 5)
+    result = CliRunner().invoke(app, ["opinionqa", "--data", str(data), "--out",
+                                      str(tmp_path / "ep"), "--variant", "user-description"],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "skipped the user-description variant" in result.output
+    assert not (tmp_path / "ep").exists()

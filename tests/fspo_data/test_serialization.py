@@ -46,9 +46,11 @@ def test_user_description_chain_of_thought():
                                              rejected_description="The user is an expert.")
     assert chosen == "## User Description\nThe user is a child.\n## Preferred Response\nyes\n"
     assert rejected == "## User Description\nThe user is an expert.\n## Preferred Response\nno\n"
-    # Unknown rejected description: the user's own.
-    _, rejected = serialize_completions("yes", "no", "user-description", user_description="D")
-    assert rejected == "## User Description\nD\n## Preferred Response\nno\n"
+    # No different description for the rejected side: refused, never the user's own twice.
+    for other in (None, "D"):
+        with pytest.raises(ConfigError, match="different description"):
+            serialize_completions("yes", "no", "user-description", user_description="D",
+                                  rejected_description=other)
     with pytest.raises(ConfigError):
         serialize_completions("yes", "no", "user-description")
 

@@ -10,11 +10,13 @@ model, from one engine pass over [chosen, rejected, every option]:
   the reference pass is also reported as a model of its own ("sft-only");
 - ``correct`` (choice accuracy, where the episode carries the question's options and answer):
   the option the model would most likely write as the preferred response;
-- win rate against the first model's greedy responses, judged in both orders with the user's
-  description (``fspo.data.judge.win_rate``).
+- win rate against the plain base model (no shots, FSPO's baseline) over every test record:
+  greedy responses judged in both orders with the user's description
+  (``fspo.data.judge.win_rate``).
 
 Normalized log-probs suffice: every comparison above is a difference between two completions of
-one prompt, which normalization leaves unchanged.
+one prompt, which normalization leaves unchanged. Models trained on the user-description variant
+write a description first: their options are scored after the description they generate.
 """
 
 from __future__ import annotations
@@ -47,6 +49,29 @@ class EpisodeModel:
     reference_name: str | None = None
 
 
+DESCRIPTION_HEADER = "## User Description\n"
+#: what every model's responses are judged against: the base model without the user's shots
+PLAIN_BASE = EpisodeModel("base-no-shots", "base", "zero-shot")
+
+
+def _generations(run: RunFolder, shared: SharedModels, m: EpisodeModel,
+                 records: Sequence[dict[str, Any]], descriptions: dict[str, str],
+                 max_tokens: int) -> list[str]:
+    """``m``'s greedy responses to the records' questions (a resumable unit)."""
+    unit = f"{m.name}/generations"
+    inputs = [list(records), [model_identity(m.model), m.mode], descriptions]
+    gens = run.load(unit, inputs)
+    if gens is None:
+        llm = completion_llm(shared, m.model)
+        params = SamplingParams(max_tokens=max_tokens, stop=("\n#",))
+        with llm.phase(f"{m.name}/generate"):
+            texts = llm.generate([transform_prompt(r, m.mode, descriptions) + RESPONSE_HEADER
+                                  for r in records], params)
+        gens = {"texts": [t[0].strip() for t in texts]}
+        run.save(unit, gens, inputs)
+    return gens["texts"]
+
+
 def completion_llm(models: SharedModels, spec: str, reference: bool = False) -> LLM:
     """The model of ``spec`` (or its reference) scoring whole completions followed by EOS."""
     base, adapters = model_files(spec)
@@ -69,15 +94,40 @@ def _options(record: dict[str, Any]) -> tuple[list[str], int, str | None] | None
     return None
 
 
+def _description_first(record: dict[str, Any], mode: str) -> bool:
+    """Episodes of the user-description variant, asked as-is: the model was trained to write
+    the user's description before its preferred response."""
+    meta = record.get("meta") or {}
+    return mode == "as-is" and meta.get("variant") == "user-description"
+
+
 def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
-    items = []
-    for rec in records:
+    """Per record: log-probs of [chosen, rejected, every option]. A description-first model's
+    options are scored after the description it writes itself (greedy), as it would answer;
+    its chosen and rejected completions already hold their descriptions."""
+    prompts = [transform_prompt(rec, mode, descriptions) for rec in records]
+    first = [i for i, rec in enumerate(records) if _description_first(rec, mode) and _options(rec)]
+    written: dict[int, str] = {}
+    if first:
+        params = SamplingParams(max_tokens=64, stop=("\n#",))
+        with llm.phase(f"{phase}/description"):
+            texts = llm.generate([prompts[i] + DESCRIPTION_HEADER for i in first], params)
+        written = {i: f"{DESCRIPTION_HEADER}{t[0].strip()}\n" for i, t in zip(first, texts)}
+    items, parts = [], []
+    for i, rec in enumerate(records):
         opts = _options(rec)
-        choices = [f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]] if opts else []
-        items.append(ChoiceItem(prefix=transform_prompt(rec, mode, descriptions), prompt="",
-                                options=(rec["chosen"], rec["rejected"], *choices)))
+        choices = tuple(f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]) if opts else ()
+        pair = (rec["chosen"], rec["rejected"])
+        if i in written:  # normalized per item: each comparison stays within one item
+            items += [ChoiceItem(prefix=prompts[i], prompt="", options=pair),
+                      ChoiceItem(prefix=prompts[i] + written[i], prompt="", options=choices)]
+            parts.append(2)
+        else:
+            items.append(ChoiceItem(prefix=prompts[i], prompt="", options=pair + choices))
+            parts.append(1)
     with llm.phase(phase):
-        return [r.logprobs for r in llm.score_choices(items, method="text")]
+        results = iter(llm.score_choices(items, method="text"))
+    return [[lp for _ in range(n) for lp in next(results).logprobs] for n in parts]
 
 
 def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> list[dict]:
@@ -104,7 +154,7 @@ def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> 
 def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str, Any]],
                       out: str | Path, *, protocol: str, beta: float = 0.01,
                       descriptions: dict[str, str] | None = None, judge: LLM | None = None,
-                      win_max_items: int = 20, gen_max_tokens: int = 96,
+                      win_max_items: int | None = None, gen_max_tokens: int = 96,
                       shared: SharedModels | None = None, force: bool = False,
                       progress: bool = True, meta: dict[str, Any] | None = None) -> dict:
     """Evaluate every model on the records (one unit per model and user, resumable) and write
@@ -126,7 +176,7 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
                                         if m.reference_name and has_reference(m.model)]
     per_user: dict[str, dict[str, dict]] = {u: {} for u in by_user}
     generations: dict[str, list[str]] = {}
-    win_records = list(records[:win_max_items])
+    win_records = list(records if win_max_items is None else records[:win_max_items])
     bar = tqdm(total=len(models) * len(by_user), desc="models x users", disable=not progress)
     for m in models:
         identity = [model_identity(m.model), m.mode]
@@ -156,35 +206,26 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
                 run.save(unit, result, inputs)
             per_user[user_id][m.name] = result
             bar.update(1)
-        if judge is not None and win_records:
-            unit, inputs = f"{m.name}/generations", [win_records, identity, descriptions]
-            gens = run.load(unit, inputs)
-            if gens is None:
-                llm = completion_llm(shared, m.model)
-                params = SamplingParams(max_tokens=gen_max_tokens, stop=("\n#",))
-                with llm.phase(f"{m.name}/generate"):
-                    texts = llm.generate([transform_prompt(r, m.mode, descriptions)
-                                          + RESPONSE_HEADER for r in win_records], params)
-                gens = {"texts": [t[0].strip() for t in texts]}
-                run.save(unit, gens, inputs)
-            generations[m.name] = gens["texts"]
+        if judge is not None and win_records and (m.model, m.mode) != (
+                PLAIN_BASE.model, PLAIN_BASE.mode):
+            generations[m.name] = _generations(run, shared, m, win_records, descriptions,
+                                               gen_max_tokens)
     bar.close()
     win_md = ""
-    if judge is not None and len(generations) > 1:
+    if judge is not None and generations:
         from personalign.fspo.data.judge import win_rate
 
-        baseline = models[0].name
+        baseline = _generations(run, shared, PLAIN_BASE, win_records, descriptions,
+                                gen_max_tokens)
         table = []
         for name, texts in generations.items():
-            if name == baseline:
-                continue
             items = [{"question": final_question(r["prompt"]),
                       "description": descriptions.get(r["user_id"], ""), "response": t,
-                      "baseline": b} for r, t, b in zip(win_records, texts,
-                                                          generations[baseline])]
+                      "baseline": b} for r, t, b in zip(win_records, texts, baseline)]
             w = win_rate(judge, items)
-            table.append({"Model": name, "against": baseline, "Win rate": f"{w.mean:.3f}",
-                          "s.e.": f"{w.se:.3f}", "n": w.n, "judge": w.judge})
+            table.append({"Model": name, "against": PLAIN_BASE.name,
+                          "Win rate": f"{w.mean:.3f}", "s.e.": f"{w.se:.3f}", "n": w.n,
+                          "judge": w.judge})
         import pandas as pd
 
         win_md = markdown(pd.DataFrame(table))

@@ -54,7 +54,8 @@ def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
             if cfg.optimization_fraction < 1.0 else len(shots)
         opt, demo = shots[:n_opt], shots[n_opt:]
         opt_tokens = _item_tokens(opt)
-        prompts = 1 + cfg.iterations * cfg.num_candidates
+        samples = cfg.samples_per_iteration or cfg.num_candidates
+        prompts = 1 + cfg.iterations * samples
         pool = cfg.num_candidates if cfg.final_pool == "last_k" else cfg.memory_size
         meta = (META_PROMPT_OVERHEAD + opt_tokens
                 + cfg.memory_size * PROMPT_TOKENS + cfg.failure_case_cap * 40)
@@ -62,9 +63,8 @@ def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
         mode = klass.mode
         out[f"{mode}/score"] = {"calls": prompts * len(opt),
                                 "tokens": prompts * (opt_tokens + PROMPT_TOKENS * len(opt))}
-        out[f"{mode}/optimize"] = {"calls": cfg.iterations * cfg.num_candidates,
-                                   "tokens": cfg.iterations * cfg.num_candidates
-                                   * (meta + reply)}
+        out[f"{mode}/optimize"] = {"calls": cfg.iterations * samples,
+                                   "tokens": cfg.iterations * samples * (meta + reply)}
         if cfg.rop_include_demo and demo:
             out[f"{mode}/pool"] = {"calls": pool * len(demo),
                                    "tokens": pool * (_item_tokens(demo)

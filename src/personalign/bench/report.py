@@ -11,8 +11,8 @@
     config.json            protocol, data, models, methods, settings, seeds, skipped users
     README.md              all of the above on one page
 
-Other per-question metrics in the rows (``logp_correct``, ``reward_correct``) get their own
-macro column in the method table.
+Other per-question metrics in the rows (``logp_correct``, ``reward_correct``,
+``distribution_similarity``) get their own macro column in the method table.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from personalign.runtime.storage import atomic_write, atomic_write_text
 
 #: per-question 0/1 metrics a row may carry, and what the report calls them
 METRICS = {"correct": "Accuracy", "logp_correct": "Log-prob accuracy",
-           "reward_correct": "Reward accuracy"}
+           "reward_correct": "Reward accuracy",
+           # not 0/1: 1 - normalized W1 to the population's distribution (GlobalOpinionQA)
+           "distribution_similarity": "1 - W1/(n-1)"}
 
 
 def markdown(df: pd.DataFrame) -> str:

@@ -4,7 +4,9 @@ Protocol ``opinionqa-individual`` (docs/benchmark.md): per user, shuffle the opi
 seed derived from (seed, user_id); the first 20 are the user's past opinions (what every method
 fits on), the next 30 (or all that remain) the test questions; users with fewer than 25
 opinions are skipped and counted. Accuracy is macro-averaged over users with paired bootstrap
-CIs, in one report for every method (:mod:`personalign.bench.report`).
+CIs, in one report for every method (:mod:`personalign.bench.report`). Protocol
+``globalopinionqa-individual`` splits countries the same way; what each protocol reads is in
+:mod:`personalign.bench.protocols`.
 
 A run folder (:mod:`personalign.runtime.runs`) keeps one unit per (user, method), written
 atomically as it finishes: a rerun resumes, a new method runs only itself, and a unit whose
@@ -27,11 +29,11 @@ from typing import Any, Literal, Sequence
 
 from tqdm.auto import tqdm
 
+from personalign.bench.protocols import OPINIONQA, load_users, question_metrics
 from personalign.methods import (
     DEFAULT_METHODS, MethodSettings, build, label, method_class, split_spec,
 )
 from personalign.runtime.budget import Allowance, BudgetExceeded, Limits, Spend, watch
-from personalign.runtime.data.opinionqa import load_opinionqa
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.config import Config
 from personalign.runtime.data.splits import protocol_order
@@ -41,7 +43,7 @@ from personalign.runtime.llm.types import ScoringMethod
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
-PROTOCOL = "opinionqa-individual"
+PROTOCOL = OPINIONQA
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class BenchConfig(Config):
 
     data: str
     out: str
-    protocol: Literal["opinionqa-individual"] = PROTOCOL
+    protocol: Literal["opinionqa-individual", "globalopinionqa-individual"] = PROTOCOL
     users: int | None = 20                    # the first N eligible users in file order
     user_ids: list[str] | None = None         # or exactly these
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -151,17 +153,18 @@ def _diff(after: dict, before: dict) -> dict:
 
 
 def run_method(spec: str, split: UserSplit, models: SharedModels,
-               settings: MethodSettings) -> dict[str, Any]:
+               settings: MethodSettings, protocol: str = PROTOCOL) -> dict[str, Any]:
     """Fit one method on one user's past opinions and answer their test questions."""
     start, before = time.perf_counter(), _usage(models)
     method = build(spec, models, settings).fit(split.train)
     answers = method.predict(list(split.test))
     rows = []
     for i, (q, a) in enumerate(zip(split.test, answers)):
-        row = {"protocol": PROTOCOL, "user_id": split.user_id, "qid": q.qid, "index": i,
+        row = {"protocol": protocol, "user_id": split.user_id, "qid": q.qid, "index": i,
                "method": spec, "choice": a.choice, "answer": q.answer,
                "n_options": len(q.options), "correct": a.correctness(q.answer),
-               "logprobs": [round(x, 4) for x in a.logprobs]}
+               "logprobs": [round(x, 4) for x in a.logprobs],
+               **question_metrics(q, a.choice, a.logprobs)}
         if a.prompt_index is not None:
             row["prompt_index"] = a.prompt_index
         rows.append(row)
@@ -190,6 +193,7 @@ class UserJob:
     user_spent: Spend
     run_spent: Spend
     deadline: float | None
+    protocol: str = PROTOCOL
 
 
 def run_user(models: SharedModels, job: UserJob) -> dict[str, Any]:
@@ -207,7 +211,7 @@ def run_user(models: SharedModels, job: UserJob) -> dict[str, Any]:
                 break
             try:
                 with watch(models, allowance):
-                    result = run_method(spec, job.split, models, job.settings)
+                    result = run_method(spec, job.split, models, job.settings, job.protocol)
             except BudgetExceeded as e:
                 stopped = e.reason
                 break
@@ -233,7 +237,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     from personalign.bench.report import sum_usage, write_report
 
     if users is None:
-        users = load_opinionqa(cfg.data)
+        users = load_users(cfg.protocol, cfg.data)
     splits, skipped = select_users(users, cfg)
     if not splits:
         raise ConfigError(f"no user in {cfg.data} has {cfg.min_opinions} or more opinions")
@@ -273,7 +277,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                 stopped[split.user_id] = reason
                 continue
             yield UserJob(split, todo, identities, cfg.settings, run, cfg.limits, spent,
-                          run_spent, deadline)
+                          run_spent, deadline, cfg.protocol)
 
     ran = 0
     bar = tqdm(total=len(splits) * len(cfg.methods), desc="users x methods",
@@ -334,7 +338,7 @@ def run_demo(users: Sequence[User] | None = None, path: str | Path | None = None
 
         users, path = load_sample_users(), sample_users_path()
     if users is None:
-        users = load_opinionqa(path)
+        users = load_users(PROTOCOL, path)
     cfg = BenchConfig(data=str(path or "<in-memory users>"), out=str(out), users=n_users,
                       methods=list(methods), settings=MethodSettings(seed=seed, preset=preset))
     return run_benchmark(cfg, users, models=models, progress=progress)

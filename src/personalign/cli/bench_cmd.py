@@ -1,7 +1,10 @@
-"""`personalign bench opinionqa`: every method on the same users under opinionqa-individual."""
+"""`personalign bench opinionqa` and `bench globalopinionqa`: every method on the same users
+under opinionqa-individual or globalopinionqa-individual (one set of options for both)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -51,13 +54,16 @@ def print_projection(projection: dict, n_users: int) -> None:
 def print_result(result, title: str) -> None:
     """The per-method table and the paired CIs against vanilla, as rich tables."""
     table = Table(title=title)
-    for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla"):
+    similarity = any("distribution_similarity" in r for r in result.summary["per_method"])
+    for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla") + (
+            ("1 - W1/(n-1) (%)",) if similarity else ()):
         table.add_column(col, justify="left" if col == "Method" else "right")
     for r in result.summary["per_method"]:
         differs = r.get("differs_from_vanilla")
         table.add_row(r["label"], f"{100 * r['accuracy']:.1f}",
                       f"[{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]",
-                      str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%")
+                      str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%",
+                      *([f"{100 * r['distribution_similarity']:.1f}"] if similarity else []))
     console.print(table)
     labels = {r["method"]: r["label"] for r in result.summary["per_method"]}
     pairs = [p for p in result.summary["paired"] if p["baseline"] in ("vanilla", "fewshot")]
@@ -75,9 +81,9 @@ def print_result(result, title: str) -> None:
                   f"{usage['wall_s_per_user']['mean']:.0f} s. Report: {result.out}/README.md")
 
 
-@app.command("opinionqa")
 def opinionqa(
-    data: Path = typer.Option(..., help="OpinionQA JSONL (e.g. ../shared/data/opinionqa/dev.jsonl)."),
+    data: Path = typer.Option(..., help="OpinionQA JSONL (../shared/data/opinionqa/dev.jsonl) or, "
+                              "for globalopinionqa, its CSV."),
     out: Path = typer.Option(..., help="Report folder (a rerun resumes it)."),
     users: Optional[int] = typer.Option(20, help="First N eligible users in file order."),
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
@@ -117,13 +123,23 @@ def opinionqa(
                                                 "LLM calls over all users."),
     max_run_tokens: Optional[int] = typer.Option(None, help="... this many tokens."),
     max_run_seconds: Optional[float] = typer.Option(None, help="... this session's seconds."),
+    fit_model: Optional[str] = typer.Option(None, help="Cross-LLM transfer: fit Fermi's prompts "
+                                            "with this task model and answer with the eval "
+                                            "model (adds fermi_transfer:MODEL beside fermi)."),
+    eval_model: Optional[str] = typer.Option(None, help="The task model that answers the test "
+                                             "questions (overrides --task-model)."),
+    transfer_correctness: str = typer.Option("eval", help="RoP correctness of a transferred "
+                                             "pool: eval (measured again with the eval model "
+                                             "on the user's training opinions) or fit "
+                                             "(reused as measured with the fit model)."),
+    protocol: str = "opinionqa-individual",
 ) -> None:
     """Run (or resume) the benchmark and write the report folder."""
     from personalign.bench.projection import project_run
+    from personalign.bench.protocols import load_users
     from personalign.bench.runner import BenchConfig, run_benchmark, select_users
     from personalign.methods import MethodSettings, parse_specs
     from personalign.runtime.budget import Limits
-    from personalign.runtime.data.opinionqa import load_opinionqa
     from personalign.runtime.executor import ExecutorConfig
 
     if not data.is_file():
@@ -133,17 +149,22 @@ def opinionqa(
                                    "reference_entry": reference_entry}.items() if v is not None}
     overrides.update(parse_assignments(fermi, "--fermi"))
     settings = MethodSettings(seed=seed, preset=preset, fermi=overrides, fewshot_k=fewshot_k,
-                              retriever=retriever, fspo_shots=fspo_shots)
-    cfg = BenchConfig(data=str(data), out=str(out), users=users,
+                              retriever=retriever, fspo_shots=fspo_shots,
+                              transfer_correctness=transfer_correctness)
+    task_model = eval_model or task_model
+    specs = parse_specs(methods)
+    if fit_model and fit_model != task_model:  # the gap: transferred minus natively fitted
+        specs += [s for s in ("fermi", f"fermi_transfer:{fit_model}") if s not in specs]
+    cfg = BenchConfig(data=str(data), out=str(out), protocol=protocol, users=users,
                       user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None,
-                      methods=parse_specs(methods), settings=settings, task_model=task_model,
+                      methods=specs, settings=settings, task_model=task_model,
                       optimizer_model=optimizer_model, scoring=scoring, force=force,
                       execution=ExecutorConfig(kind=executor, workers=workers, threads=threads,
                                                address=address),
                       limits=Limits(max_user_calls, max_user_tokens, max_user_seconds,
                                     max_run_calls, max_run_tokens, max_run_seconds))
     logging.getLogger("personalign").setLevel(logging.INFO)
-    loaded = load_opinionqa(cfg.data)
+    loaded = load_users(cfg.protocol, cfg.data)
     splits, _ = select_users(loaded, cfg)
     print_projection(project_run(cfg.methods, splits, cfg.settings), len(splits))
     console.print(f"Executor: {cfg.execution.describe()}")
@@ -152,4 +173,25 @@ def opinionqa(
         console.print(f"[yellow]stopped[/] {user}: {reason} (raise the limit and rerun to "
                       "continue)", soft_wrap=True)
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
-    print_result(result, f"opinionqa-individual, {len(result.records)} users, preset {label}")
+    print_result(result, f"{protocol}, {len(result.records)} users, preset {label}")
+
+
+def _for_protocol(command, protocol: str, doc: str):
+    """``command`` with its ``protocol`` fixed: the same options under another name."""
+    @functools.wraps(command)
+    def run(**kwargs):
+        return command(**kwargs, protocol=protocol)
+
+    signature = inspect.signature(command)
+    run.__signature__ = signature.replace(parameters=[
+        p for p in signature.parameters.values() if p.name != "protocol"])
+    run.__doc__ = doc
+    return run
+
+
+app.command("opinionqa")(_for_protocol(
+    opinionqa, "opinionqa-individual", opinionqa.__doc__))
+app.command("globalopinionqa")(_for_protocol(
+    opinionqa, "globalopinionqa-individual",
+    "Run (or resume) globalopinionqa-individual (countries as users) and write the report "
+    "folder; accuracy and 1 - normalized Wasserstein distance."))

@@ -64,18 +64,35 @@ def register(app: typer.Typer) -> None:
                 data: Path = typer.Option(..., help="OpinionQA-schema JSONL with the user."),
                 out: Optional[Path] = typer.Option(None, help="Predictions JSONL."),
                 seed: int = typer.Option(0),
-                task_model: str = typer.Option("gemma3-270m"),
+                task_model: str = typer.Option("gemma3-270m", help="The task model the method "
+                                               "was fit with."),
                 optimizer_model: str = typer.Option("smollm2-135m-instruct"),
-                scoring: str = typer.Option("letter")) -> None:
+                scoring: str = typer.Option("letter"),
+                eval_model: Optional[str] = typer.Option(None, help="Answer with this task "
+                                                         "model instead (a Fermi pool "
+                                                         "transfers)."),
+                transfer_correctness: str = typer.Option("eval", help="eval: RoP correctness "
+                                                         "measured again with the eval model on "
+                                                         "the user's training opinions; fit: "
+                                                         "reused as measured at fit time.")
+                ) -> None:
         """Answer the user's test questions (the protocol split) and print the accuracy."""
         from personalign.methods import load
         from personalign.runtime.personalizer import SharedModels
         from personalign.runtime.storage import atomic_write_text
 
-        method = load(model, SharedModels(task_model, optimizer_model, scoring=scoring))
+        from dataclasses import replace
+
+        models = SharedModels(task_model, optimizer_model, scoring=scoring)
+        method = load(model, models)
         if not method.user_id:
             raise ConfigError(f"{model} names no user")
         split = _user_split(data, method.user_id, seed)
+        if eval_model and eval_model != task_model:
+            from personalign.fermi.personalizer import FermiTransfer
+
+            method = FermiTransfer.from_fitted(method, replace(models, task=eval_model),
+                                               split.train, transfer_correctness)
         answers = method.predict(list(split.test))
         correct = [a.correctness(q.answer) for a, q in zip(answers, split.test)]
         if out:

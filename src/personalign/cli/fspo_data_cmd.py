@@ -133,13 +133,34 @@ def _write_split(out: Path, train, test, fmt: str) -> list[Path]:
     return [write_records(train, out / f"train.{fmt}"), write_records(test, out / f"test.{fmt}")]
 
 
+def _skip_description_variant(pairs, variant: str) -> bool:
+    """The user-description variant trains the rejected side on ANOTHER user's description;
+    say so and skip it where the pairs carry none (OpinionQA), rather than show the user's
+    own description on both sides."""
+    from personalign.fspo.data.episodes import lacking_rejected_description
+
+    lacking = lacking_rejected_description(pairs) if variant == "user-description" else 0
+    if lacking:
+        console.print(f"[yellow]skipped the user-description variant:[/] {lacking} of "
+                      f"{len(pairs)} pairs have no different description on the rejected side "
+                      "(OpinionQA has none); nothing written. Use --variant default or oracle.")
+    return bool(lacking)
+
+
 @app.command()
 def opinionqa(
-    data: Path = typer.Option(..., "--data", help="OpinionQA JSONL (e.g. dev.jsonl)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="OpinionQA JSONL (e.g. dev.jsonl): "
+                                        "users split within the file (--test-fraction)."),
     out: Path = typer.Option(..., "--out"),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Or meta-train on "
+                                              "every user of this file ..."),
+    test_data: Optional[Path] = typer.Option(None, "--test-data", help="... and test on every "
+                                             "user of this one (e.g. holdout.jsonl)."),
     shots: int = typer.Option(8, help="N shots per episode."),
     passes: Optional[int] = typer.Option(None, help="Augmentation passes (default 2(N+1))."),
     test_fraction: float = typer.Option(0.2, help="Share of users held out (user-disjoint)."),
+    test_users: Optional[int] = typer.Option(None, help="Only the first N test users "
+                                             "(file order; a smaller evaluation)."),
     variant: str = typer.Option("default", help="default | preferred-only | user-description "
                                 "| oracle"),
     seed: int = typer.Option(0),
@@ -148,35 +169,62 @@ def opinionqa(
                                               "tokenizer (default: 4 characters a token)."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl | parquet"),
 ):
-    """Protocol opinionqa-preferences: pairs, user-disjoint split, train/test episodes."""
+    """Protocol opinionqa-preferences: pairs, user-disjoint split (within one file, or train
+    and test files), train/test episodes."""
     from personalign.fspo.data.episodes import (
         build_episodes, build_eval_episodes, episode_stats, split_users, write_records,
     )
     from personalign.fspo.data.opinionqa_prefs import load_opinionqa_preferences
 
-    res = load_opinionqa_preferences(data, seed=seed)
+    if (data is None) == (train_data is None and test_data is None) or \
+            (train_data is None) != (test_data is None):
+        raise ConfigError("give --data FILE (split within it) or both --train-data FILE and "
+                          "--test-data FILE")
+    if data is not None:
+        res = load_opinionqa_preferences(data, seed=seed)
+        pairs, skipped_users, skipped_opinions = res.pairs, res.skipped_users, \
+            res.skipped_opinions
+        train_ids, test_ids = split_users([p.user_id for p in pairs], test_fraction, seed)
+        files = {"data": str(data), "split": f"within the file, test fraction {test_fraction}"}
+    else:
+        train_res = load_opinionqa_preferences(train_data, seed=seed)
+        test_res = load_opinionqa_preferences(test_data, seed=seed)
+        train_ids = list(dict.fromkeys(p.user_id for p in train_res.pairs))
+        test_ids = list(dict.fromkeys(p.user_id for p in test_res.pairs))
+        both = set(train_ids) & set(test_ids)
+        if both:
+            raise ConfigError(f"{len(both)} user(s) are in both files (e.g. "
+                              f"{sorted(both)[0]!r}): train and test users must differ")
+        pairs = train_res.pairs + test_res.pairs
+        skipped_users = train_res.skipped_users + test_res.skipped_users
+        skipped_opinions = train_res.skipped_opinions + test_res.skipped_opinions
+        files = {"train_data": str(train_data), "test_data": str(test_data),
+                 "split": "across files"}
+    if test_users is not None:
+        test_ids = test_ids[:test_users]
+    if _skip_description_variant(pairs, variant):
+        return
     out.mkdir(parents=True, exist_ok=True)
-    train_ids, test_ids = split_users([p.user_id for p in res.pairs], test_fraction, seed)
-    train_set = set(train_ids)
-    train_pairs = [p for p in res.pairs if p.user_id in train_set]
-    test_pairs = [p for p in res.pairs if p.user_id not in train_set]
+    train_set, test_set = set(train_ids), set(test_ids)
+    train_pairs = [p for p in pairs if p.user_id in train_set]
+    test_pairs = [p for p in pairs if p.user_id in test_set]
     count = _token_counter(token_model)
     train = build_episodes(train_pairs, shots, passes, seed, variant, max_prompt_tokens, count)
     # Test users: N shots from U_opi, scored on their test questions (the protocol).
     test = build_eval_episodes([p for p in test_pairs if p.meta["part"] == "shots"],
                                [p for p in test_pairs if p.meta["part"] == "test"], shots, seed,
                                variant, max_prompt_tokens, count)
-    write_records(res.pairs, out / "pairs.jsonl")
+    write_records(pairs, out / "pairs.jsonl")
     write_records(train_pairs, out / "pairs_train.jsonl")
     write_records(test_pairs, out / "pairs_test.jsonl")
     paths = _write_split(out, train, test, fmt)
     rules = {}
-    for p in res.pairs:
+    for p in pairs:
         rules[p.meta["rule"]] = rules.get(p.meta["rule"], 0) + 1
-    summary = {"protocol": "opinionqa-preferences", "data": str(data), "seed": seed,
+    summary = {"protocol": "opinionqa-preferences", **files, "seed": seed,
                "shots": shots, "variant": variant, "users": len(train_ids) + len(test_ids),
-               "skipped_users": res.skipped_users,
-               "skipped_opinions": res.skipped_opinions, "pairs": len(res.pairs),
+               "skipped_users": skipped_users,
+               "skipped_opinions": skipped_opinions, "pairs": len(pairs),
                "rejected_rule_counts": rules, "train_users": train_ids, "test_users": test_ids,
                "train_episodes": episode_stats(train), "test_episodes": episode_stats(test),
                "files": [str(p) for p in paths]}
@@ -220,6 +268,8 @@ def episodes(
     explicit = [u for u in test_users.split(",") if u] if test_users else None
     if held_out_users:
         explicit = sorted({p.user_id for p in rows if p.meta.get("held_out_user")})
+    if _skip_description_variant(rows, variant):
+        return
     train_ids, test_ids = split_users([p.user_id for p in rows], test_fraction, seed, explicit)
     train_set = set(train_ids)
     count = _token_counter(token_model)

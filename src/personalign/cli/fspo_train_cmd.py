@@ -172,7 +172,8 @@ def eval_cmd(
                                                 "(profile text) or JSONL user_id/description."),
     judge: str | None = typer.Option(None, help="Judge LLM spec for win rates "
                                         "(e.g. smollm2-135m-instruct, openai:MODEL@URL)."),
-    win_max_items: int = typer.Option(20),
+    win_max_items: int | None = typer.Option(None, help="Judge only the first N records "
+                                             "(default: every test record)."),
     max_users: int | None = typer.Option(None),
     max_per_user: int | None = typer.Option(None),
     beta: float = typer.Option(0.01),
@@ -180,8 +181,9 @@ def eval_cmd(
     protocol: str = typer.Option("opinionqa-preferences"),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
 ):
-    """Reward, log-prob and choice accuracy (and with --judge the win rate against the first
-    model) of each model on held-out users' episodes, in the benchmark's report format.
+    """Reward, log-prob and choice accuracy (and with --judge the win rate against the plain
+    base model without shots, over every record) of each model on held-out users' episodes,
+    in the benchmark's report format.
 
     With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
     reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,

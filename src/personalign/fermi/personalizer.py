@@ -1,4 +1,5 @@
-"""Fermi, Fermi without RoP and OPRO behind the method protocol.
+"""Fermi, Fermi without RoP and OPRO behind the method protocol, and
+``fermi_transfer:A``: Fermi's prompts fit with task model A and answered by the run's task model.
 
 All three run the same :class:`~personalign.fermi.optimizer.Fermi` loop: ``fermi`` picks a
 prompt per question by Retrieval-of-Prompt, ``fermi_norop`` answers with the pool's best prompt,
@@ -8,15 +9,18 @@ same optimizer and task-model calls, so the second of them is answered by the ca
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections import defaultdict
+from dataclasses import replace
+from typing import Any, Literal, Sequence
 
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
 from personalign.fermi.baselines import answered_block, retrieve
-from personalign.fermi.optimizer import Fermi
-from personalign.fermi.tasks import question_block
+from personalign.fermi.optimizer import Fermi, PoolPrompt
+from personalign.fermi.tasks import question_block, sample_score
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.personalizer import (
     Answer, Personalizer, SharedModels, check_questions, check_user,
@@ -144,3 +148,112 @@ class FermiFewShot(FermiPersonalizer):
         state = dict(state)
         self.opinions = [Opinion.from_dict(o) for o in state.pop("opinions")]
         super().set_state(state)
+
+
+def transfer(estimator: Fermi, task_llm: LLM, opinions: Sequence[Opinion],
+             correctness: Literal["eval", "fit"] = "eval") -> Fermi:
+    """``estimator``'s pool answered by ``task_llm`` (another task model).
+
+    ``correctness="eval"``: each pool prompt's per-question correctness, which RoP ranks
+    prompts by, is measured again with ``task_llm`` on the user's own training opinions (one
+    scoring call per prompt and question); ``"fit"`` reuses it as measured with the model the
+    pool was fit with. A moved prompt's ``train_score`` is its mean correctness over all the
+    pool's questions (the fit's counts only the optimization part).
+    """
+    moved = Fermi(estimator.config, task_llm, None, estimator.embedder)
+    moved.user_id, moved.profile = estimator.user_id, estimator.profile
+    moved.train_questions = list(estimator.train_questions)
+    moved.result, moved.memory = estimator.result, estimator.memory
+    moved.fit_task_model = estimator.fit_task_model
+    if correctness == "fit":
+        moved.pool = [PoolPrompt(p.prompt, p.train_score, list(p.correctness))
+                      for p in estimator.pool]
+        return moved
+    # The pool's questions by text, in the order they were cached (texts may repeat).
+    by_text: dict[str, list[Opinion]] = defaultdict(list)
+    for o in opinions:
+        by_text[o.question].append(o)
+    questions = []
+    for text in estimator.train_questions:
+        if not by_text.get(text):
+            raise DataError(f"the pool was fit on a question not among the user's opinions: "
+                            f"{text[:60]!r}", field="opinions")
+        questions.append(by_text[text].pop(0))
+    with task_llm.phase(f"{estimator.config.mode}/transfer"):
+        scored = moved._score_prompts([p.prompt for p in estimator.pool], questions, -1)
+    moved.pool = []
+    for c in scored:
+        per = [sample_score(estimator.config.task_type, c.predictions[i], q.answer)
+               for i, q in enumerate(questions)]
+        moved.pool.append(PoolPrompt(c.prompt, sum(per) / max(1, len(per)), per))
+    moved.fit_task_model = {"backend": task_llm.backend, "model_id": task_llm.model_id}
+    return moved
+
+
+class FermiTransfer(FermiPersonalizer):
+    """Fermi fit with task model A (``fermi_transfer:A``) and evaluated with the run's task
+    model, RoP correctness measured again with it (or reused: ``transfer_correctness="fit"``).
+    Beside ``fermi`` in the same run, the paired difference is the transfer gap."""
+
+    name, label = "fermi_transfer", "Fermi (transferred)"
+
+    def __init__(self, models: SharedModels, config: dict[str, Any] | None = None,
+                 fit_model: str = "", correctness: Literal["eval", "fit"] = "eval"):
+        super().__init__(models, config)
+        if not fit_model:
+            raise ConfigError("fermi_transfer needs the model to fit with: fermi_transfer:MODEL")
+        if correctness not in ("eval", "fit"):
+            raise ConfigError(f"transfer correctness must be eval or fit, got {correctness!r}")
+        self.fit_model, self.correctness = fit_model, correctness
+        self.fitted_with: Fermi | None = None
+
+    @classmethod
+    def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FermiTransfer":
+        if not arg:
+            raise ConfigError("fermi_transfer needs the model to fit with: fermi_transfer:MODEL")
+        base = fermi_preset(settings.preset, seed=settings.seed, **settings.fermi)
+        return cls(models, base.to_dict(), arg, settings.transfer_correctness)
+
+    @classmethod
+    def from_fitted(cls, fitted: FermiPersonalizer, eval_models: SharedModels, user: User,
+                    correctness: Literal["eval", "fit"] = "eval") -> "FermiTransfer":
+        """A saved Fermi fit (``fitted``, loaded with its own task model) moved to
+        ``eval_models``' task model; ``user``: the training opinions it was fit on."""
+        if type(fitted) is not FermiPersonalizer or fitted.estimator is None:
+            raise ConfigError(f"only a fitted fermi pool transfers to another task model, not "
+                              f"{fitted.name}: fit it again with that model")
+        method = cls(eval_models, fitted.params()["config"], fitted.models.task, correctness)
+        method.fitted_with = fitted.estimator
+        method.estimator = transfer(fitted.estimator, eval_models.task_llm,
+                                    check_user(user).opinions, correctness)
+        method.user_id = fitted.user_id
+        return method
+
+    def fit(self, user: User) -> "FermiTransfer":
+        user = check_user(user, min_opinions=2)
+        # The same shared models with another task model: loaded LLMs are shared, not copied.
+        fit_models = replace(self.models, task=self.fit_model)
+        native = FermiPersonalizer(fit_models, self.params()["config"]).fit(user)
+        self.fitted_with = native.estimator
+        self.estimator = transfer(native.estimator, self.models.task_llm, user.opinions,
+                                  self.correctness)
+        self.user_id = user.user_id
+        return self
+
+    def fit_report(self) -> dict[str, Any]:
+        report = super().fit_report()
+        if self.fitted_with is not None:
+            # mean correctness of each pool prompt over the same questions (the pool's), with
+            # the fit model and with the eval model: comparable, unlike train_score
+            def means(est: Fermi) -> list[float]:
+                return [sum(p.correctness) / max(1, len(p.correctness)) for p in est.pool]
+
+            report["transfer"] = {
+                "fit_model": self.fit_model, "correctness": self.correctness,
+                "fit_pool_scores": means(self.fitted_with),
+                "eval_pool_scores": means(self.estimator)}
+        return report
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "fit_model": self.fit_model,
+                "correctness": self.correctness}

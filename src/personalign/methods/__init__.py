@@ -31,6 +31,8 @@ class MethodSettings(Config):
     fewshot_k: int = 3
     retriever: Literal["embeddings", "bm25"] = "embeddings"
     fspo_shots: int = 8
+    # fermi_transfer: RoP correctness measured again with the evaluating model, or reused
+    transfer_correctness: Literal["eval", "fit"] = "eval"
 
     def validate(self) -> None:
         if self.fewshot_k < 1 or self.fspo_shots < 0:
@@ -38,12 +40,13 @@ class MethodSettings(Config):
 
 
 def _registry() -> dict[str, type[Personalizer]]:
-    from personalign.fermi.personalizer import FermiFewShot, FermiNoRoP, FermiPersonalizer, OPRO
+    from personalign.fermi.personalizer import (FermiFewShot, FermiNoRoP, FermiPersonalizer,
+                                                FermiTransfer, OPRO)
     from personalign.fspo.personalizer import FSPO, Oracle, Pooled
     from personalign.methods.prompting import FewShot, Profile, RandomChoice, Vanilla
 
     classes = (RandomChoice, Vanilla, Profile, FewShot, OPRO, FermiNoRoP, FermiPersonalizer,
-               FermiFewShot, FSPO, Pooled, Oracle)
+               FermiFewShot, FermiTransfer, FSPO, Pooled, Oracle)
     return {c.name: c for c in classes}
 
 

@@ -93,6 +93,13 @@ def make_episode(shots: Sequence[PreferencePair], query: PreferencePair,
     return Episode(prompt, chosen, rejected, query.user_id, len(shots), info)
 
 
+def lacking_rejected_description(pairs: Iterable[PreferencePair]) -> int:
+    """Pairs the user-description variant cannot serialize: no description on the rejected
+    side that differs from the user's own."""
+    return sum(1 for p in pairs if not p.rejected_description
+               or p.rejected_description == p.user_description)
+
+
 def group_by_user(pairs: Iterable[PreferencePair]) -> dict[str, list[PreferencePair]]:
     groups: dict[str, list[PreferencePair]] = defaultdict(list)
     for p in pairs:

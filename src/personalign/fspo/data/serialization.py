@@ -121,7 +121,12 @@ def serialize_completions(chosen: str, rejected: str, variant: str = "default",
     if variant == "user-description":
         if not user_description:
             raise ConfigError("the user-description variant needs the user's description")
-        other = rejected_description or user_description
+        if not rejected_description or rejected_description == user_description:
+            # the user's own description on both sides would teach nothing about who prefers
+            # what: the caller skips the variant instead (fspo-data says so)
+            raise ConfigError("the user-description variant needs a different description "
+                              "on the rejected side")
+        other = rejected_description
         chosen_text = f"## User Description\n{user_description}\n" + chosen_text
         rejected_text = f"## User Description\n{other}\n" + rejected_text
     return chosen_text, rejected_text

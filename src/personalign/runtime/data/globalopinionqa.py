@@ -68,6 +68,8 @@ def parse_selections(text: str, path: Path, line: int) -> dict[str, list[float]]
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(1-based line where the record starts, row) for each CSV record."""
     text = read_text(path)
+    if not text.strip():
+        require_records(0, path, "questions")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
