@@ -26,8 +26,9 @@ class Embedder:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(models.resolve(self.model_name)),
-                                              device=self.device)
+            with models.quiet_loading():
+                self._model = SentenceTransformer(str(models.resolve(self.model_name)),
+                                                  device=self.device)
         return self._model
 
     @property
