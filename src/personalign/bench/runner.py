@@ -326,13 +326,17 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
 
 
+#: what the main job runs: the baselines, Fermi, and Fermi with retrieved opinions
+DEMO_METHODS = ("vanilla", "profile", "fewshot", "fermi", "fermi+fewshot")
+
+
 def run_demo(users: Sequence[User] | None = None, path: str | Path | None = None, *,
-             out: str | Path = "runs/demo", preset: str = "quick",
-             methods: Sequence[str] = DEFAULT_METHODS, n_users: int | None = None,
+             out: str | Path = "runs/demo", preset: str = "tiny",
+             methods: Sequence[str] = DEMO_METHODS, n_users: int | None = None,
              seed: int = 0, models: SharedModels | None = None,
              progress: bool = True) -> BenchResult:
-    """The main job: every method on the project's sample users (or the users of ``path``)
-    with the embedded models. Print ``result.summary["per_method_md"]``."""
+    """The main job: the demo methods on the project's sample users (or the users of
+    ``path``) with the embedded models. Print ``result.summary["per_method_md"]``."""
     if users is None and path is None:
         from personalign.runtime.data.sample import load_sample_users, sample_users_path
 

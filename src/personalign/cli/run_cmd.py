@@ -6,21 +6,28 @@ from pathlib import Path
 
 import typer
 
+from personalign.bench.runner import DEMO_METHODS
+
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(out: Path = typer.Option(Path("runs/demo"), help="Report folder (a rerun resumes)."),
-            preset: str = typer.Option("quick", help="Fermi preset: quick, paper or tiny."),
+            preset: str = typer.Option("tiny", help="Fermi preset: tiny (T=1, K=1: the demo "
+                                       "fits in about two minutes), quick or paper."),
             data: Path = typer.Option(None, help="OpinionQA JSONL (default: the sample users)."),
-            users: int = typer.Option(None, help="At most this many users.")) -> None:
+            users: int = typer.Option(None, help="At most this many users."),
+            methods: str = typer.Option(",".join(DEMO_METHODS), help="Comma list of method "
+                                        "specs (see `bench opinionqa --help`).")) -> None:
         """Fermi and its baselines on the sample users with the embedded models; prints the
         table and writes the report folder."""
         from personalign.bench.runner import run_demo
         from personalign.cli.bench_cmd import print_result
+        from personalign.methods import parse_specs
         from personalign.runtime import models
 
         for name in models.EMBEDDED:  # a no-op once prepared
             models.prepare(name)
-        result = run_demo(path=data, out=out, preset=preset, n_users=users)
+        result = run_demo(path=data, out=out, preset=preset, n_users=users,
+                          methods=parse_specs(methods))
         print_result(result, title=f"opinionqa-individual on {data or 'the sample users'} "
                                    f"(preset {preset})")
