@@ -25,7 +25,8 @@ _QUOTES = "\"'`“”‘’"
 
 @dataclass(frozen=True)
 class Parsed:
-    """``text`` is the extracted prompt or None; ``how``: brackets, unclosed, fallback, none."""
+    """``text`` is the extracted prompt or None; ``how``: brackets, unclosed, fallback, line
+    (a continued "text:" line), none."""
 
     text: str | None
     how: str
