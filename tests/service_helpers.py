@@ -9,16 +9,15 @@ Run as a module it serves the fake-model service on loopback (the restart test k
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import os
-import re
 import time
 import uuid
 
 import numpy as np
 
 from personalign.runtime.llm.fake import FakeLLM
+from tests.fermi.conftest import BagEmbedder as FermiBagEmbedder
 
 PG_ENV = "PERSONALIGN_TEST_DATABASE_URL"
 ADMIN = "admin-test-key"
@@ -36,26 +35,19 @@ OPINIONS = [
 PROMPT = "Answer as a transit-loving city person."
 
 
-class BagEmbedder:
-    """Deterministic bag-of-words embeddings (logic tests never load MiniLM)."""
+class BagEmbedder(FermiBagEmbedder):
+    """The Fermi tests' bag-of-words embedder with a memo of what it embedded, which the
+    service's deletion must empty (``forget``)."""
 
     model_name = "bag-of-words"
-    dim = 64
 
     def __init__(self):
         self.memo: dict[str, np.ndarray] = {}
 
     def embed(self, texts):
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            self.memo[t] = out[i]
-            for w in re.findall(r"[a-z]+", t.lower()):
-                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1, norms)
-
-    def similarity(self, queries, corpus):
-        return self.embed(queries) @ self.embed(corpus).T
+        out = super().embed(texts)
+        self.memo.update(zip(texts, out))
+        return out
 
     def forget(self, matches) -> int:
         gone = [t for t in self.memo if matches(t)]

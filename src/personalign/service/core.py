@@ -277,30 +277,29 @@ class PersonalizationService:
         return token
 
     def add_opinions(self, user_id: str, opinions: Sequence[Opinion]) -> int:
-        with self._user_locks[user_id], self.store.session() as s:
-            self._user_row(s, user_id)
-            have = s.scalar(select(func.count()).select_from(OpinionRow)
-                            .where(OpinionRow.user_id == user_id)) or 0
-            if have + len(opinions) > self.limits.max_opinions_per_user:
-                raise LimitError(f"a user may have at most {self.limits.max_opinions_per_user}"
-                                 f" opinions ({have} stored, {len(opinions)} sent)",
-                                 field="opinions")
-            s.add_all(OpinionRow(user_id=user_id, question=o.question, options=list(o.options),
-                                 answer=o.answer) for o in opinions)
-            return have + len(opinions)
+        return self._add_rows(
+            user_id, OpinionRow, self.limits.max_opinions_per_user, "opinions", "opinions",
+            [OpinionRow(user_id=user_id, question=o.question, options=list(o.options),
+                        answer=o.answer) for o in opinions])
 
     def add_pairs(self, user_id: str, pairs: Sequence[tuple[str, str, str]]) -> int:
+        return self._add_rows(
+            user_id, PreferencePairRow, self.limits.max_pairs_per_user, "preference pairs",
+            "pairs", [PreferencePairRow(user_id=user_id, prompt=p, chosen=c, rejected=r)
+                      for p, c, r in pairs])
+
+    def _add_rows(self, user_id: str, table, limit: int, what: str, field: str,
+                  rows: list) -> int:
+        """Store a user's new rows unless they would pass the per-user limit; the new count."""
         with self._user_locks[user_id], self.store.session() as s:
             self._user_row(s, user_id)
-            have = s.scalar(select(func.count()).select_from(PreferencePairRow)
-                            .where(PreferencePairRow.user_id == user_id)) or 0
-            if have + len(pairs) > self.limits.max_pairs_per_user:
-                raise LimitError(f"a user may have at most {self.limits.max_pairs_per_user} "
-                                 f"preference pairs ({have} stored, {len(pairs)} sent)",
-                                 field="pairs")
-            s.add_all(PreferencePairRow(user_id=user_id, prompt=p, chosen=c, rejected=r)
-                      for p, c, r in pairs)
-            return have + len(pairs)
+            have = s.scalar(select(func.count()).select_from(table)
+                            .where(table.user_id == user_id)) or 0
+            if have + len(rows) > limit:
+                raise LimitError(f"a user may have at most {limit} {what} ({have} stored, "
+                                 f"{len(rows)} sent)", field=field)
+            s.add_all(rows)
+            return have + len(rows)
 
     def _user_record(self, s, user_id: str) -> User:
         row = self._user_row(s, user_id)
