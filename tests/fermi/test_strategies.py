@@ -5,7 +5,7 @@ import pytest
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.meta_prompt import build_continuation_prompt
 from personalign.fermi.memory import Candidate
-from personalign.fermi.optimizer import Fermi
+from personalign.fermi.optimizer import EVIDENCE_HEADER, Fermi
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.fake import FakeLLM
 
@@ -57,3 +57,41 @@ def test_more_samples_keep_the_best_k(user, embedder):
 def test_samples_per_iteration_below_k_is_refused():
     with pytest.raises(ConfigError, match="samples_per_iteration"):
         FermiConfig(num_candidates=4, samples_per_iteration=2)
+
+
+def test_evidence_appends_the_reference_misses_and_the_optimizer_sees_the_instruction(user,
+                                                                                      embedder):
+    opt = FakeLLM(responder=lambda text, i: f"[Answer as voter {len(text)}-{i}.]",
+                  model_id="opt")
+    fermi = Fermi(FermiConfig(iterations=2, num_candidates=2, max_retries=0,
+                              evidence_per_prompt=3),
+                  keyword_task_llm(), opt, embedder)
+    opinions = user.opinions[:20]
+    fermi.fit(opinions, user.profile, user_id=user.user_id)
+    optimization = opinions[:16]
+    initial = [c for c in fermi.memory.ranked() if c.iteration == 0][0]
+    new = [c for c in fermi.memory.ranked() if c.iteration == 1]
+    assert new and initial.evidence == ()
+    for c in new:
+        # The initial prompt (the reference at t=1) misses every non-"Agree" answer.
+        assert len(c.evidence) == 3 and set(c.evidence) <= set(initial.misaligned)
+    for p in fermi.pool:
+        instruction, _, shown = p.prompt.partition("\n\n" + EVIDENCE_HEADER + "\n\n")
+        assert instruction.startswith("Answer as voter") and shown.count("Question:") == 3
+        # each shown opinion ends with the person's own letter
+        for block in shown.split("\n\n"):
+            q = next(o for o in optimization if o.question in block)
+            assert block.endswith(f"Answer: {'ABC'[q.answer]}")
+    # The optimizer's second meta-prompt lists the new prompts without their evidence.
+    assert EVIDENCE_HEADER not in opt.prompts_seen[1]
+    assert any(c.prompt in opt.prompts_seen[1] for c in new)
+
+
+def test_evidence_is_fermi_only(user, embedder):
+    opt = FakeLLM(responder=lambda text, i: f"[Answer as voter {len(text)}-{i}.]",
+                  model_id="opt")
+    opro = Fermi(FermiConfig(mode="opro", iterations=1, num_candidates=2, max_retries=0,
+                             evidence_per_prompt=3),
+                 keyword_task_llm(), opt, embedder)
+    opro.fit(user.opinions[:20], user.profile, user_id=user.user_id)
+    assert all(EVIDENCE_HEADER not in p.prompt for p in opro.pool)

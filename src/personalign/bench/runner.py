@@ -333,16 +333,22 @@ DEMO_METHODS = ("vanilla", "profile", "fewshot", "fermi", "fermi+fewshot")
 def run_demo(users: Sequence[User] | None = None, path: str | Path | None = None, *,
              out: str | Path = "runs/demo", preset: str = "tiny",
              methods: Sequence[str] = DEMO_METHODS, n_users: int | None = None,
-             seed: int = 0, models: SharedModels | None = None,
+             seed: int = 0, models: SharedModels | None = None, workers: int | None = None,
              progress: bool = True) -> BenchResult:
     """The main job: the demo methods on the project's sample users (or the users of
-    ``path``) with the embedded models. Print ``result.summary["per_method_md"]``."""
+    ``path``) with the embedded models. Print ``result.summary["per_method_md"]``.
+
+    ``workers``: processes running one user each (None: 2 when the machine has 2 cores or
+    more, 1 with in-memory ``models``)."""
     if users is None and path is None:
         from personalign.runtime.data.sample import load_sample_users, sample_users_path
 
         users, path = load_sample_users(), sample_users_path()
     if users is None:
         users = load_users(PROTOCOL, path)
+    if workers is None:
+        workers = 1 if models is not None else min(2, os.cpu_count() or 1)
     cfg = BenchConfig(data=str(path or "<in-memory users>"), out=str(out), users=n_users,
-                      methods=list(methods), settings=MethodSettings(seed=seed, preset=preset))
+                      methods=list(methods), settings=MethodSettings(seed=seed, preset=preset),
+                      execution=ExecutorConfig(workers=workers))
     return run_benchmark(cfg, users, models=models, progress=progress)

@@ -17,7 +17,10 @@ def register(app: typer.Typer) -> None:
             data: Path = typer.Option(None, help="OpinionQA JSONL (default: the sample users)."),
             users: int = typer.Option(None, help="At most this many users."),
             methods: str = typer.Option(",".join(DEMO_METHODS), help="Comma list of method "
-                                        "specs (see `bench opinionqa --help`).")) -> None:
+                                        "specs (see `bench opinionqa --help`)."),
+            workers: int = typer.Option(None, help="Worker processes, one user each at a time "
+                                        "(default: 2 on a machine with 2 or more cores).")
+            ) -> None:
         """Fermi and its baselines on the sample users with the embedded models; prints the
         table and writes the report folder."""
         from personalign.bench.runner import run_demo
@@ -28,6 +31,6 @@ def register(app: typer.Typer) -> None:
         for name in models.EMBEDDED:  # a no-op once prepared
             models.prepare(name)
         result = run_demo(path=data, out=out, preset=preset, n_users=users,
-                          methods=parse_specs(methods))
+                          methods=parse_specs(methods), workers=workers)
         print_result(result, title=f"opinionqa-individual on {data or 'the sample users'} "
                                    f"(preset {preset})")

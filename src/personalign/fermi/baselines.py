@@ -14,7 +14,7 @@ import numpy as np
 
 from personalign.fermi.config import TASK_INSTRUCTION
 from personalign.fermi.optimizer import choice_item, initial_prompt
-from personalign.fermi.tasks import letter, question_block
+from personalign.fermi.tasks import answered_block, question_block
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.base import LLM
@@ -42,11 +42,6 @@ def vanilla_prompt() -> str:
 
 def profile_prompt(profile: str) -> str:
     return initial_prompt(profile)
-
-
-def answered_block(q: Opinion) -> str:
-    """A past opinion shown in context, answered the way the task model is scored (letter)."""
-    return f"{question_block(q.question, q.options)} {letter(q.answer)}"
 
 
 def _tokens(text: str) -> list[str]:

@@ -57,6 +57,14 @@ class FermiConfig(Config):
     # None: K (the spec). More samples trade optimizer time for a better K.
     samples_per_iteration: int | None = None
     optimizer_temperature: float = 1.0
+    # Beyond the paper, for small task models that follow evidence rather than instructions:
+    # each new prompt (Fermi mode) is scored and used with this many optimization questions
+    # appended, answered the way the person answered. "failures": the reference entry's
+    # failure cases first (other questions fill up); "any": a seeded sample of them all. The
+    # optimizer still sees and rewrites the instruction alone. 0: the prompt is the
+    # optimizer's text, as in the spec.
+    evidence_per_prompt: int = 0
+    evidence_from: Literal["failures", "any"] = "failures"
     # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
     # memory plus the margin, so a rewrite as long as the prompts it improves on fits. A reply
     # that runs into the budget before its closing bracket is rejected ("cut_off").
@@ -90,6 +98,9 @@ class FermiConfig(Config):
             raise ConfigError("FermiConfig.optimization_fraction must be in (0, 1]")
         if self.max_retries < 0:
             raise ConfigError("FermiConfig.max_retries must be >= 0")
+        if self.evidence_per_prompt < 0:
+            raise ConfigError("FermiConfig.evidence_per_prompt must be >= 0, got "
+                              f"{self.evidence_per_prompt}")
         if self.samples_per_iteration is not None \
                 and self.samples_per_iteration < self.num_candidates:
             raise ConfigError("FermiConfig.samples_per_iteration must be >= num_candidates "

@@ -9,22 +9,27 @@ from typing import Any, Iterable
 @dataclass(frozen=True)
 class Candidate:
     """A scored prompt. ``misaligned`` holds 0-based indices into the optimization questions;
-    ``predictions`` the task model's answer for each of them (for failure cases)."""
+    ``predictions`` the task model's answer for each of them (for failure cases);
+    ``evidence`` the optimization questions shown with the person's answers after the prompt
+    (``FermiConfig.evidence_per_prompt``; the optimizer sees ``prompt`` alone)."""
 
     prompt: str
     score: float
     misaligned: tuple[int, ...] = ()
     predictions: tuple[Any, ...] = ()
     iteration: int = 0
+    evidence: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "score": self.score, "misaligned": list(self.misaligned),
-                "predictions": list(self.predictions), "iteration": self.iteration}
+                "predictions": list(self.predictions), "iteration": self.iteration,
+                "evidence": list(self.evidence)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Candidate":
         return cls(prompt=d["prompt"], score=d["score"], misaligned=tuple(d["misaligned"]),
-                   predictions=tuple(d["predictions"]), iteration=d.get("iteration", 0))
+                   predictions=tuple(d["predictions"]), iteration=d.get("iteration", 0),
+                   evidence=tuple(d.get("evidence", ())))
 
 
 @dataclass

@@ -26,7 +26,7 @@ from personalign.fermi.config import PROFILE_INSTRUCTION, TASK_INSTRUCTION, Ferm
 from personalign.fermi.memory import Candidate, Memory
 from personalign.fermi.meta_prompt import build_continuation_prompt, build_meta_prompt
 from personalign.fermi.parsing import parse_continuation, parse_prompt
-from personalign.fermi.tasks import is_misaligned, question_block, sample_score
+from personalign.fermi.tasks import answered_block, is_misaligned, question_block, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.data.splits import derive_seed
@@ -50,6 +50,16 @@ def initial_prompt(profile: str) -> str:
     if profile:
         return f"A person can be described as follows: {profile}. {PROFILE_INSTRUCTION}"
     return TASK_INSTRUCTION
+
+
+EVIDENCE_HEADER = "This person's own answers to earlier questions:"
+
+
+def with_evidence(prompt: str, opinions: Sequence[Opinion]) -> str:
+    """The prompt followed by past opinions answered the way the person answered them."""
+    if not opinions:
+        return prompt
+    return "\n\n".join([prompt, EVIDENCE_HEADER, *(answered_block(q) for q in opinions)])
 
 
 def choice_item(prompt: str, question: Opinion) -> ChoiceItem:
@@ -147,10 +157,15 @@ class Fermi:
         return llm
 
     def _score_prompts(self, prompts: Sequence[str], questions: Sequence[Opinion],
-                       iteration: int) -> list[Candidate]:
-        """Score every prompt on every question with the task model (one batched call)."""
+                       iteration: int, evidence: Sequence[tuple[int, ...]] | None = None
+                       ) -> list[Candidate]:
+        """Score every prompt on every question with the task model (one batched call).
+        ``evidence``: per prompt, indices into ``questions`` shown after it (see
+        :func:`with_evidence`)."""
         llm = self._require(self.task_llm, "task")
-        items = [choice_item(p, q) for p in prompts for q in questions]
+        evidence = evidence or [()] * len(prompts)
+        texts = [with_evidence(p, [questions[i] for i in ev]) for p, ev in zip(prompts, evidence)]
+        items = [choice_item(t, q) for t in texts for q in questions]
         results = llm.score_choices(items, method=self.config.scoring_method)
         out, n = [], len(questions)
         tau = self.config.threshold
@@ -161,8 +176,20 @@ class Fermi:
             mis = tuple(i for i, s in enumerate(scores) if is_misaligned(s, tau))
             out.append(Candidate(prompt=prompt, score=float(np.mean(scores)) if scores else 0.0,
                                  misaligned=mis, predictions=tuple(preds),
-                                 iteration=iteration))
+                                 iteration=iteration, evidence=tuple(evidence[j])))
         return out
+
+    def _pick_evidence(self, reference: Candidate, n_questions: int, iteration: int,
+                       index: int) -> tuple[int, ...]:
+        """``evidence_per_prompt`` optimization questions for one new prompt, in a seeded
+        random order: the reference entry's failure cases first (``evidence_from="failures"``),
+        or any of them."""
+        rng = np.random.default_rng(derive_seed(self.config.seed, self.user_id, "evidence",
+                                                iteration, index))
+        missed = set(reference.misaligned) if self.config.evidence_from == "failures" else set()
+        order = [*rng.permutation(sorted(missed)),
+                 *rng.permutation([i for i in range(n_questions) if i not in missed])]
+        return tuple(int(i) for i in order[:self.config.evidence_per_prompt])
 
     def reply_budget(self, memory: Memory) -> int:
         """Optimizer tokens for one reply: the configured value, or the longest prompt in
@@ -308,8 +335,11 @@ class Fermi:
             max_tokens = self.reply_budget(memory)
             with self._phase(self.optimizer_llm, "optimize"):
                 prompts = self._propose(meta, t, max_tokens, seen, result)
+            evidence = [self._pick_evidence(reference, len(opt), t, j)
+                        for j in range(len(prompts))] \
+                if cfg.evidence_per_prompt and reference is not None else None
             with self._phase(self.task_llm, "score"):
-                cands = self._score_prompts(prompts, opt, t) if prompts else []
+                cands = self._score_prompts(prompts, opt, t, evidence) if prompts else []
             result.counts["prompts_scored"] += len(cands)
             if len(cands) > cfg.num_candidates:
                 # More samples than K: the best K go on (ties: sampled first).
@@ -343,10 +373,11 @@ class Fermi:
                     demo: Sequence[Opinion]) -> None:
         """Per-sample scores of each pool prompt on U_opi (opt part reused, demo scored)."""
         questions = list(opt) + (list(demo) if self.config.rop_include_demo else [])
+        texts = [with_evidence(c.prompt, [opt[i] for i in c.evidence]) for c in chosen]
         extra: list[Candidate] = []
         if self.config.rop_include_demo and demo:
             with self._phase(self.task_llm, "pool"):
-                extra = self._score_prompts([c.prompt for c in chosen], demo, -1)
+                extra = self._score_prompts(texts, demo, -1)
         tau = self.config.threshold
         self.pool = []
         for j, c in enumerate(chosen):
@@ -358,7 +389,7 @@ class Fermi:
             if extra:
                 per += [sample_score(self.config.task_type, extra[j].predictions[i], q.answer)
                         for i, q in enumerate(demo)]
-            self.pool.append(PoolPrompt(c.prompt, c.score, per))
+            self.pool.append(PoolPrompt(texts[j], c.score, per))
         self.train_questions = [q.question for q in questions]
 
     # ------------------------------------------------------------------ predict

@@ -15,9 +15,9 @@ from typing import Any, Literal, Sequence
 
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
-from personalign.fermi.baselines import answered_block, retrieve
+from personalign.fermi.baselines import retrieve
 from personalign.fermi.optimizer import Fermi, PoolPrompt
-from personalign.fermi.tasks import question_block, sample_score
+from personalign.fermi.tasks import answered_block, question_block, sample_score
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from personalign.runtime import metrics
+from personalign.runtime.data.records import Opinion
 from personalign.runtime.errors import ConfigError
 
 
@@ -40,3 +41,8 @@ def answer_text(options, index) -> str:
     if index is None:
         return "(no valid answer)"
     return f"({letter(index)}) {options[index]}"
+
+
+def answered_block(q: Opinion) -> str:
+    """A past opinion shown in context, answered the way the task model is scored (letter)."""
+    return f"{question_block(q.question, q.options)} {letter(q.answer)}"

@@ -8,9 +8,10 @@ import math
 from typing import Any, Sequence
 
 from personalign.fermi.baselines import (
-    FEWSHOT_INSTRUCTION, answered_block, fewshot_items, profile_prompt, retrieve, vanilla_prompt,
+    FEWSHOT_INSTRUCTION, fewshot_items, profile_prompt, retrieve, vanilla_prompt,
 )
 from personalign.fermi.optimizer import choice_item
+from personalign.fermi.tasks import answered_block
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError
