@@ -12,7 +12,7 @@ import pytest
 from personalign.bench.runner import BenchConfig, run_benchmark
 from personalign.methods import MethodSettings
 from personalign.runtime.errors import ConfigError
-from personalign.runtime.executor import ExecutorConfig, make_executor
+from personalign.runtime.executor import ExecutorConfig, in_worker, make_executor
 
 from tests.fermi.conftest import make_user
 
@@ -28,6 +28,10 @@ def setup_counter() -> dict:
 
 def square(state: dict, job: int) -> tuple[int, int, int]:
     return job * job, state["pid"], state["setups"]
+
+
+def worker_flag(state: dict, job: int) -> bool:
+    return in_worker()
 
 
 def die_once(state: dict, job: tuple[int, str]) -> int:
@@ -81,6 +85,15 @@ def test_in_process_executor_for_one_worker():
     with make_executor(ExecutorConfig(workers=1), setup_counter) as ex:
         out = dict(ex.run(square, range(3)))
     assert {pid for _, pid, _ in out.values()} == {os.getpid()}
+
+
+def test_only_worker_processes_know_they_are_workers():
+    # (workers hide their per-user progress bars; the driver keeps its own)
+    with make_executor(ExecutorConfig(workers=2, threads=2), setup_counter) as ex:
+        assert set(dict(ex.run(worker_flag, range(4))).values()) == {True}
+    with make_executor(ExecutorConfig(workers=1), setup_counter) as ex:
+        assert set(dict(ex.run(worker_flag, range(2))).values()) == {False}
+    assert not in_worker()
 
 
 def test_local_worker_killed_is_replaced_and_its_job_rerun(tmp_path):

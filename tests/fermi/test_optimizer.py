@@ -46,6 +46,14 @@ def test_fit_runs_t_iterations_and_counts_failures(user, embedder):
     assert set(opt.usage.by_phase) == {"fermi/optimize"}
 
 
+def test_a_pool_of_one_prompt_is_not_scored_on_the_demo_part(user, embedder):
+    fermi, task, _ = _fit(user, embedder, num_candidates=1)
+    assert len(fermi.pool) == 1
+    # nothing to choose between: correctness stays on the 16 optimization questions
+    assert len(fermi.pool[0].correctness) == len(fermi.train_questions) == 16
+    assert "fermi/pool" not in task.usage.by_phase
+
+
 def test_retries_are_bounded(user, embedder):
     opt = FakeLLM(responder=lambda text, i: "", model_id="silent")
     fermi = Fermi(FermiConfig(iterations=2, num_candidates=3, max_retries=1),

@@ -3,8 +3,8 @@
 import pytest
 
 from personalign.fermi.config import FermiConfig
-from personalign.fermi.meta_prompt import build_continuation_prompt
 from personalign.fermi.memory import Candidate
+from personalign.fermi.meta_prompt import build_continuation_prompt
 from personalign.fermi.optimizer import EVIDENCE_HEADER, Fermi
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.fake import FakeLLM

@@ -371,11 +371,13 @@ class Fermi:
 
     def _cache_pool(self, chosen: Sequence[Candidate], opt: Sequence[Opinion],
                     demo: Sequence[Opinion]) -> None:
-        """Per-sample scores of each pool prompt on U_opi (opt part reused, demo scored)."""
-        questions = list(opt) + (list(demo) if self.config.rop_include_demo else [])
+        """Per-sample scores of each pool prompt on U_opi (opt part reused, demo scored).
+        A pool of one prompt has nothing to choose between: the demo part is not scored."""
+        score_demo = self.config.rop_include_demo and bool(demo) and len(chosen) > 1
+        questions = list(opt) + (list(demo) if score_demo else [])
         texts = [with_evidence(c.prompt, [opt[i] for i in c.evidence]) for c in chosen]
         extra: list[Candidate] = []
-        if self.config.rop_include_demo and demo:
+        if score_demo:
             with self._phase(self.task_llm, "pool"):
                 extra = self._score_prompts(texts, demo, -1)
         tau = self.config.threshold

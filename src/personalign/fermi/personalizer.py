@@ -13,13 +13,14 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any, Literal, Sequence
 
+from personalign.fermi.baselines import retrieve
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
-from personalign.fermi.baselines import retrieve
 from personalign.fermi.optimizer import Fermi, PoolPrompt
 from personalign.fermi.tasks import answered_block, question_block, sample_score
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.executor import in_worker
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.personalizer import (
@@ -52,7 +53,7 @@ class FermiPersonalizer(Personalizer):
 
     def fit(self, user: User) -> "FermiPersonalizer":
         user = check_user(user, min_opinions=2)
-        self.estimator = self._estimator().fit(user, progress=True)
+        self.estimator = self._estimator().fit(user, progress=not in_worker())
         self.user_id = user.user_id
         return self
 

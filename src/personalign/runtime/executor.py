@@ -80,6 +80,15 @@ class ExecutorConfig(Config):
         return f"{self.kind}{where}, {self.workers} worker(s) x {self.threads_per_worker} thread(s)"
 
 
+_in_worker = False
+
+
+def in_worker() -> bool:
+    """Whether this process is a worker of a local or Ray executor: its progress bars would
+    interleave with the other workers' and the driver's, so per-user work shows none."""
+    return _in_worker
+
+
 def _use_threads(threads: int) -> None:
     """This process's torch threads; models loaded later read $PERSONALIGN_THREADS too."""
     from personalign.runtime.settings import configure_threads
@@ -146,8 +155,9 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _init_process(setup: Setup, threads: int, parent: int) -> None:
-    global _worker_state
+    global _worker_state, _in_worker
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    _in_worker = True
     _use_threads(threads)
     _worker_state = setup()
 
@@ -227,6 +237,8 @@ class _RayWorker:
     """The actor class body: holds one worker's state (the loaded models)."""
 
     def __init__(self, setup: Setup, threads: int):
+        global _in_worker
+        _in_worker = True
         _use_threads(threads)
         self.state = setup()
 
