@@ -280,9 +280,10 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                           run_spent, deadline, cfg.protocol)
 
     ran = 0
+    # initial=: a resumed run shows what is done at once (an update this early is not drawn)
     bar = tqdm(total=len(splits) * len(cfg.methods), desc="users x methods",
-               disable=not progress, dynamic_ncols=True)
-    bar.update(sum(len(d) for d in done.values()))
+               initial=sum(len(d) for d in done.values()), disable=not progress,
+               dynamic_ncols=True)
     setup = (lambda: models) if in_memory else cfg.shared_models
     with make_executor(cfg.execution, setup) as executor:
         for _, out in executor.run(run_user, jobs()):
