@@ -4,6 +4,7 @@ and the benchmark's results identical with every executor and worker count."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def square(state: dict, job: int) -> tuple[int, int, int]:
 
 def worker_flag(state: dict, job: int) -> bool:
     return in_worker()
+
+
+def slow_square(state: dict, job: int) -> int:
+    time.sleep(2.5)
+    return job * job
 
 
 def die_once(state: dict, job: tuple[int, str]) -> int:
@@ -79,6 +85,14 @@ def test_local_workers_set_up_once_and_run_every_job():
     assert {setups for _, _, setups in out.values()} == {1}  # never set up twice in a worker
     assert 1 <= len({pid for _, pid, _ in out.values()}) <= 2
     assert os.getpid() not in {pid for _, pid, _ in out.values()}
+
+
+def test_a_waiting_driver_is_called_back_while_workers_run():
+    waits = []
+    with make_executor(ExecutorConfig(workers=2, threads=2), setup_counter) as ex:
+        out = dict(ex.run(slow_square, range(2), on_wait=lambda: waits.append(time.time())))
+    assert out == {0: 0, 1: 1}
+    assert len(waits) >= 2  # jobs of 2.5 s, polled about every second
 
 
 def test_in_process_executor_for_one_worker():

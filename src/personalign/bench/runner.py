@@ -284,9 +284,16 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     bar = tqdm(total=len(splits) * len(cfg.methods), desc="users x methods",
                initial=sum(len(d) for d in done.values()), disable=not progress,
                dynamic_ncols=True)
+    def show_saved() -> None:
+        """Workers save each unit as it finishes: the bar counts the saved units."""
+        saved = sum(run.unit_path(unit_name(s, spec)).exists()
+                    for s in splits for spec in cfg.methods)
+        if saved > bar.n:  # (no redraw otherwise: a log gets no line per second)
+            bar.update(saved - bar.n)
+
     setup = (lambda: models) if in_memory else cfg.shared_models
     with make_executor(cfg.execution, setup) as executor:
-        for _, out in executor.run(run_user, jobs()):
+        for _, out in executor.run(run_user, jobs(), on_wait=show_saved):
             user = out["user_id"]
             new = {s: r for s, r in out["results"].items() if s not in done[user]}
             done[user].update(new)
@@ -294,7 +301,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             if out["stopped"]:
                 stopped[user] = out["stopped"]
             ran += out["ran"]
-            bar.update(len(new))
+            show_saved()
             bar.set_postfix(user=user)
     bar.close()
     records = []

@@ -41,6 +41,7 @@ from personalign.runtime.errors import ConfigError
 
 Setup = Callable[[], Any]
 Task = Callable[[Any, Any], Any]
+WAIT_POLL_S = 1.0  # how often a waiting driver's ``on_wait`` runs
 
 
 @dataclass
@@ -119,9 +120,12 @@ class Executor(ABC):
         """Stop the workers."""
 
     @abstractmethod
-    def run(self, task: Task, jobs: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, task: Task, jobs: Iterable[Any],
+            on_wait: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
         """(job index, result) for every job, in completion order. A task's exception is
-        raised here (the jobs not yet started are not run)."""
+        raised here (the jobs not yet started are not run). ``on_wait`` is called about every
+        ``WAIT_POLL_S`` seconds while workers run and none has finished (a driver's progress
+        display); the in-process executor never waits."""
 
 
 class InProcessExecutor(Executor):
@@ -132,7 +136,8 @@ class InProcessExecutor(Executor):
         self._state: Any = None
         self._ready = False
 
-    def run(self, task: Task, jobs: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, task: Task, jobs: Iterable[Any],
+            on_wait: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
         if not self._ready:
             if self.config.threads:  # only when asked: a notebook keeps its own setting
                 _use_threads(self.config.threads)
@@ -189,7 +194,8 @@ class LocalExecutor(Executor):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def run(self, task: Task, jobs: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, task: Task, jobs: Iterable[Any],
+            on_wait: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
         if self._pool is None:
             self.start()
         pending = enumerate(jobs)
@@ -205,7 +211,11 @@ class LocalExecutor(Executor):
                     running[self._pool.submit(_call_in_process, task, nxt[1])] = nxt
                 if not running:
                     return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=WAIT_POLL_S if on_wait else None,
+                               return_when=FIRST_COMPLETED)
+                if not done:
+                    on_wait()
+                    continue
                 broken = []
                 for future in done:
                     index, job = running.pop(future)
@@ -284,7 +294,8 @@ class RayExecutor(Executor):
             ray.shutdown()
             self._started_ray = False
 
-    def run(self, task: Task, jobs: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    def run(self, task: Task, jobs: Iterable[Any],
+            on_wait: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
         import ray
 
         if not self._actors:
@@ -302,7 +313,11 @@ class RayExecutor(Executor):
                 running[actor.run.remote(task_ref, nxt[1])] = (nxt[0], actor)
             if not running:
                 return
-            done, _ = ray.wait(list(running), num_returns=1)
+            done, _ = ray.wait(list(running), num_returns=1,
+                               timeout=WAIT_POLL_S if on_wait else None)
+            if not done:
+                on_wait()
+                continue
             for ref in done:
                 index, actor = running.pop(ref)
                 free.append(actor)
