@@ -284,10 +284,15 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     bar = tqdm(total=len(splits) * len(cfg.methods), desc="users x methods",
                initial=sum(len(d) for d in done.values()), disable=not progress,
                dynamic_ncols=True)
+
     def show_saved() -> None:
-        """Workers save each unit as it finishes: the bar counts the saved units."""
-        saved = sum(run.unit_path(unit_name(s, spec)).exists()
-                    for s in splits for spec in cfg.methods)
+        """Workers save each unit as it finishes: the bar counts the units reported done and
+        those saved since (only the files of units not yet reported are looked at)."""
+        saved = 0
+        for split in splits:
+            reported = done[split.user_id]
+            saved += len(reported) + sum(run.unit_path(unit_name(split, spec)).exists()
+                                         for spec in cfg.methods if spec not in reported)
         if saved > bar.n:  # (no redraw otherwise: a log gets no line per second)
             bar.update(saved - bar.n)
 

@@ -171,13 +171,18 @@ class Fermi:
         tau = self.config.threshold
         for j, prompt in enumerate(prompts):
             preds = [results[j * n + i].choice for i in range(n)]
-            scores = [sample_score(self.config.task_type, preds[i], q.answer)
-                      for i, q in enumerate(questions)]
+            scores = self.sample_scores(preds, questions)
             mis = tuple(i for i, s in enumerate(scores) if is_misaligned(s, tau))
             out.append(Candidate(prompt=prompt, score=float(np.mean(scores)) if scores else 0.0,
                                  misaligned=mis, predictions=tuple(preds),
                                  iteration=iteration, evidence=tuple(evidence[j])))
         return out
+
+    def sample_scores(self, predictions: Sequence[Any],
+                      questions: Sequence[Opinion]) -> list[float]:
+        """Each prediction's score against the person's answer to its question."""
+        return [sample_score(self.config.task_type, pred, q.answer)
+                for pred, q in zip(predictions, questions)]
 
     def _pick_evidence(self, reference: Candidate, n_questions: int, iteration: int,
                        index: int) -> tuple[int, ...]:
@@ -383,14 +388,13 @@ class Fermi:
         tau = self.config.threshold
         self.pool = []
         for j, c in enumerate(chosen):
-            per = [0.0 if i in set(c.misaligned) else 1.0 for i in range(len(opt))] \
-                if tau >= 1.0 else None
-            if per is None:  # graded tasks: recompute the exact per-sample scores
-                per = [sample_score(self.config.task_type, c.predictions[i], q.answer)
-                       for i, q in enumerate(opt)]
+            if tau >= 1.0:
+                missed = set(c.misaligned)
+                per = [0.0 if i in missed else 1.0 for i in range(len(opt))]
+            else:  # graded tasks: the exact per-sample scores
+                per = self.sample_scores(c.predictions, opt)
             if extra:
-                per += [sample_score(self.config.task_type, extra[j].predictions[i], q.answer)
-                        for i, q in enumerate(demo)]
+                per += self.sample_scores(extra[j].predictions, demo)
             self.pool.append(PoolPrompt(texts[j], c.score, per))
         self.train_questions = [q.question for q in questions]
 

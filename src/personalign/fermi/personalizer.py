@@ -17,7 +17,7 @@ from personalign.fermi.baselines import retrieve
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
 from personalign.fermi.optimizer import Fermi, PoolPrompt
-from personalign.fermi.tasks import answered_block, question_block, sample_score
+from personalign.fermi.tasks import answered_block, question_block
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.executor import in_worker
@@ -184,8 +184,7 @@ def transfer(estimator: Fermi, task_llm: LLM, opinions: Sequence[Opinion],
         scored = moved._score_prompts([p.prompt for p in estimator.pool], questions, -1)
     moved.pool = []
     for c in scored:
-        per = [sample_score(estimator.config.task_type, c.predictions[i], q.answer)
-               for i, q in enumerate(questions)]
+        per = moved.sample_scores(c.predictions, questions)
         moved.pool.append(PoolPrompt(c.prompt, sum(per) / max(1, len(per)), per))
     moved.fit_task_model = {"backend": task_llm.backend, "model_id": task_llm.model_id}
     return moved
