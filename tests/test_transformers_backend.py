@@ -143,3 +143,27 @@ def test_pride_answers_a_less_often_than_letter_scoring_on_dev_questions(gemma, 
     plain, pride = top_share("letter"), top_share("letter-pride")
     assert plain > 0.9  # the bias this mode exists for
     assert pride < plain - 0.2, (plain, pride)
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m-instruct"])
+def test_direct_tokenizer_load_matches_autotokenizer(name):
+    from transformers import AutoTokenizer
+
+    from personalign.runtime import models
+
+    path = models.prepare(name)
+    direct, auto = models.load_tokenizer(path), AutoTokenizer.from_pretrained(path)
+    texts = ["Question: How much do you trust the news media?\nA. A lot\nB. Not at all\nAnswer:",
+             "  naïve café — 3.5% <bos> <start_of_turn>user\n<|im_start|>x", ""]
+    for text in texts:
+        for specials in (True, False):
+            ids = auto(text, add_special_tokens=specials).input_ids
+            assert direct(text, add_special_tokens=specials).input_ids == ids
+            assert direct.decode(ids, skip_special_tokens=True) == auto.decode(
+                ids, skip_special_tokens=True)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "chat_template"):
+        assert getattr(direct, attr) == getattr(auto, attr), attr
+    if auto.chat_template:
+        chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+        assert direct.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) \
+            == auto.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)

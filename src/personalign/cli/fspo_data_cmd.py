@@ -23,9 +23,7 @@ def _token_counter(model: Optional[str]):
         return None
     from personalign.runtime import models
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(models.resolve(model)))
+    tokenizer = models.load_tokenizer(models.resolve(model))
     return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
 

@@ -130,6 +130,27 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             {"source": str(gguf), "size_bytes": gguf.stat().st_size, "prepared_at": time.time()}))
 
 
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder. A folder prepared here reads its ``tokenizer.json``
+    straight into the Rust tokenizer: AutoTokenizer's Gemma class first parses that 33 MB
+    file twice in Python to rebuild it, about 4 s more per process for the same tokens
+    (``tests/test_real_model.py`` compares the two). Other folders go through AutoTokenizer,
+    which knows their classes' extra settings."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    if not ((path / "personalign.json").exists() and (path / "tokenizer.json").exists()):
+        return AutoTokenizer.from_pretrained(path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(path / "tokenizer.json"), name_or_path=str(path),
+        **{k: v for k, v in config.items() if k.endswith("_token") or k == "model_max_length"})
+    template = path / "chat_template.jinja"
+    tokenizer.chat_template = template.read_text() if template.exists() \
+        else config.get("chat_template")
+    return tokenizer
+
+
 def prepare(name: str, *, force: bool = False) -> Path:
     """Path of the ready model folder, converting it first if needed (idempotent)."""
     if name not in EMBEDDED:

@@ -23,12 +23,12 @@ MANIFEST = "fspo_model.json"
 
 def load_base(model: str, *, dtype=torch.float32):
     """(model, tokenizer) of an embedded model name or HF folder, for training."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = embedded.resolve(model)
     try:
         with embedded.quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = embedded.load_tokenizer(path)
             lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as e:
         raise ModelError(f"cannot load model from {path}: {e}") from None

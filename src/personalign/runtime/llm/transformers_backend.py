@@ -60,7 +60,7 @@ class TransformersLLM(LLM):
         another completion format, such as FSPO's, names its own)."""
         super().__init__(cache=cache)
         torch = _torch()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         from personalign.runtime.llm.packed_linear import pack_linears
         from personalign.runtime.llm.prompt_cache import PromptCache
@@ -72,7 +72,7 @@ class TransformersLLM(LLM):
         self.batch_size = batch_size
         self.max_padding = max_padding
         with models.quiet_loading():
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.tokenizer = models.load_tokenizer(self.path)
             self.model = AutoModelForCausalLM.from_pretrained(
                 self.path, dtype=getattr(torch, dtype)).to(device).eval()
         self.adapters = tuple(str(a) for a in adapters)
