@@ -102,3 +102,30 @@ def test_a_run_that_reached_its_last_step_is_not_resumed(tmp_path, no_model):
     _passes_the_check(cfg)
     _finished_on_budget(tmp_path, step=10)
     assert _trainer(cfg.updated(max_minutes=60.0)).fit() == tmp_path / "final"
+
+
+def _mc_record(user, question, answer):
+    options = ["Tea", "Coffee", "Neither"]
+    return {"prompt": f"## Question\n{question}\n", "chosen": options[answer],
+            "rejected": options[1 - answer], "user_id": user,
+            "meta": {"query_meta": {"options": options, "answer": answer}}}
+
+
+def test_validation_users_leave_training_and_give_their_questions():
+    records = [_mc_record(u, f"q{i}", i % 2) for u in ("u1", "u2", "u3") for i in range(4)]
+    cfg = FSPOTrainConfig(validation_users=1, validation_max_questions=3, seed=0)
+    trainer = _trainer(cfg, records)
+    held = {r["user_id"] for r in trainer.validation_records}
+    assert len(held) == 1 and len(trainer.validation_records) == 3
+    assert held.isdisjoint(r["user_id"] for r in trainer.train_records)
+    assert len(trainer.train_records) == 8
+    # The held-out user is a function of the seed, and so is the fingerprint of the training data.
+    again = _trainer(cfg, records)
+    assert {r["user_id"] for r in again.validation_records} == held
+    assert again.inputs()["train_records"] == trainer.inputs()["train_records"]
+
+
+def test_validation_users_must_leave_someone_to_train_on():
+    records = [_mc_record(u, "q", 0) for u in ("u1", "u2")]
+    with pytest.raises(ConfigError, match="leaves no training user"):
+        _trainer(FSPOTrainConfig(validation_users=2), records)

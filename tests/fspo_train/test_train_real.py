@@ -245,3 +245,32 @@ def test_cpu_budget_stops_training_cleanly(tmp_path):
     summary = [r for r in rows if r["split"] == "summary"][-1]
     assert summary["stopped_by_budget"] and summary["step"] <= 1
     assert (final / "COMPLETE").exists()
+
+
+def test_validation_users_choose_the_final_step(tmp_path):
+    from personalign.fspo.train.trainer import FSPOTrainer
+
+    episodes = [e.to_dict() for e in build_episodes(_pairs(), n_shots=1, passes=3, seed=0)]
+    cfg = FSPOTrainConfig(output_dir=str(tmp_path), lora=LoraSettings(r=2, alpha=4),
+                          sft_steps=0, steps=3, grad_accum=1, lr=5e-3, warmup_steps=0,
+                          eval_every=1, save_every=0, eval_max_pairs=0, validation_users=1,
+                          seed=0)
+    trainer = FSPOTrainer(cfg, train_records=episodes, progress=False)
+    final = trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval" and r["stage"] == "pref"]
+    summary = [r for r in rows if r["split"] == "summary" and r["stage"] == "pref"][-1]
+    scores = [(r["step"], r["validation_accuracy"]) for r in evals]
+    scores.append((summary["step"], summary["eval_validation_accuracy"]))
+    assert [s for s, _ in scores] == [0, 1, 2, 3]
+    # Validation accuracy is a share of the held-out user's questions.
+    held = {r["user_id"] for r in trainer.validation_records}
+    n = len(trainer.validation_records)
+    assert len(held) == 1 and n == sum(e["user_id"] in held for e in episodes) > 1
+    assert all(round(a * n) == a * n for _, a in scores)
+    best_step = max(scores, key=lambda s: (s[1], -s[0]))[0]  # ties keep the earlier step
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best["step"] == best_step == summary["final_step"]
+    # final/ holds the chosen step's weights, not necessarily the last step's.
+    weights = "adapter/adapter_model.safetensors"
+    assert (final / weights).read_bytes() == (tmp_path / "best" / weights).read_bytes()

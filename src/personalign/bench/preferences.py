@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from personalign.fspo.data.episodes import final_question, transform_prompt
+from personalign.fspo.data.episodes import final_question, query_options, transform_prompt
 from personalign.fspo.personalizer import RESPONSE_HEADER
 from personalign.fspo.train.model import model_files
 from personalign.runtime.errors import ConfigError
@@ -86,14 +86,6 @@ def has_reference(spec: str) -> bool:
     return bool(model_files(spec)[1])
 
 
-def _options(record: dict[str, Any]) -> tuple[list[str], int, str | None] | None:
-    meta = record.get("meta") or {}
-    q = meta.get("query_meta") or meta
-    if isinstance(q, dict) and q.get("options") and q.get("answer") is not None:
-        return [str(o) for o in q["options"]], int(q["answer"]), q.get("qid")
-    return None
-
-
 def _description_first(record: dict[str, Any], mode: str) -> bool:
     """Episodes of the user-description variant, asked as-is: the model was trained to write
     the user's description before its preferred response."""
@@ -106,7 +98,8 @@ def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
     options are scored after the description it writes itself (greedy), as it would answer;
     its chosen and rejected completions already hold their descriptions."""
     prompts = [transform_prompt(rec, mode, descriptions) for rec in records]
-    first = [i for i, rec in enumerate(records) if _description_first(rec, mode) and _options(rec)]
+    first = [i for i, rec in enumerate(records)
+             if _description_first(rec, mode) and query_options(rec)]
     written: dict[int, str] = {}
     if first:
         params = SamplingParams(max_tokens=64, stop=("\n#",))
@@ -115,7 +108,7 @@ def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
         written = {i: f"{DESCRIPTION_HEADER}{t[0].strip()}\n" for i, t in zip(first, texts)}
     items, parts = [], []
     for i, rec in enumerate(records):
-        opts = _options(rec)
+        opts = query_options(rec)
         choices = tuple(f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]) if opts else ()
         pair = (rec["chosen"], rec["rejected"])
         if i in written:  # normalized per item: each comparison stays within one item
@@ -133,7 +126,7 @@ def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
 def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> list[dict]:
     rows = []
     for i, (rec, lp) in enumerate(zip(records, policy)):
-        opts = _options(rec)
+        opts = query_options(rec)
         row: dict[str, Any] = {"protocol": protocol, "user_id": rec["user_id"],
                                "qid": opts[2] if opts else None, "index": i, "method": name,
                                "logp_correct": float(lp[0] > lp[1])}

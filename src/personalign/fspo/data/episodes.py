@@ -93,6 +93,16 @@ def make_episode(shots: Sequence[PreferencePair], query: PreferencePair,
     return Episode(prompt, chosen, rejected, query.user_id, len(shots), info)
 
 
+def query_options(record: dict[str, Any]) -> tuple[list[str], int, str | None] | None:
+    """(options, index of the person's answer, question id) of an episode whose query came
+    from a multiple-choice question (its meta says so), else None."""
+    meta = record.get("meta") or {}
+    q = meta.get("query_meta") or meta
+    if isinstance(q, dict) and q.get("options") and q.get("answer") is not None:
+        return [str(o) for o in q["options"]], int(q["answer"]), q.get("qid")
+    return None
+
+
 def lacking_rejected_description(pairs: Iterable[PreferencePair]) -> int:
     """Pairs the user-description variant cannot serialize: no description on the rejected
     side that differs from the user's own."""

@@ -72,6 +72,13 @@ class FSPOTrainConfig(Config):
 
     eval_every: int = 25
     eval_max_pairs: int = 64
+    # Which step becomes final/ (beyond the paper: on a CPU budget the pair loss keeps falling
+    # after choice accuracy has peaked). With N > 0, N training users are held out of both
+    # stages; at every eval up to validation_max_questions of their episodes are answered
+    # (each option scored as the completion, as `fspo:` answers) and final/ is the stage 2
+    # step with the best choice accuracy (step 0, the SFT result, included). 0: the last step.
+    validation_users: int = 0
+    validation_max_questions: int = 64
     save_every: int = 25
     keep_checkpoints: int = 2
     threads: int | None = None
@@ -85,7 +92,7 @@ class FSPOTrainConfig(Config):
         if self.beta <= 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
         for name in ("steps", "sft_steps", "warmup_steps", "eval_every", "save_every",
-                     "eval_max_pairs"):
+                     "eval_max_pairs", "validation_users", "validation_max_questions"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.grad_accum < 1:

@@ -19,8 +19,10 @@ Layout of ``output_dir``: ``run.json`` (fingerprint of the inputs: training reco
 config minus run control; a rerun with other inputs stops, ``resume=False`` starts over),
 ``config.json``, ``metrics.jsonl`` (one JSON object per logged step:
 stage, step, split, loss, reward_accuracy, reward_margin, ...), ``checkpoints/<stage>-<step>/``
-(adapter or model + ``trainer_state.pt``), ``sft/`` (the stage 1 result) and ``final/``
-(the model to load with :meth:`PersonalizedModel.load`).
+(adapter or model + ``trainer_state.pt``), ``sft/`` (the stage 1 result), ``best/`` (with
+``validation_users``: the stage 2 step with the best validation choice accuracy, and
+``best.json``) and ``final/`` (the model methods load: ``best/``'s weights when there is one,
+else the last step's).
 """
 
 from __future__ import annotations
@@ -40,16 +42,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from personalign.fspo.data.episodes import query_options
+from personalign.fspo.data.serialization import response_header
 from personalign.fspo.train.config import FSPOTrainConfig
 from personalign.fspo.train.data import load_episodes
 from personalign.fspo.train.losses import completion_nll, preference_loss, reward_metrics
 from personalign.fspo.train.model import load_base, write_manifest
 from personalign.fspo.train.scoring import EncodedExample, completion_token_logps, encode
+from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.models import peft_wrapping
 from personalign.runtime.runs import RunFolder, digest, model_identity
 from personalign.runtime.settings import configure_threads
-from personalign.runtime.storage import atomic_folder
+from personalign.runtime.storage import atomic_folder, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,7 @@ class FSPOTrainer:
         if not self.train_records:
             raise DataError("no training episodes (set train_files)")
         self._check_users()
+        self.validation_records = self._hold_out_validation()
         self.model = None
         self.tokenizer = None
         self.reference = None  # full fine-tuning only
@@ -91,6 +97,27 @@ class FSPOTrainer:
                             f"episodes (e.g. {sorted(overlap)[:3]}); train and test users "
                             "must not overlap")
 
+    def _hold_out_validation(self) -> list[dict]:
+        """Take ``validation_users`` seeded training users out of training; up to
+        ``validation_max_questions`` of their multiple-choice episodes, in seeded order."""
+        cfg = self.config
+        if not cfg.validation_users:
+            return []
+        users = sorted({r["user_id"] for r in self.train_records})
+        if cfg.validation_users >= len(users):
+            raise ConfigError(f"validation_users={cfg.validation_users} leaves no training "
+                              f"user (the episodes have {len(users)})")
+        rng = random.Random(derive_seed(cfg.seed, "fspo validation"))
+        held = set(rng.sample(users, cfg.validation_users))
+        episodes = [r for r in self.train_records if r["user_id"] in held and query_options(r)
+                    and (r.get("meta") or {}).get("variant") != "user-description"]
+        if not episodes:
+            raise DataError("validation_users: the held-out users have no multiple-choice "
+                            "episodes (their meta has no query options)")
+        self.train_records = [r for r in self.train_records if r["user_id"] not in held]
+        rng.shuffle(episodes)
+        return episodes[: cfg.validation_max_questions or None]
+
     # ---- public -------------------------------------------------------------------------
     def fit(self) -> Path:
         """Run (or resume) both stages; returns the ``final/`` model folder."""
@@ -98,7 +125,7 @@ class FSPOTrainer:
         final = self.out / "final"
         RunFolder.open(self.out, kind="fspo train", inputs=self.inputs(), force=not cfg.resume)
         if not cfg.resume:
-            for folder in ("checkpoints", "sft", "final"):
+            for folder in ("checkpoints", "sft", "best", "final"):
                 shutil.rmtree(self.out / folder, ignore_errors=True)
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         if (final / COMPLETE).exists() and not self._budget_raised():
@@ -179,9 +206,14 @@ class FSPOTrainer:
     def _encoded_example(self, split: str, index: int) -> EncodedExample:
         key = (split, index)
         if key not in self._encoded:
-            row = (self.train_records if split == "train" else self.eval_records)[index]
-            self._encoded[key] = encode(self.tokenizer, row["prompt"],
-                                        [row["chosen"], row["rejected"]],
+            if split == "validation":  # every option, written as the completions are
+                row = self.validation_records[index]
+                header = response_header((row.get("meta") or {}).get("variant", "default"))
+                completions = [f"{header}\n{o.strip()}\n" for o in query_options(row)[0]]
+            else:
+                row = (self.train_records if split == "train" else self.eval_records)[index]
+                completions = [row["chosen"], row["rejected"]]
+            self._encoded[key] = encode(self.tokenizer, row["prompt"], completions,
                                         max_prompt_tokens=self.config.max_prompt_tokens,
                                         max_completion_tokens=self.config.max_completion_tokens)
         return self._encoded[key]
@@ -255,6 +287,43 @@ class FSPOTrainer:
         metrics.update(loss=float(np.mean(losses)), logp_accuracy=float(np.mean(ll_correct)),
                        pairs=len(losses))
         return metrics
+
+    @torch.no_grad()
+    def validation_accuracy(self) -> float | None:
+        """Share of the held-out users' questions whose answer gets the highest summed
+        log-prob among all options (None without ``validation_users``)."""
+        if not self.validation_records:
+            return None
+        was_training = self.model.training
+        self.model.eval()
+        correct = 0
+        for i, row in enumerate(self.validation_records):
+            example = self._encoded_example("validation", i)
+            tok, _ = completion_token_logps(self.model, example.prompt_ids,
+                                            example.completion_ids, self.tokenizer.pad_token_id)
+            correct += int(tok.sum(1).argmax()) == query_options(row)[1]
+        if was_training:
+            self.model.train()
+        return correct / len(self.validation_records)
+
+    def _evaluation(self, step: int) -> dict[str, float]:
+        """Stage 2's eval metrics at ``step``; a new best validation accuracy (ties keep the
+        earlier step) saves this step's weights to ``best/``."""
+        metrics = self.evaluate()
+        accuracy = self.validation_accuracy()
+        if accuracy is not None:
+            metrics["validation_accuracy"] = accuracy
+            best = self._best()
+            if best is None or accuracy > best["validation_accuracy"]:
+                with atomic_folder(self.out / "best") as tmp:
+                    self._save_weights(tmp)
+                    atomic_write_json(tmp / "best.json",
+                                      {"step": step, "validation_accuracy": accuracy})
+        return metrics
+
+    def _best(self) -> dict[str, Any] | None:
+        path = self.out / "best" / "best.json"
+        return json.loads(path.read_text()) if path.exists() else None
 
     # ---- stages -------------------------------------------------------------------------
     def _budget_raised(self) -> bool:
@@ -332,7 +401,7 @@ class FSPOTrainer:
             log.info("resuming %s from %s (step %d)", stage, checkpoint, start_step)
         loss_fn = self._sft_loss if stage == "sft" else self._pref_loss
         if stage == "pref" and start_step == 0:
-            self._log({"stage": stage, "step": 0, "split": "eval", **self.evaluate(),
+            self._log({"stage": stage, "step": 0, "split": "eval", **self._evaluation(0),
                        "elapsed_s": 0.0, "peak_rss_mb": peak_rss_mb()})
         self.model.train()
         began, cpu_began = time.time(), time.process_time()
@@ -376,7 +445,7 @@ class FSPOTrainer:
             bar.set_postfix(loss=f"{record['loss']:.3g}")
             self._log(record)
             if stage == "pref" and cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
-                self._log({"stage": stage, "step": step, "split": "eval", **self.evaluate(),
+                self._log({"stage": stage, "step": step, "split": "eval", **self._evaluation(step),
                            "elapsed_s": elapsed_before + time.time() - began,
                            "peak_rss_mb": peak_rss_mb()})
             if cfg.save_every and step % cfg.save_every == 0 and step < steps:
@@ -393,15 +462,22 @@ class FSPOTrainer:
                    "cpu_s": cpu_used(),
                    "stopped_by_budget": stopped_by_budget, "peak_rss_mb": peak_rss_mb()}
         if stage == "pref":
-            summary.update({f"eval_{k}": v for k, v in self.evaluate().items()})
+            summary.update({f"eval_{k}": v for k, v in self._evaluation(step).items()})
+            best = self._best()
+            if best is not None:
+                summary["final_step"] = best["step"]
         self._log(summary)
 
     def _save_stage_result(self, folder: Path, stage: str) -> None:
         """``sft/`` or ``final/``: a model folder (``fspo.train.model``) any method loads."""
         cfg = self.config
+        best = self.out / "best" if stage == "pref" and self._best() is not None else None
         with atomic_folder(folder) as tmp:
             if cfg.finetune == "lora":
-                self.model.save_pretrained(tmp / "adapter")
+                if best is not None:
+                    shutil.copytree(best / "adapter", tmp / "adapter")
+                else:
+                    self.model.save_pretrained(tmp / "adapter")
                 sft_adapter = None
                 if stage == "pref" and cfg.sft_steps > 0:
                     shutil.copytree(self.out / "sft" / "adapter", tmp / "sft_adapter")
@@ -409,7 +485,10 @@ class FSPOTrainer:
                 write_manifest(tmp, finetune="lora", base=cfg.model, sft_adapter=sft_adapter,
                                adapter="adapter", stage=stage, variant=self._variant())
             else:
-                self._save_weights(tmp)
+                if best is not None:
+                    shutil.copytree(best / "model", tmp / "model")
+                else:
+                    self._save_weights(tmp)
                 fields: dict[str, Any] = {}
                 if stage == "pref":
                     # The reference is the SFT result already on disk, or the base model.
