@@ -134,8 +134,8 @@ def load_tokenizer(path: str | Path):
     """The tokenizer of a model folder. A folder prepared here reads its ``tokenizer.json``
     straight into the Rust tokenizer: AutoTokenizer's Gemma class first parses that 33 MB
     file twice in Python to rebuild it, about 4 s more per process for the same tokens
-    (``tests/test_transformers_backend.py`` compares the two). Other folders go through AutoTokenizer,
-    which knows their classes' extra settings."""
+    (``tests/test_transformers_backend.py`` compares the two). Other folders go through
+    AutoTokenizer, which knows their classes' extra settings."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(path)
