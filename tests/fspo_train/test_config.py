@@ -36,3 +36,13 @@ def test_bad_values_are_config_errors(tmp_path, text):
 def test_updated_ignores_none():
     cfg = FSPOTrainConfig().updated(steps=3, lr=None)
     assert cfg.steps == 3 and cfg.lr == FSPOTrainConfig().lr
+
+
+@pytest.mark.parametrize("name", ["opinionqa_cpu.yaml", "elix_cpu.yaml", "fspo_paper.yaml"])
+def test_shipped_configs_load(name):
+    from importlib.resources import files
+    path = files("personalign.fspo.train") / "configs" / name
+    cfg = FSPOTrainConfig.from_file(str(path))
+    assert cfg.steps > 0
+    if name == "opinionqa_cpu.yaml":  # the recipe measured in the README
+        assert (cfg.validation_users, cfg.validation_max_questions, cfg.max_minutes) == (6, 48, 100)
