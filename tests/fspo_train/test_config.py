@@ -1,4 +1,5 @@
 import json
+from importlib.resources import files
 
 import pytest
 
@@ -40,7 +41,6 @@ def test_updated_ignores_none():
 
 @pytest.mark.parametrize("name", ["opinionqa_cpu.yaml", "elix_cpu.yaml", "fspo_paper.yaml"])
 def test_shipped_configs_load(name):
-    from importlib.resources import files
     path = files("personalign.fspo.train") / "configs" / name
     cfg = FSPOTrainConfig.from_file(str(path))
     assert cfg.steps > 0
