@@ -23,14 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from personalign.fermi.baselines import (
-    FEWSHOT_INSTRUCTION,
-    fewshot_items,
-    profile_prompt,
-    prompt_predictions,
-    retrieve,
-    vanilla_prompt,
-)
+from personalign.fermi.baselines import fewshot_items, profile_prompt, vanilla_prompt
+from personalign.fermi.optimizer import choice_item
 from personalign.fermi.tasks import question_block
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.splits import protocol_order
@@ -47,16 +41,9 @@ def prompt_after_options(prompt: str, q) -> ChoiceItem:
     return ChoiceItem(prompt=f"{head}{prompt}\nAnswer:", options=tuple(q.options))
 
 
-def fewshot_text_answers(shots, test, embedder) -> list[ChoiceItem]:
-    """fewshot_items with each shot answered by its option text instead of its letter."""
-    items = []
-    for q, idx in zip(test, retrieve(shots, test, FEWSHOT_K, embedder=embedder)):
-        blocks = [f"{question_block(shots[i].question, shots[i].options)} "
-                  f"{shots[i].options[shots[i].answer]}" for i in reversed(idx)]
-        items.append(ChoiceItem(prefix="\n\n".join(blocks + [FEWSHOT_INSTRUCTION]) + "\n\n",
-                                prompt=question_block(q.question, q.options),
-                                options=tuple(q.options)))
-    return items
+def answered_with_text(q) -> str:
+    """A past opinion answered with its option's text (the methods show the letter)."""
+    return f"{question_block(q.question, q.options)} {q.options[q.answer]}"
 
 
 def run_user(llm, embedder, user, placement_mode: str, shots_mode: str) -> dict:
@@ -64,31 +51,30 @@ def run_user(llm, embedder, user, placement_mode: str, shots_mode: str) -> dict:
     shots, test = ops[:N_SHOTS], ops[N_SHOTS:N_SHOTS + N_TEST]
     profile = profile_prompt(profile_text(user.profile))
 
-    def choices(items, mode):
-        return [r.choice for r in llm.score_choices(items, method=mode)]
+    def plain(prompt):
+        return [choice_item(prompt, q) for q in test]
 
-    preds = {
-        "vanilla": prompt_predictions(llm, vanilla_prompt(), test, method=placement_mode),
-        "profile before the question": prompt_predictions(llm, profile, test,
-                                                          method=placement_mode),
-        "profile after the options": choices([prompt_after_options(profile, q) for q in test],
-                                             placement_mode),
-        f"vanilla ({shots_mode})": prompt_predictions(llm, vanilla_prompt(), test,
-                                                      method=shots_mode),
-        f"few-shot, letter answers ({shots_mode})": choices(
-            fewshot_items(shots, test, k=FEWSHOT_K, embedder=embedder), shots_mode),
-        f"few-shot, text answers ({shots_mode})": choices(
-            fewshot_text_answers(shots, test, embedder), shots_mode),
+    fewshot = {"letter": fewshot_items(shots, test, k=FEWSHOT_K, embedder=embedder),
+               "text": fewshot_items(shots, test, k=FEWSHOT_K, embedder=embedder,
+                                     shown_as=answered_with_text)}
+    variants = {  # name -> (scoring mode, items)
+        "vanilla": (placement_mode, plain(vanilla_prompt())),
+        "profile before the question": (placement_mode, plain(profile)),
+        "profile after the options": (placement_mode,
+                                      [prompt_after_options(profile, q) for q in test]),
+        f"vanilla ({shots_mode})": (shots_mode, plain(vanilla_prompt())),
+        f"few-shot, letter answers ({shots_mode})": (shots_mode, fewshot["letter"]),
+        f"few-shot, text answers ({shots_mode})": (shots_mode, fewshot["text"]),
     }
+    preds = {name: (mode, [r.choice for r in llm.score_choices(items, method=mode)])
+             for name, (mode, items) in variants.items()}
     gold = [q.answer for q in test]
-    vanilla = {placement_mode: preds["vanilla"], shots_mode: preds[f"vanilla ({shots_mode})"]}
+    vanilla = {mode: preds[name][1] for name, mode in
+               (("vanilla", placement_mode), (f"vanilla ({shots_mode})", shots_mode))}
     return {name: {"accuracy": float(np.mean([p == g for p, g in zip(ps, gold)])),
-                   # against vanilla under the same scoring mode
-                   "differs": float(np.mean([p != v for p, v in zip(
-                       ps, vanilla[shots_mode if f"({shots_mode})" in name
-                                   else placement_mode])])),
+                   "differs": float(np.mean([p != v for p, v in zip(ps, vanilla[mode])])),
                    "share_a": float(np.mean([p == 0 for p in ps]))}
-            for name, ps in preds.items()}
+            for name, (mode, ps) in preds.items()}
 
 
 def main() -> None:

@@ -67,12 +67,14 @@ def retrieve(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int,
 
 
 def fewshot_items(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int = 3,
-                  retriever: str = "embeddings", embedder=None) -> list[ChoiceItem]:
+                  retriever: str = "embeddings", embedder=None,
+                  shown_as=answered_block) -> list[ChoiceItem]:
     """One item per question with its k retrieved opinions in context; the most similar one
-    is placed last, next to the question."""
+    is placed last, next to the question. ``shown_as`` writes a past opinion with its answer
+    (the letter, as the task model is scored; benchmarks try other forms)."""
     items = []
     for q, idx in zip(questions, retrieve(shots, questions, k, retriever, embedder)):
-        blocks = [answered_block(shots[i]) for i in reversed(idx)]
+        blocks = [shown_as(shots[i]) for i in reversed(idx)]
         prefix = "\n\n".join(blocks + [FEWSHOT_INSTRUCTION]) + "\n\n"
         items.append(ChoiceItem(prefix=prefix, prompt=question_block(q.question, q.options),
                                 options=tuple(q.options)))
