@@ -123,7 +123,7 @@ def test_saved_pool_records_the_task_model(user, embedder, tmp_path):
     assert fermi.fit_task_model == {"backend": "fake", "model_id": "fake-task"}
     path = fermi.save(tmp_path / "u1.json")
     data = json.loads(path.read_text())
-    assert data["version"] == 2 and data["task_model"] == fermi.fit_task_model
+    assert data["version"] == 3 and data["task_model"] == fermi.fit_task_model
     loaded = Fermi.load(path)  # no task LLM needed to read what it was fit with
     assert loaded.fit_task_model == {"backend": "fake", "model_id": "fake-task"}
     assert loaded.result.to_dict() == fermi.result.to_dict()
@@ -145,10 +145,11 @@ def test_version_1_files_still_load(user, embedder, tmp_path):
     fermi, task, _ = _fit(user, embedder)
     data = fermi.to_dict()
     # what version 1 wrote: no task model, rating_scale in the config, older fit keys
-    old = {k: v for k, v in data.items() if k != "task_model"}
+    old = {k: v for k, v in data.items() if k not in ("task_model", "context_opinions")}
     old["version"] = 1
     old["config"] = {**data["config"], "rating_scale": 4.0, "optimizer_max_tokens": 64}
-    del old["config"]["include_best"], old["config"]["optimizer_token_margin"]
+    for key in ("include_best", "optimizer_token_margin", "context_shots", "context_at_fit"):
+        del old["config"][key]
     old["fit"] = {k: v for k, v in data["fit"].items() if k not in ("collapsed", "pool_source")}
     old["fit"]["failures"] = {k: v for k, v in data["fit"]["failures"].items() if k != "cut_off"}
     path = tmp_path / "v1.json"
@@ -159,7 +160,7 @@ def test_version_1_files_still_load(user, embedder, tmp_path):
     assert loaded.result.collapsed is False and loaded.result.pool_source == "last_k"
     assert loaded.result.failures["cut_off"] == 0
     assert loaded.pool == fermi.pool
-    assert loaded.to_dict()["version"] == 2
+    assert loaded.to_dict()["version"] == 3
 
 
 def test_load_rejects_bad_files(tmp_path):

@@ -31,6 +31,12 @@ def _item_tokens(questions: Sequence[Opinion]) -> int:
                for q in questions) // CHARS_PER_TOKEN
 
 
+def _shots_tokens(shots: Sequence[Opinion], k: int) -> int:
+    """Tokens of k past opinions shown before a question (the user's average opinion)."""
+    return k * sum(len(answered_block(o)) for o in shots) // CHARS_PER_TOKEN \
+        // max(1, len(shots))
+
+
 def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
                  settings: MethodSettings) -> dict[str, dict[str, int]]:
     """Phase -> {"calls", "tokens"} for one method on one user."""
@@ -44,12 +50,12 @@ def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
         extra = PROMPT_TOKENS * len(test) if name == "profile" else 0
         return {f"{name}/predict": {"calls": len(test), "tokens": test_tokens + extra}}
     if name == "fewshot":
-        shot_tokens = sum(len(answered_block(o)) for o in shots) // CHARS_PER_TOKEN
-        per_question = settings.fewshot_k * shot_tokens // max(1, len(shots))
+        per_question = _shots_tokens(shots, settings.fewshot_k)
         return {"fewshot/predict": {"calls": len(test),
                                     "tokens": test_tokens + per_question * len(test)}}
     if hasattr(klass, "mode"):  # Fermi, Fermi w/o RoP, OPRO, Fermi + few-shot
-        cfg = fermi_preset(settings.preset, seed=settings.seed, **settings.fermi)
+        cfg = fermi_preset(settings.preset, seed=settings.seed,
+                           **{**klass.preset_overrides(settings), **settings.fermi})
         n_opt = min(len(shots) - 1, max(1, round(len(shots) * cfg.optimization_fraction))) \
             if cfg.optimization_fraction < 1.0 else len(shots)
         opt, demo = shots[:n_opt], shots[n_opt:]
@@ -61,16 +67,21 @@ def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
                 + cfg.memory_size * PROMPT_TOKENS + cfg.failure_case_cap * 40)
         reply = cfg.optimizer_max_tokens or PROMPT_TOKENS + cfg.optimizer_token_margin
         mode = klass.mode
+        # past opinions shown with each question (Fermi + few-shot), at fit too by default
+        context = _shots_tokens(shots, cfg.context_shots)
+        fit_context = context if cfg.context_at_fit else 0
         out[f"{mode}/score"] = {"calls": prompts * len(opt),
-                                "tokens": prompts * (opt_tokens + PROMPT_TOKENS * len(opt))}
+                                "tokens": prompts * (opt_tokens + (PROMPT_TOKENS + fit_context)
+                                                     * len(opt))}
         out[f"{mode}/optimize"] = {"calls": cfg.iterations * samples,
                                    "tokens": cfg.iterations * samples * (meta + reply)}
         if cfg.rop_include_demo and demo:
             out[f"{mode}/pool"] = {"calls": pool * len(demo),
                                    "tokens": pool * (_item_tokens(demo)
-                                                     + PROMPT_TOKENS * len(demo))}
+                                                     + (PROMPT_TOKENS + fit_context)
+                                                     * len(demo))}
         out[f"{name}/predict"] = {"calls": len(test),
-                                  "tokens": test_tokens + PROMPT_TOKENS * len(test)}
+                                  "tokens": test_tokens + (PROMPT_TOKENS + context) * len(test)}
         return out
     # FSPO, pooled, oracle: the shots' preference pairs before every question, one
     # text-scoring call per option.

@@ -7,16 +7,13 @@ OPRO and Fermi without RoP are the :class:`~personalign.fermi.optimizer.Fermi` e
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
-
-import numpy as np
 
 from personalign.fermi.config import TASK_INSTRUCTION
 from personalign.fermi.optimizer import choice_item, initial_prompt
+from personalign.fermi.retrieval import retrieve
 from personalign.fermi.tasks import answered_block, question_block
 from personalign.runtime.data.records import Opinion
-from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem
 
@@ -42,28 +39,6 @@ def vanilla_prompt() -> str:
 
 def profile_prompt(profile: str) -> str:
     return initial_prompt(profile)
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def retrieve(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int,
-             retriever: str = "embeddings", embedder=None) -> list[list[int]]:
-    """Indices of the k most similar shots for each question, most similar first."""
-    k = min(k, len(shots))
-    if retriever == "embeddings":
-        if embedder is None:
-            raise ConfigError("few-shot retrieval by embeddings needs an embedder")
-        sim = embedder.similarity([q.question for q in questions], [s.question for s in shots])
-    elif retriever == "bm25":
-        from rank_bm25 import BM25Okapi
-
-        bm25 = BM25Okapi([_tokens(s.question) or [""] for s in shots])
-        sim = np.array([bm25.get_scores(_tokens(q.question)) for q in questions])
-    else:
-        raise ConfigError(f"unknown retriever {retriever!r} (embeddings, bm25)")
-    return [list(np.argsort(-row, kind="stable")[:k]) for row in np.atleast_2d(sim)]
 
 
 def fewshot_items(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int = 3,

@@ -65,6 +65,14 @@ class FermiConfig(Config):
     # optimizer's text, as in the spec.
     evidence_per_prompt: int = 0
     evidence_from: Literal["failures", "any"] = "failures"
+    # Beyond the paper (``fermi+fewshot``): the task model sees this many of the person's
+    # past opinions most similar to each question (embeddings), answered, between the prompt
+    # and the question, as the few-shot baseline shows them. ``context_at_fit``: prompts are
+    # also scored that way during optimization (an optimization question is shown its most
+    # similar *other* opinions), so they are chosen for the context they are used in; off: the
+    # shots are added at prediction only. 0: no shots (the spec).
+    context_shots: int = 0
+    context_at_fit: bool = True
     # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
     # memory plus the margin, so a rewrite as long as the prompts it improves on fits. A reply
     # that runs into the budget before its closing bracket is rejected ("cut_off").
@@ -98,6 +106,8 @@ class FermiConfig(Config):
             raise ConfigError("FermiConfig.optimization_fraction must be in (0, 1]")
         if self.max_retries < 0:
             raise ConfigError("FermiConfig.max_retries must be >= 0")
+        if self.context_shots < 0:
+            raise ConfigError(f"FermiConfig.context_shots must be >= 0, got {self.context_shots}")
         if self.evidence_per_prompt < 0:
             raise ConfigError("FermiConfig.evidence_per_prompt must be >= 0, got "
                               f"{self.evidence_per_prompt}")

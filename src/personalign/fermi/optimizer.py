@@ -26,6 +26,7 @@ from personalign.fermi.config import PROFILE_INSTRUCTION, TASK_INSTRUCTION, Ferm
 from personalign.fermi.memory import Candidate, Memory
 from personalign.fermi.meta_prompt import build_continuation_prompt, build_meta_prompt
 from personalign.fermi.parsing import parse_continuation, parse_prompt
+from personalign.fermi.retrieval import retrieve
 from personalign.fermi.tasks import answered_block, is_misaligned, question_block, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
@@ -37,9 +38,10 @@ from personalign.runtime.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-# Version 2 records the task model of the fit and drops the never-used rating_scale option.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 2 records the task model of the fit and drops the never-used rating_scale option;
+# version 3 keeps the opinions that ``context_shots`` are retrieved from.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # What can go wrong with an optimizer reply; every key is reported (zero or not).
 FAILURE_KEYS = ("cut_off", "no_brackets_fallback", "unclosed_bracket", "unparseable", "empty",
                 "duplicate", "too_long", "retries", "short_iterations")
@@ -62,10 +64,12 @@ def with_evidence(prompt: str, opinions: Sequence[Opinion]) -> str:
     return "\n\n".join([prompt, EVIDENCE_HEADER, *(answered_block(q) for q in opinions)])
 
 
-def choice_item(prompt: str, question: Opinion) -> ChoiceItem:
-    """The scored item: the candidate prompt is the shared prefix (encoded once per prompt)."""
+def choice_item(prompt: str, question: Opinion, context: str = "") -> ChoiceItem:
+    """The scored item: the candidate prompt is the shared prefix (encoded once per prompt);
+    ``context`` (past opinions shown for this question) sits between it and the question."""
+    block = question_block(question.question, question.options)
     return ChoiceItem(prefix=f"{prompt}\n\n" if prompt else "",
-                      prompt=question_block(question.question, question.options),
+                      prompt=f"{context}\n\n{block}" if context else block,
                       options=tuple(question.options))
 
 
@@ -137,6 +141,8 @@ class Fermi:
         self.train_questions: list[str] = []
         self.profile: str = ""
         self.user_id: str = ""
+        # the fit's opinions, which ``context_shots`` are retrieved from
+        self.context_opinions: list[Opinion] = []
         self.result: FitResult | None = None
         self.memory: Memory | None = None
         # {"backend", "model_id"} of the task model the pool was scored with (None: unknown)
@@ -165,7 +171,9 @@ class Fermi:
         llm = self._require(self.task_llm, "task")
         evidence = evidence or [()] * len(prompts)
         texts = [with_evidence(p, [questions[i] for i in ev]) for p, ev in zip(prompts, evidence)]
-        items = [choice_item(t, q) for t in texts for q in questions]
+        contexts = self.contexts(questions, leave_out_self=True)[0] \
+            if self.config.context_at_fit else [""] * len(questions)
+        items = [choice_item(t, q, c) for t in texts for q, c in zip(questions, contexts)]
         results = llm.score_choices(items, method=self.config.scoring_method)
         out, n = [], len(questions)
         tau = self.config.threshold
@@ -177,6 +185,20 @@ class Fermi:
                                  misaligned=mis, predictions=tuple(preds),
                                  iteration=iteration, evidence=tuple(evidence[j])))
         return out
+
+    def contexts(self, questions: Sequence[Opinion], leave_out_self: bool = False
+                 ) -> tuple[list[str], list[list[int]]]:
+        """Per question, the ``context_shots`` past opinions most similar to it (the most
+        similar last, next to the question) as one text, and their indices into
+        ``context_opinions``; empty texts when the option is off."""
+        k = self.config.context_shots
+        if not k or not self.context_opinions:
+            return [""] * len(questions), [[] for _ in questions]
+        shown = retrieve(self.context_opinions, questions, k, "embeddings", self.embedder,
+                         leave_out_self=leave_out_self)
+        texts = ["\n\n".join(answered_block(self.context_opinions[i]) for i in reversed(idx))
+                 for idx in shown]
+        return texts, shown
 
     def sample_scores(self, predictions: Sequence[Any],
                       questions: Sequence[Opinion]) -> list[float]:
@@ -308,6 +330,7 @@ class Fermi:
             raise DataError(f"Fermi needs at least 2 opinions to fit, got {len(opinions)}")
         self.profile = profile_text(profile) if isinstance(profile, dict) else (profile or "")
         self.user_id = user_id or "user"
+        self.context_opinions = list(opinions) if cfg.context_shots else []
         n_opt = min(len(opinions) - 1, max(1, round(len(opinions) * cfg.optimization_fraction))) \
             if cfg.optimization_fraction < 1.0 else len(opinions)
         opt, demo = opinions[:n_opt], opinions[n_opt:]
@@ -418,12 +441,16 @@ class Fermi:
         questions = [_as_question(q, f"question {i}") for i, q in enumerate(questions)]
         picks = self.select(questions, use_rop)
         llm = self._require(self.task_llm, "task")
-        items = [choice_item(self.pool[p].prompt, q) for p, q in zip(picks, questions)]
+        contexts, shown = self.contexts(questions)
+        items = [choice_item(self.pool[p].prompt, q, c)
+                 for p, q, c in zip(picks, questions, contexts)]
         ctx = llm.phase(phase) if phase else self._phase(llm, "predict")
         with ctx:
             results = llm.score_choices(items, method=self.config.scoring_method)
-        return [{"choice": r.choice, "prompt_index": p, "logprobs": r.logprobs, "raw": r.raw}
-                for r, p in zip(results, picks)]
+        return [{"choice": r.choice, "prompt_index": p, "logprobs": r.logprobs, "raw": r.raw,
+                 "shots": [self.context_opinions[i].qid or self.context_opinions[i].question
+                           for i in idx]}
+                for r, p, idx in zip(results, picks, shown)]
 
     def predict(self, questions: Sequence[Any], use_rop: bool | None = None) -> list[int | None]:
         return [d["choice"] for d in self.predict_details(questions, use_rop)]
@@ -435,6 +462,7 @@ class Fermi:
                 "config": self.config.to_dict(), "user_id": self.user_id,
                 "profile": self.profile, "train_questions": list(self.train_questions),
                 "pool": [p.to_dict() for p in self.pool],
+                "context_opinions": [o.to_dict() for o in self.context_opinions],
                 "fit": self.result.to_dict() if self.result else None}
 
     def save(self, path: str | Path) -> Path:
@@ -463,6 +491,8 @@ class Fermi:
             obj.train_questions = list(data["train_questions"])
             obj.pool = [PoolPrompt(p["prompt"], p["train_score"], list(p["correctness"]))
                         for p in data["pool"]]
+            obj.context_opinions = [Opinion.from_dict(o)
+                                    for o in data.get("context_opinions", [])]
             fit = data.get("fit")
             obj.result = FitResult.from_dict(fit, obj.config.final_pool) if fit else None
         except KeyError as e:

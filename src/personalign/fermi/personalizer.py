@@ -13,16 +13,13 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Any, Literal, Sequence
 
-from personalign.fermi.baselines import retrieve
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
 from personalign.fermi.optimizer import Fermi, PoolPrompt
-from personalign.fermi.tasks import answered_block, question_block
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.executor import in_worker
 from personalign.runtime.llm.base import LLM
-from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.personalizer import (
     Answer, Personalizer, SharedModels, check_questions, check_user,
 )
@@ -44,8 +41,14 @@ class FermiPersonalizer(Personalizer):
     def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FermiPersonalizer":
         if arg is not None:
             raise ConfigError(f"method {cls.name} takes no argument; set the preset instead")
-        base = fermi_preset(settings.preset, seed=settings.seed, **settings.fermi)
+        overrides = {**cls.preset_overrides(settings), **settings.fermi}
+        base = fermi_preset(settings.preset, seed=settings.seed, **overrides)
         return cls(models, base.to_dict())
+
+    @classmethod
+    def preset_overrides(cls, settings) -> dict[str, Any]:
+        """Config fields this method sets from the run's settings (``--fermi`` wins)."""
+        return {}
 
     def _estimator(self) -> Fermi:
         return Fermi(self.config, self.models.task_llm, self.models.optimizer_llm,
@@ -63,7 +66,7 @@ class FermiPersonalizer(Personalizer):
             check_questions(questions), use_rop=self.use_rop, phase=f"{self.name}/predict")
         pool = self.estimator.pool
         return [Answer(d["choice"], d["logprobs"], prompt=pool[d["prompt_index"]].prompt,
-                       prompt_index=d["prompt_index"]) for d in details]
+                       shots=d["shots"], prompt_index=d["prompt_index"]) for d in details]
 
     def system_prompt(self, query: str) -> str | None:
         probe = Opinion(question=query, options=(), answer=0)
@@ -101,53 +104,30 @@ class OPRO(FermiPersonalizer):
 
 class FermiFewShot(FermiPersonalizer):
     """Beyond the paper: the RoP-selected prompt followed by the k past opinions most similar
-    to the question, shown as the few-shot baseline shows them (what a product would run)."""
+    to the question, shown as the few-shot baseline shows them (what a product would run).
+    It is Fermi with ``context_shots`` = the few-shot baseline's k (unless set), so prompts are
+    scored with their shots during optimization too (``context_at_fit``)."""
 
     name, label = "fermi+fewshot", "Fermi + few-shot"
 
-    def __init__(self, models: SharedModels, config: dict[str, Any] | None = None, k: int = 3):
+    def __init__(self, models: SharedModels, config: dict[str, Any] | None = None,
+                 k: int | None = None):
+        # ``k``: a file saved before ``context_shots``, whose shots were added at prediction only
+        if k is not None:
+            config = {**(config or {}), "context_shots": k, "context_at_fit": False}
         super().__init__(models, config)
-        self.k = k
-        self.opinions: list[Opinion] = []
+        if self.config.context_shots < 1:
+            raise ConfigError(f"{self.name} shows past opinions: context_shots must be >= 1")
 
     @classmethod
-    def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FermiFewShot":
-        method = super().from_spec(models, arg, settings)
-        method.k = settings.fewshot_k
-        return method
-
-    def fit(self, user: User) -> "FermiFewShot":
-        super().fit(user)
-        self.opinions = list(user.opinions)
-        return self
-
-    def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
-        self._require_fitted()
-        questions = check_questions(questions)
-        picks = self.estimator.select(questions, use_rop=True)
-        shown = retrieve(self.opinions, questions, self.k, "embeddings", self.models.embedding)
-        items = []
-        for q, p, idx in zip(questions, picks, shown):
-            blocks = [answered_block(self.opinions[i]) for i in reversed(idx)]
-            prefix = "\n\n".join([self.estimator.pool[p].prompt, *blocks]) + "\n\n"
-            items.append(ChoiceItem(prefix=prefix, prompt=question_block(q.question, q.options),
-                                    options=tuple(q.options)))
-        llm = self.models.task_llm
-        with llm.phase(f"{self.name}/predict"):
-            results = llm.score_choices(items, method=self.models.scoring)
-        return [Answer(r.choice, r.logprobs, prompt=self.estimator.pool[p].prompt,
-                       shots=[self.opinions[i].qid or self.opinions[i].question for i in idx],
-                       prompt_index=p) for r, p, idx in zip(results, picks, shown)]
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "k": self.k}
-
-    def state(self) -> dict[str, Any]:
-        return {**super().state(), "opinions": [o.to_dict() for o in self.opinions]}
+    def preset_overrides(cls, settings) -> dict[str, Any]:
+        return {"context_shots": settings.fewshot_k}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        self.opinions = [Opinion.from_dict(o) for o in state.pop("opinions")]
+        if "opinions" in state:  # saved before ``context_shots``: see ``__init__``
+            state = {**state, "context_opinions": state["opinions"],
+                     "config": {**state["config"], "context_shots": self.config.context_shots,
+                                "context_at_fit": False}}
         super().set_state(state)
 
 
@@ -163,6 +143,7 @@ def transfer(estimator: Fermi, task_llm: LLM, opinions: Sequence[Opinion],
     """
     moved = Fermi(estimator.config, task_llm, None, estimator.embedder)
     moved.user_id, moved.profile = estimator.user_id, estimator.profile
+    moved.context_opinions = list(estimator.context_opinions)
     moved.train_questions = list(estimator.train_questions)
     moved.result, moved.memory = estimator.result, estimator.memory
     moved.fit_task_model = estimator.fit_task_model
