@@ -69,15 +69,16 @@ def test_projection_counts_fermi_optimizer_and_scoring_calls():
     assert paper["fermi/score"]["calls"] == (1 + 10 * 4) * 16   # every prompt on 16 opinions
     assert paper["fermi/pool"]["calls"] == 4 * 4                # the last K on 4 demos
     assert paper["fermi/predict"]["calls"] == 20
-    # Fermi + few-shot: the same calls, with three past opinions in every scored item
-    both = project_run(["fermi+fewshot"], splits, MethodSettings(preset="paper"))
-    fit_only = project_run(["fermi+fewshot"], splits, MethodSettings(
-        preset="paper", fermi={"context_at_fit": False}))
+    # Fermi + few-shot: the same calls, three past opinions with each predicted question
+    # (and with each scored one, context_at_fit)
+    at_fit = project_run(["fermi+fewshot"], splits, MethodSettings(
+        preset="paper", fermi={"context_at_fit": True}))
+    predict_only = project_run(["fermi+fewshot"], splits, MethodSettings(preset="paper"))
     for phase in ("fermi/score", "fermi/pool"):
-        assert both["fermi+fewshot"][phase]["calls"] == paper[phase]["calls"]
-        assert both["fermi+fewshot"][phase]["tokens"] > fit_only["fermi+fewshot"][phase][
+        assert at_fit["fermi+fewshot"][phase]["calls"] == paper[phase]["calls"]
+        assert at_fit["fermi+fewshot"][phase]["tokens"] > predict_only["fermi+fewshot"][phase][
             "tokens"] == paper[phase]["tokens"]
-    assert both["fermi+fewshot"]["fermi+fewshot/predict"]["tokens"] == fit_only[
+    assert at_fit["fermi+fewshot"]["fermi+fewshot/predict"]["tokens"] == predict_only[
         "fermi+fewshot"]["fermi+fewshot/predict"]["tokens"] > paper["fermi/predict"]["tokens"]
 
 

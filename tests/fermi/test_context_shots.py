@@ -6,7 +6,7 @@ import json
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.optimizer import Fermi
 from personalign.fermi.retrieval import retrieve
-from personalign.fermi.tasks import answered_block
+from personalign.fermi.tasks import answered_block, question_block
 from personalign.methods import MethodSettings, build, load
 from personalign.runtime.data.records import User
 from personalign.runtime.llm.fake import FakeLLM
@@ -44,7 +44,7 @@ def test_retrieval_can_leave_the_question_itself_out(user, embedder):
 
 
 def test_shots_are_scored_at_fit_without_the_question_own_answer(user, embedder):
-    fermi, seen = _fit(user, embedder, context_shots=2)
+    fermi, seen = _fit(user, embedder, context_shots=2, context_at_fit=True)
     assert seen  # every scored text: prompt, two answered opinions, the question
     for text in seen:
         blocks = text.split("\n\n")
@@ -54,14 +54,16 @@ def test_shots_are_scored_at_fit_without_the_question_own_answer(user, embedder)
     assert len(fermi.context_opinions) == 20
 
 
-def test_shots_only_at_prediction_when_context_at_fit_is_off(user, embedder):
-    fermi, seen = _fit(user, embedder, context_shots=3, context_at_fit=False)
+def test_shots_only_at_prediction_by_default(user, embedder):
+    fermi, seen = _fit(user, embedder, context_shots=3)
     assert seen and all(text.count("Question:") == 1 for text in seen)
     seen.clear()
-    details = fermi.predict_details(user.opinions[20:24])
-    assert all(text.count("Question:") == 4 for text in seen)
+    questions = user.opinions[20:24]
+    details = fermi.predict_details(questions)
+    assert len(seen) == 4 and all(text.count("Question:") == 4 for text in seen)
     shown = {o.qid: o for o in user.opinions[:20]}
-    for d, text in zip(details, seen):
+    for d, q in zip(details, questions):
+        text, = [t for t in seen if t.endswith(question_block(q.question, q.options))]
         # the most similar past opinion sits last, next to the question
         assert len(d["shots"]) == 3
         assert text.split("\n\n")[-2] == answered_block(shown[d["shots"][0]])
@@ -81,7 +83,7 @@ def test_fermi_fewshot_reads_a_file_saved_before_context_shots(tmp_path):
     train = User(user.user_id, dict(user.profile), user.opinions[:20])
     questions = list(user.opinions[20:26])
     method = build("fermi+fewshot", models, MethodSettings(preset="tiny")).fit(train)
-    assert method.config.context_shots == 3 and method.config.context_at_fit
+    assert method.config.context_shots == 3 and not method.config.context_at_fit
     answers = method.predict(questions)
     # what the earlier version wrote: k beside the config, the opinions in the state
     saved = json.loads(method.save(tmp_path / "new.json").read_text())

@@ -66,10 +66,10 @@ def with_evidence(prompt: str, opinions: Sequence[Opinion]) -> str:
 
 def choice_item(prompt: str, question: Opinion, context: str = "") -> ChoiceItem:
     """The scored item: the candidate prompt is the shared prefix (encoded once per prompt);
-    ``context`` (past opinions shown for this question) sits between it and the question."""
-    block = question_block(question.question, question.options)
-    return ChoiceItem(prefix=f"{prompt}\n\n" if prompt else "",
-                      prompt=f"{context}\n\n{block}" if context else block,
+    ``context`` (past opinions shown for this question) ends the prefix, before the question,
+    as the few-shot baseline places its shots (the tokenization is the same)."""
+    prefix = "".join(f"{part}\n\n" for part in (prompt, context) if part)
+    return ChoiceItem(prefix=prefix, prompt=question_block(question.question, question.options),
                       options=tuple(question.options))
 
 

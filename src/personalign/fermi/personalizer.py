@@ -105,8 +105,8 @@ class OPRO(FermiPersonalizer):
 class FermiFewShot(FermiPersonalizer):
     """Beyond the paper: the RoP-selected prompt followed by the k past opinions most similar
     to the question, shown as the few-shot baseline shows them (what a product would run).
-    It is Fermi with ``context_shots`` = the few-shot baseline's k (unless set), so prompts are
-    scored with their shots during optimization too (``context_at_fit``)."""
+    It is Fermi with ``context_shots`` = the few-shot baseline's k (unless set); with
+    ``context_at_fit`` the prompts are scored with their shots during optimization too."""
 
     name, label = "fermi+fewshot", "Fermi + few-shot"
 
