@@ -70,8 +70,8 @@ class FermiConfig(Config):
     # and the question, as the few-shot baseline shows them. 0: no shots (the spec).
     # ``context_at_fit``: prompts are also scored that way during optimization (an
     # optimization question is shown its most similar *other* opinions). On 30 dev users it
-    # changed Fermi + few-shot by -0.1 [-1.7, +1.3] points at about 3x the fit's scoring
-    # time (README), so the shots are added at prediction only unless it is set.
+    # changed Fermi + few-shot by -0.1 [-1.7, +1.3] points at 2.8x its time per user
+    # (README), so the shots are added at prediction only unless it is set.
     context_shots: int = 0
     context_at_fit: bool = False
     # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
