@@ -67,7 +67,8 @@ def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
                 + cfg.memory_size * PROMPT_TOKENS + cfg.failure_case_cap * 40)
         reply = cfg.optimizer_max_tokens or PROMPT_TOKENS + cfg.optimizer_token_margin
         mode = klass.mode
-        # past opinions shown with each question (Fermi + few-shot), at fit too by default
+        # past opinions shown with each predicted question (Fermi + few-shot), and with each
+        # scored one under context_at_fit
         context = _shots_tokens(shots, cfg.context_shots)
         fit_context = context if cfg.context_at_fit else 0
         out[f"{mode}/score"] = {"calls": prompts * len(opt),

@@ -66,8 +66,9 @@ def with_evidence(prompt: str, opinions: Sequence[Opinion]) -> str:
 
 def choice_item(prompt: str, question: Opinion, context: str = "") -> ChoiceItem:
     """The scored item: the candidate prompt is the shared prefix (encoded once per prompt);
-    ``context`` (past opinions shown for this question) ends the prefix, before the question,
-    as the few-shot baseline places its shots (the tokenization is the same)."""
+    ``context`` (past opinions shown for this question) ends the prefix, where the few-shot
+    baseline places its shots: prefix and question are tokenized apart, so this keeps the
+    tokens (and answers) of the shots as that baseline has them."""
     prefix = "".join(f"{part}\n\n" for part in (prompt, context) if part)
     return ChoiceItem(prefix=prefix, prompt=question_block(question.question, question.options),
                       options=tuple(question.options))
