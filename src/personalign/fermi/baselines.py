@@ -11,7 +11,7 @@ from typing import Sequence
 
 from personalign.fermi.config import TASK_INSTRUCTION
 from personalign.fermi.optimizer import choice_item, initial_prompt
-from personalign.fermi.retrieval import retrieve
+from personalign.fermi.retrieval import retrieve, shown
 from personalign.fermi.tasks import answered_block, question_block
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.llm.base import LLM
@@ -49,8 +49,8 @@ def fewshot_items(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int
     (the letter, as the task model is scored; benchmarks try other forms)."""
     items = []
     for q, idx in zip(questions, retrieve(shots, questions, k, retriever, embedder)):
-        blocks = [shown_as(shots[i]) for i in reversed(idx)]
-        prefix = "\n\n".join(blocks + [FEWSHOT_INSTRUCTION]) + "\n\n"
+        prefix = "".join(f"{part}\n\n" for part in (shown(shots, idx, shown_as),
+                                                     FEWSHOT_INSTRUCTION) if part)
         items.append(ChoiceItem(prefix=prefix, prompt=question_block(q.question, q.options),
                                 options=tuple(q.options)))
     return items

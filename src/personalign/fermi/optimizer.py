@@ -26,7 +26,7 @@ from personalign.fermi.config import PROFILE_INSTRUCTION, TASK_INSTRUCTION, Ferm
 from personalign.fermi.memory import Candidate, Memory
 from personalign.fermi.meta_prompt import build_continuation_prompt, build_meta_prompt
 from personalign.fermi.parsing import parse_continuation, parse_prompt
-from personalign.fermi.retrieval import retrieve
+from personalign.fermi.retrieval import retrieve, shown
 from personalign.fermi.tasks import answered_block, is_misaligned, question_block, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
@@ -195,11 +195,9 @@ class Fermi:
         k = self.config.context_shots
         if not k or not self.context_opinions:
             return [""] * len(questions), [[] for _ in questions]
-        shown = retrieve(self.context_opinions, questions, k, "embeddings", self.embedder,
-                         leave_out_self=leave_out_self)
-        texts = ["\n\n".join(answered_block(self.context_opinions[i]) for i in reversed(idx))
-                 for idx in shown]
-        return texts, shown
+        picked = retrieve(self.context_opinions, questions, k, "embeddings", self.embedder,
+                          leave_out_self=leave_out_self)
+        return [shown(self.context_opinions, idx) for idx in picked], picked
 
     def sample_scores(self, predictions: Sequence[Any],
                       questions: Sequence[Opinion]) -> list[float]:

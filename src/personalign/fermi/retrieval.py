@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from personalign.fermi.tasks import answered_block
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.errors import ConfigError
 
@@ -43,3 +44,9 @@ def retrieve(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int,
                 if s == q:
                     sim[i, j] = -np.inf
     return [list(np.argsort(-row, kind="stable")[:k]) for row in sim]
+
+
+def shown(shots: Sequence[Opinion], indices: Sequence[int], shown_as=answered_block) -> str:
+    """Retrieved past opinions as the task model sees them, the most similar (first index)
+    last, next to the question; ``shown_as`` writes one with its answer."""
+    return "\n\n".join(shown_as(shots[i]) for i in reversed(indices))
