@@ -440,7 +440,7 @@ class Fermi:
         questions = [_as_question(q, f"question {i}") for i, q in enumerate(questions)]
         picks = self.select(questions, use_rop)
         llm = self._require(self.task_llm, "task")
-        contexts, shown = self.contexts(questions)
+        contexts, picked = self.contexts(questions)
         items = [choice_item(self.pool[p].prompt, q, c)
                  for p, q, c in zip(picks, questions, contexts)]
         ctx = llm.phase(phase) if phase else self._phase(llm, "predict")
@@ -449,7 +449,7 @@ class Fermi:
         return [{"choice": r.choice, "prompt_index": p, "logprobs": r.logprobs, "raw": r.raw,
                  "shots": [self.context_opinions[i].qid or self.context_opinions[i].question
                            for i in idx]}
-                for r, p, idx in zip(results, picks, shown)]
+                for r, p, idx in zip(results, picks, picked)]
 
     def predict(self, questions: Sequence[Any], use_rop: bool | None = None) -> list[int | None]:
         return [d["choice"] for d in self.predict_details(questions, use_rop)]
