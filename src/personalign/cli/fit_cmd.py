@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from personalign.runtime import models as embedded
 from personalign.runtime.errors import ConfigError, DataError
 
 console = Console()
@@ -37,8 +38,8 @@ def register(app: typer.Typer) -> None:
                                        "profile, fspo:RUN, ..."),
             preset: str = typer.Option("quick", help="Fermi/OPRO preset: paper, quick, tiny."),
             seed: int = typer.Option(0),
-            task_model: str = typer.Option("gemma3-270m"),
-            optimizer_model: str = typer.Option("smollm2-135m-instruct"),
+            task_model: str = typer.Option(embedded.DEFAULT_TASK),
+            optimizer_model: str = typer.Option(embedded.DEFAULT_OPTIMIZER),
             scoring: str = typer.Option("letter", help="How choices are read.")) -> None:
         """Fit a method on the user's 20 past opinions (the protocol split) and save it."""
         from personalign.methods import MethodSettings, build
@@ -64,9 +65,9 @@ def register(app: typer.Typer) -> None:
                 data: Path = typer.Option(..., help="OpinionQA-schema JSONL with the user."),
                 out: Optional[Path] = typer.Option(None, help="Predictions JSONL."),
                 seed: int = typer.Option(0),
-                task_model: str = typer.Option("gemma3-270m", help="The task model the method "
-                                               "was fit with."),
-                optimizer_model: str = typer.Option("smollm2-135m-instruct"),
+                task_model: str = typer.Option(embedded.DEFAULT_TASK,
+                                               help="The task model the method was fit with."),
+                optimizer_model: str = typer.Option(embedded.DEFAULT_OPTIMIZER),
                 scoring: str = typer.Option("letter"),
                 eval_model: Optional[str] = typer.Option(None, help="Answer with this task "
                                                          "model instead (a Fermi pool "

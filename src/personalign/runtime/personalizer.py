@@ -65,8 +65,8 @@ class SharedModels:
     included).
     """
 
-    task: str = embedded.DEFAULT_SCORER
-    optimizer: str = embedded.DEFAULT_GENERATOR
+    task: str = embedded.DEFAULT_TASK
+    optimizer: str = embedded.DEFAULT_OPTIMIZER
     embedder: str = embedded.DEFAULT_EMBEDDER
     scoring: ScoringMethod = "letter"
     _loaded: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)

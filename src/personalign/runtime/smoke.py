@@ -37,7 +37,7 @@ def run_smoke(threads: int | None = None, repeats: int = 4) -> tuple[list[SmokeR
     from personalign.runtime.llm.transformers_backend import TransformersLLM
 
     rows = []
-    for name in (models.DEFAULT_SCORER, models.DEFAULT_GENERATOR):
+    for name in (models.FAST_TASK, models.FAST_GENERATOR):
         models.prepare(name)
         start = time.perf_counter()
         llm = TransformersLLM(name, threads=threads, cache=False)

@@ -66,8 +66,8 @@ OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 
 @dataclass
 class ServiceConfig:
-    task_model: str = embedded.DEFAULT_SCORER
-    optimizer_model: str = embedded.DEFAULT_GENERATOR
+    task_model: str = embedded.DEFAULT_TASK
+    optimizer_model: str = embedded.DEFAULT_OPTIMIZER
     database: str | None = None          # SQLAlchemy URL; default: a SQLite file
     admin_key: str | None = None         # None: one is created on first start and printed
     limits: Limits = field(default_factory=Limits)

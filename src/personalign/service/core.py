@@ -645,8 +645,8 @@ def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
     return "length" if llm.count_tokens(text) >= params.max_tokens else "stop"
 
 
-def default_models(task: str = embedded.DEFAULT_SCORER,
-                   optimizer: str = embedded.DEFAULT_GENERATOR) -> UncachedModels:
+def default_models(task: str = embedded.FAST_TASK,
+                   optimizer: str = embedded.FAST_GENERATOR) -> UncachedModels:
     return UncachedModels(task, optimizer)
 
 

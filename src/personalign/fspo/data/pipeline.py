@@ -57,7 +57,7 @@ from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.data.validate import read_jsonl
 from personalign.runtime.errors import ConfigError, DataError
-from personalign.runtime.models import DEFAULT_GENERATOR
+from personalign.runtime.models import FAST_GENERATOR
 from personalign.runtime.runs import RunFolder, file_digest, model_identity
 from personalign.runtime.storage import atomic_write_json, safe_filename
 
@@ -76,9 +76,9 @@ class SynthConfig(Config):
     responses_per_question: int = 4  # non-ELIX steering: users drawn per question
     views: int = 0                   # > 0: view conditioning instead of persona steering
     pairs_per_question: int = 2      # pairs judged per user and question
-    generators: list[str] = field(default_factory=lambda: [DEFAULT_GENERATOR])
+    generators: list[str] = field(default_factory=lambda: [FAST_GENERATOR])
     temperatures: list[float] = field(default_factory=lambda: [0.8])
-    judge_model: str = DEFAULT_GENERATOR
+    judge_model: str = FAST_GENERATOR
     judge_method: JudgeMethod = "letter"
     consistency: Consistency = "strict"
     max_tokens: int = 160

@@ -45,7 +45,7 @@ def model_files(spec: str) -> tuple[str, list[str]]:
     """(base model, adapter folders in merge order) of ``base``, a model folder written by
     the FSPO trainer, or a training run folder (its ``final/``)."""
     if spec == "base":
-        return embedded.DEFAULT_GENERATOR, []
+        return embedded.FAST_GENERATOR, []
     folder = Path(spec)
     if not (folder / MANIFEST).exists() and (folder / "final" / MANIFEST).exists():
         folder = folder / "final"

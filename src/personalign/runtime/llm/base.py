@@ -47,6 +47,10 @@ class LLM(ABC):
     backend: str = "abstract"
     model_id: str = ""
     default_scoring: ScoringMethod = "letter"
+    # Instruct models are asked through their chat template: an item is the user's turn and
+    # its choice is read from the assistant turn's first token (the bare letter). Base models
+    # continue the raw text and the letter follows "Answer:" with a space.
+    chat_scoring: bool = False
 
     def __init__(self, cache: CallCache | bool | None = True):
         if cache is True:
@@ -199,6 +203,24 @@ class LLM(ABC):
     def _loglikelihood(self, requests: Sequence[tuple[str, str]],
                        progress: ProgressFn) -> list[float]:
         raise NotImplementedError(f"{self.backend} backend has no log-likelihoods")
+
+    # ------------------------------------------------------------------ scored text
+    def scored_text(self, item: ChoiceItem) -> tuple[str, str]:
+        """The text scored for ``item``, split where its shared head ends: (head, rest). The
+        head depends on ``item.prefix`` only, so items that share a prefix share its KV cache.
+        With ``chat_scoring`` (backends that set it have ``render``, the chat template) the item
+        is the user's turn and the rest ends at the assistant turn's start."""
+        if not self.chat_scoring:
+            return item.prefix, item.prompt
+        marker = "\x00"  # one render, split where the prefix ends inside the user's turn
+        whole = self.render([{"role": "user", "content": item.prefix + marker + item.prompt}])
+        head, _, rest = whole.partition(marker)
+        return head, rest
+
+    def answer_start(self, answer: str) -> str:
+        """An answer (a choice letter or an option's text) as the model writes it: bare at the
+        start of the assistant's turn, after a space when it continues "Answer:"."""
+        return answer if self.chat_scoring else " " + answer
 
     # ------------------------------------------------------------------ generic scoring
     def choice_prompt(self, item: ChoiceItem) -> Prompt:

