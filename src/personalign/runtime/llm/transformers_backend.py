@@ -49,7 +49,7 @@ class Row:
 class TransformersLLM(LLM):
     backend = "transformers"
 
-    def __init__(self, model: str = models.FAST_TASK, *, dtype: str = "float32",
+    def __init__(self, model: str = models.FAST_TASK, *, dtype: str | None = None,
                  device: str = "cpu", threads: int | None = None, batch_size: int = 16,
                  cache=True, pack_weights: bool = True, max_padding: float = 0.15,
                  adapters: Sequence[str] = (), option_template: str = " {option}",
@@ -59,7 +59,8 @@ class TransformersLLM(LLM):
         fine-tuned model runs on the same engine. ``option_template``/``option_eos``: how an
         option is written as the continuation that ``text`` scoring reads (a model trained on
         another completion format, such as FSPO's, names its own). ``chat_scoring``: choices
-        scored through the chat template (None: as ``models.is_instruct`` says)."""
+        scored through the chat template (None: as ``models.is_instruct`` says). ``dtype``:
+        None runs the model's own (``models.engine_dtype``)."""
         super().__init__(cache=cache)
         torch = _torch()
         from transformers import AutoModelForCausalLM
@@ -68,6 +69,7 @@ class TransformersLLM(LLM):
         from personalign.runtime.llm.prompt_cache import PromptCache
 
         configure_threads(threads)
+        dtype = dtype or models.engine_dtype(model)
         self.path = models.resolve(model)
         self.model_id = model
         self.device = device
