@@ -27,7 +27,7 @@ class StandInLlama:
     VOCAB = 16
 
     def __init__(self, model_path, n_ctx, n_threads, verbose, logits_all=False, **kw):
-        self.model_path, self.kw = model_path, kw
+        self.model_path, self.n_threads, self.kw = model_path, n_threads, kw
         self.n_tokens = 0
         self.input_ids = np.zeros(n_ctx, dtype=np.intc)
         self.evaluated: list[int] = []  # every token ever run (prefix reuse shows here)
@@ -109,7 +109,8 @@ def test_bad_model_names(stand_in, tmp_path):
 
 def test_generate_routes_and_counts(stand_in):
     llm = stand_in
-    assert llm.llama.kw == {"seed": 7, "n_threads_batch": None}
+    # The prompt pass runs on as many threads as decoding.
+    assert llm.llama.kw == {"seed": 7, "n_threads_batch": llm.llama.n_threads}
     out = llm.generate(["raw", [{"role": "user", "content": "x"}]],
                        SamplingParams(n=2, temperature=0.8, seed=3, stop=("\n",)))
     assert out == [[" done 3", " done 4"], [" done 3", " done 4"]]

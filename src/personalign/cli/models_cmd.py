@@ -17,7 +17,11 @@ console = Console()
 @app.command("prepare")
 def prepare(names: list[str] = typer.Argument(None, help="Models (default: all embedded)."),
             force: bool = typer.Option(False, help="Convert again even if prepared.")) -> None:
-    """Convert the embedded GGUF models once into cached transformers folders."""
+    """Prepare the embedded models once: GGUFs assembled and checked, converted into cached
+    transformers folders where the engine runs them (with no names: every model, and the
+    default task model's engine folder)."""
+    from personalign.runtime.llm.factory import parse_spec, prepare_llm
+
     for name in names or list(models.EMBEDDED):
         done = models.is_prepared(name) and not force
         with console.status(f"preparing {name} ..."):
@@ -25,6 +29,11 @@ def prepare(names: list[str] = typer.Argument(None, help="Models (default: all e
             path = models.prepare(name, force=force)
         note = "already prepared" if done else f"prepared in {time.time() - start:.1f}s"
         console.print(f"[green]ok[/] {name}: {path} ({note})")
+    if not names:
+        for spec in (models.DEFAULT_TASK, models.DEFAULT_OPTIMIZER):
+            with console.status(f"preparing {spec} for its backend ..."):
+                prepare_llm(spec)
+            console.print(f"[green]ok[/] {spec} ({parse_spec(spec)[0]})")
 
 
 @app.command("list")
