@@ -251,8 +251,10 @@ def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:
     # switch); the caller shows its own status.
     with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
+        # another dtype.
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=getattr(torch, dtype))
+                                                     dtype=torch.float32).to(getattr(torch, dtype))
     # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
     # are already dequantized.
     model.hf_quantizer = None
