@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(out: Path = typer.Option(Path("runs/demo"), help="Report folder (a rerun resumes)."),
             preset: str = typer.Option("tiny", help="Fermi preset: tiny (T=1, K=1: the demo "
-                                       "runs in about two minutes), quick or paper."),
+                                       "runs in under 4 minutes), quick or paper."),
             data: Path = typer.Option(None, help="OpinionQA JSONL (default: the sample users)."),
             users: int = typer.Option(None, help="At most this many users."),
             methods: str = typer.Option(",".join(DEMO_METHODS), help="Comma list of method "
