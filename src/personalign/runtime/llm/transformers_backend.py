@@ -37,6 +37,11 @@ def _torch():
     return torch
 
 
+# An option as the continuation ``text`` scoring reads: ``answer_start`` writes it (after a
+# space, or bare at the start of a chat turn); a model trained on another format names its own.
+DEFAULT_OPTION = " {option}"
+
+
 @dataclass(frozen=True)
 class Row:
     """One scoring row after the shared prefix: ``body`` tokens, then ``target`` tokens whose
@@ -52,7 +57,7 @@ class TransformersLLM(LLM):
     def __init__(self, model: str = models.FAST_TASK, *, dtype: str | None = None,
                  device: str = "cpu", threads: int | None = None, batch_size: int = 16,
                  cache=True, pack_weights: bool = True, max_padding: float = 0.15,
-                 adapters: Sequence[str] = (), option_template: str = " {option}",
+                 adapters: Sequence[str] = (), option_template: str = DEFAULT_OPTION,
                  option_eos: bool = False, name: str | None = None,
                  chat_scoring: bool | None = None):
         """``adapters``: PEFT (LoRA) adapter folders merged into the weights in order, so a
@@ -110,7 +115,7 @@ class TransformersLLM(LLM):
         # dtype and weight packing change results slightly, so they are part of the cache key.
         packed = "|packed" if self.packed_layers else ""
         extra = "".join(f"|adapter={a}" for a in self._adapter_ids)
-        if (self.option_template, self.option_eos) != (" {option}", False):
+        if (self.option_template, self.option_eos) != (DEFAULT_OPTION, False):
             extra += f"|option={self.option_template!r},eos={self.option_eos}"
         if self.chat_scoring:
             extra += "|chat"
@@ -125,10 +130,9 @@ class TransformersLLM(LLM):
 
     def option_ids(self, option: str) -> list[int]:
         """Tokens of an option as the continuation scored by ``text`` (after the prompt)."""
-        # Through the chat template the default option starts the assistant's turn: no space.
-        template = "{option}" if self.chat_scoring and self.option_template == " {option}" \
-            else self.option_template
-        ids = self.encode(template.format(option=option))
+        text = self.answer_start(option) if self.option_template == DEFAULT_OPTION \
+            else self.option_template.format(option=option)
+        ids = self.encode(text)
         return ids + [self.tokenizer.eos_token_id] if self.option_eos else ids
 
     def letter_id(self, letter: str) -> int:
@@ -262,8 +266,8 @@ class TransformersLLM(LLM):
             while end < len(items) and items[end].prefix == items[start].prefix:
                 end += 1
             group = items[start:end]
-            head, bodies = self.scored_text(group[0])[0], [self.scored_text(it)[1]
-                                                           for it in group]
+            texts = [self.scored_text(it) for it in group]
+            head, bodies = texts[0][0], [body for _, body in texts]
             # A rendered chat template already wrote the special tokens.
             prefix_ids = self.encode(head, specials=not self.chat_scoring)
             tokens = len(prefix_ids)
