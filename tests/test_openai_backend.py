@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP backend and the project's own OpenAI-compatible server.
 
-Unit level: request shapes, retries/timeouts/backoff and the log-prob fallback with
-``httpx.MockTransport``; the server with FakeLLM behind it. Real level: the server on a loopback
+Unit level: request shapes, retries/backoff and the log-prob fallback with
+``httpx.MockTransport`` (against a real loopback server answering 429, 503, 500 and slowly:
+``test_openai_client_http.py``); the server with FakeLLM behind it. Real level: the server on a loopback
 port serving the embedded SmolLM2 through TransformersLLM, used by OpenAILLM over HTTP.
 """
 
@@ -164,11 +165,6 @@ def test_real_closed_port_and_backoff_timing():
     assert time.monotonic() - start >= 0.1
 
 
-def test_timeout_applies_to_slow_server():
-    llm = OpenAILLM("m", "http://testserver/v1", cache=False, timeout=0.5)
-    assert llm._client.timeout.read == 0.5
-
-
 # ----------------------------------------------------------------------------- scoring
 def test_letter_scoring_from_top_logprobs():
     top = [(" B", math.log(0.5)), ("B", math.log(0.1)), ("(A", math.log(0.2)),
@@ -319,14 +315,6 @@ def test_client_against_own_server(fake_server):
 
 
 # ----------------------------------------------------------------------------- real model
-def _transformers_llm():
-    try:
-        from personalign.runtime.llm.transformers_backend import TransformersLLM
-    except ImportError as e:
-        pytest.skip(f"transformers backend not importable yet: {e}")
-    return TransformersLLM
-
-
 EASY = [
     ChoiceItem("Question: What color is the sky on a clear day?\n(A) Green\n(B) Blue\n"
                "(C) Red\nAnswer:", ("Green", "Blue", "Red")),
@@ -335,9 +323,21 @@ EASY = [
 ]
 
 
+def _letter_probs(top: list[tuple[str, float]], item: ChoiceItem) -> list[float]:
+    """The item's letters' share of the next-token probability (" B" and "B" summed), from the
+    model's own top tokens; a letter not among them counts as the least likely listed token
+    (the client's documented floor)."""
+    floor = min(math.exp(v) for _, v in top)
+    letters = {x: sum(math.exp(v) for t, v in top if t.strip().lstrip("(") == x) or floor
+               for x in item.letters}
+    total = sum(letters.values())
+    return [letters[x] / total for x in item.letters]
+
+
 @pytest.fixture(scope="module")
 def real_server():
-    TransformersLLM = _transformers_llm()
+    from personalign.runtime.llm.transformers_backend import TransformersLLM
+
     llm = TransformersLLM("smollm2-135m-instruct", cache=False)
     with serve_in_thread(create_openai_app({"smollm2": llm})) as url:
         yield url, llm
@@ -356,16 +356,11 @@ def test_real_server_generates_and_scores(real_server, tmp_path):
 
     results = llm.score_choices(EASY)
     assert llm.logprobs_supported is True
+    # Over HTTP the letters' probabilities are those of the served model's next token, read
+    # here from the model in-process (every letter among its top 20, both spellings summed).
     for item, res in zip(EASY, results):
-        assert res.valid and len(res.logprobs) == len(item.options)
-        assert sum(math.exp(v) for v in res.logprobs) == pytest.approx(1.0)
-    # Over HTTP the letters' probabilities are those of the served model's next token.
-    top = served.next_token_logprobs(llm.choice_prompt(EASY[0]), 20)
-    letters = {x: sum(math.exp(v) for t, v in top if t.strip().lstrip("(") == x)
-               for x in EASY[0].letters}
-    total = sum(letters.values())
-    assert [math.exp(v) for v in results[0].logprobs] == pytest.approx(
-        [letters[x] / total for x in EASY[0].letters], rel=1e-3)
+        want = _letter_probs(served.next_token_logprobs(llm.choice_prompt(item), 20), item)
+        assert [math.exp(v) for v in res.logprobs] == pytest.approx(want, rel=1e-3)
 
     # The cache answers repeats without calling the server again.
     calls_before = served.usage.calls
@@ -377,12 +372,15 @@ def test_real_server_generates_and_scores(real_server, tmp_path):
 
 @pytest.mark.real_model
 def test_real_server_raw_completion(real_server):
-    url, _ = real_server
+    url, served = real_server
     llm = OpenAILLM("smollm2", url, timeout=120, cache=False, chat=False)
     (texts,) = llm.generate(["The capital of France is"], SamplingParams(max_tokens=4))
-    assert texts[0].strip()
+    assert "Paris" in texts[0]
     (res,) = llm.score_choices(EASY[:1], "letter")  # raw text ending in "Answer:"
-    assert res.valid and llm.logprobs_supported
+    assert llm.logprobs_supported
+    prompt = EASY[0].prefix + EASY[0].prompt
+    want = _letter_probs(served.next_token_logprobs(prompt, 20), EASY[0])
+    assert [math.exp(v) for v in res.logprobs] == pytest.approx(want, rel=1e-3)
 
 
 def test_server_usage_is_the_same_on_a_cache_hit(tmp_path):

@@ -9,13 +9,15 @@ configured wait, and each upper bound is below what a client ignoring the settin
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Self
 
 import pytest
 
@@ -61,7 +63,7 @@ class Stub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with stub._lock:
@@ -89,7 +91,7 @@ class Stub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "Stub":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -100,7 +102,7 @@ class Stub:
     def gaps(self) -> list[float]:
         """Seconds between consecutive arrivals."""
         times = [a.at for a in self.arrivals]
-        return [b - a for a, b in zip(times, times[1:])]
+        return [b - a for a, b in itertools.pairwise(times)]
 
 
 def scripted(*answers: Answer) -> Callable[[dict, int], Answer]:
