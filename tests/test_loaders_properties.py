@@ -4,7 +4,9 @@ another exception.
 
 Inputs are mostly near-valid records with some fields replaced by arbitrary JSON, dropped or
 duplicated across records, plus arbitrary text and bytes, so both the checks and the accepted
-results are exercised.
+results are exercised. Those properties alone would pass a loader that rejected every file with
+a well-formed DataError, so the valid-file properties at the end write only files valid by the
+format's rules and require each to load to exactly the records written.
 """
 
 from __future__ import annotations
@@ -248,3 +250,185 @@ def test_preferences_any_file(tmp_path, data):
         assert all(isinstance(t, str) and t.strip() for t in (p.prompt, p.chosen, p.rejected))
         assert p.chosen.strip() != p.rejected.strip()
         assert p.user_description is None or isinstance(p.user_description, str)
+
+
+# ----------------------------------------------------------------------------- valid files
+# The properties above accept a well-formed DataError for any file, so a loader that rejected
+# everything would pass them. Here every file is valid by the formats' rules: it must load,
+# to exactly the records written (drops and remappings the format defines included).
+WORDS = st.lists(st.sampled_from(["bus", "tram", "bike", "car", "ferry", "walk", "naïve"]),
+                 min_size=1, max_size=4).map(" ".join)
+OPTION_TEXTS = st.lists(st.sampled_from(["Yes", "No", "Maybe", "Often", "Never", "2.0"]),
+                        min_size=2, max_size=4, unique=True)
+
+
+@st.composite
+def valid_opinion(draw, qid):
+    """(record as written, what it loads to: question, options, answer, qid, ordinal)."""
+    question = draw(WORDS) + "?"
+    options = draw(OPTION_TEXTS)
+    answer = draw(st.integers(0, len(options) - 1))
+    ordinal = draw(st.none() | st.lists(st.none() | st.integers(-3, 3).map(float),
+                                        min_size=len(options), max_size=len(options)))
+    written = {"question": question, "options": list(options), "answer": answer}
+    if qid is not None:
+        written["qid"] = qid
+    if ordinal is not None:
+        written["ordinal"] = list(ordinal)
+    if draw(st.booleans()):  # a "Refused" option somewhere (never the answer): dropped
+        at = draw(st.integers(0, len(options)))
+        written["options"].insert(at, REFUSED)
+        written["answer"] = answer + (answer >= at)
+        if ordinal is not None:
+            written["ordinal"].insert(at, None)
+    want = (question, tuple(options), answer, qid,
+            None if ordinal is None else tuple(ordinal))
+    return written, want
+
+
+@st.composite
+def valid_opinionqa_file(draw):
+    ids = draw(st.lists(st.sampled_from(["u1", "u2", "u3", "user 4"]), min_size=1,
+                        max_size=3, unique=True))
+    written, want = [], []
+    for user_id in ids:
+        n = draw(st.integers(1, 3))
+        qids = draw(st.lists(st.sampled_from(["Q1", "Q2", "Q3"]) | st.none(), min_size=n,
+                             max_size=n, unique_by=lambda q: q or object()))
+        ops = [draw(valid_opinion(q)) for q in qids]
+        profile = draw(st.dictionaries(st.sampled_from(["AGE", "SEX"]), WORDS, max_size=2))
+        written.append({"user_id": user_id, "profile": profile,
+                        "opinions": [w for w, _ in ops]})
+        want.append((user_id, profile, [v for _, v in ops]))
+    return "\n".join(json.dumps(r) for r in written).encode(), want
+
+
+@FAST
+@given(case=valid_opinionqa_file())
+def test_opinionqa_valid_files_load_exactly(tmp_path, case):
+    data, want = case
+    path = tmp_path / "users.jsonl"
+    path.write_bytes(data)
+    users = load_opinionqa(path)
+    got = [(u.user_id, u.profile, [(o.question, o.options, o.answer, o.qid, o.ordinal)
+                                   for o in u.opinions]) for u in users]
+    assert got == want
+
+
+@st.composite
+def valid_goqa_file(draw):
+    """A CSV of distinct questions with every country's shares; each country's user has, per
+    question with respondents, the majority option (the first of equal shares)."""
+    n = draw(st.integers(1, 3))
+    questions = draw(st.lists(WORDS.map(lambda w: w + "?"), min_size=n, max_size=n,
+                              unique=True))
+    rows, want = [], {}
+    for question in questions:
+        options = draw(OPTION_TEXTS)
+        shares = draw(st.dictionaries(
+            st.sampled_from(["Aland", "Borduria", "Syldavia"]),
+            st.lists(st.integers(0, 4).map(lambda k: k / 4), min_size=len(options),
+                     max_size=len(options)), min_size=1, max_size=3))
+        wrapped = draw(st.booleans())
+        selections = repr(shares)
+        if wrapped:
+            selections = f"defaultdict(<class 'list'>, {selections})"
+        rows.append({"question": question, "selections": selections,
+                     "options": repr(list(options)), "source": "GAS"})
+        for country, values in shares.items():
+            if sum(values) > 0:
+                want.setdefault(country, []).append(
+                    (question, tuple(options), values.index(max(values)), tuple(values)))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode(), want
+
+
+@FAST
+@given(case=valid_goqa_file())
+def test_globalopinionqa_valid_files_load_exactly(tmp_path, case):
+    data, want = case
+    path = tmp_path / "goqa.csv"
+    path.write_bytes(data)
+    users = load_globalopinionqa(path)
+    got = {u.user_id: [(o.question, o.options, o.answer, o.distribution) for o in u.opinions]
+           for u in users}
+    assert got == want
+    assert [u.user_id for u in users] == list(want)  # first-seen order
+    assert all(u.profile == {"COUNTRY": u.user_id} for u in users)
+
+
+@st.composite
+def valid_lamp3_files(draw):
+    """LaMP-3 (ratings 1-5): questions and golds (in another order), ratings written as ints,
+    strings or floats; each loads to its id, input, gold and profile with ratings as text."""
+    ids = draw(st.lists(st.sampled_from(["101", "102", "103", 104]), min_size=1, max_size=3,
+                        unique_by=str))
+    rating = st.integers(1, 5).flatmap(lambda r: st.sampled_from([r, str(r), float(r)]))
+    questions, golds, want = [], [], []
+    for qid in ids:
+        profile = draw(st.lists(st.fixed_dictionaries({"text": WORDS, "score": rating}),
+                                max_size=3))
+        gold = draw(rating)
+        text = f"Review: {draw(WORDS)}"
+        questions.append({"id": qid, "input": text, "profile": profile})
+        golds.append({"id": qid, "output": gold})
+        want.append((str(qid), text, str(int(float(gold))),
+                     [(p["text"], str(int(float(p["score"])))) for p in profile]))
+    golds = draw(st.permutations(golds))
+    return (json.dumps(questions, indent=1).encode(),
+            json.dumps({"task": "LaMP_3", "golds": golds}).encode(), want)
+
+
+@FAST
+@given(case=valid_lamp3_files())
+def test_lamp_valid_files_load_exactly(tmp_path, case):
+    questions, outputs, want = case
+    qpath, opath = tmp_path / "x_questions.json", tmp_path / "x_outputs.json"
+    qpath.write_bytes(questions)
+    opath.write_bytes(outputs)
+    examples = load_lamp(qpath, opath)
+    got = [(e.user_id, e.input, e.gold, [(p["text"], p["score"]) for p in e.profile])
+           for e in examples]
+    assert got == want
+    for e in examples:
+        assert e.task == "LaMP-3" and e.options == ("1", "2", "3", "4", "5")
+        assert e.target_opinion().answer == int(e.gold) - 1
+
+
+@st.composite
+def valid_pairs_file(draw):
+    n = draw(st.integers(1, 4))
+    written, want = [], []
+    for i in range(n):
+        chosen, rejected = draw(st.lists(WORDS, min_size=2, max_size=2, unique=True))
+        row = {"prompt": f"{draw(WORDS)} {i}", "chosen": chosen, "rejected": rejected}
+        user = draw(st.none() | st.sampled_from(["u1", "u2"]))
+        if user is not None:
+            row["user_id"] = user
+        description = draw(st.none() | WORDS)
+        if description is not None:
+            row["user_description"] = description
+        if draw(st.booleans()):  # conversational: the last message's text is the reply
+            row["chosen"] = [{"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": chosen}]
+        meta = draw(st.none() | st.just({"source": "x"}))
+        if meta is not None:
+            row["meta"] = json.dumps(meta) if draw(st.booleans()) else meta
+        written.append(row)
+        want.append((user or "default", row["prompt"], chosen, rejected, description,
+                     meta or {}))
+    return "\n".join(json.dumps(r) for r in written).encode(), want
+
+
+@FAST
+@given(case=valid_pairs_file())
+def test_preferences_valid_files_load_exactly(tmp_path, case):
+    data, want = case
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(data)
+    pairs = load_preferences(path)
+    assert [(p.user_id, p.prompt, p.chosen, p.rejected, p.user_description, p.meta)
+            for p in pairs] == want
