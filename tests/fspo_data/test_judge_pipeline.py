@@ -167,7 +167,22 @@ def test_pipeline_end_to_end_fake(tmp_path):
     assert {p.meta["difficulty"] for p in pairs} <= {"easy", "hard"}
     card = write_card(tmp_path, embedder=FakeEmbedder())
     assert card["users"] == 10 and card["pairs_judged"] == 180
-    assert card["pairs_kept"] == len(pairs)
+    # The kept pairs are exactly those the fake judge can decide, worked out from the
+    # responses' and users' levels (not from the pipeline's labels): one response written
+    # for the user's level, which is the one chosen.
+    responses = {r["rid"]: r for line in (tmp_path / "responses.jsonl").read_text().splitlines()
+                 for r in json.loads(line)["responses"]}
+    users = {u["user_id"]: u for u in map(json.loads,
+                                          (tmp_path / "users.jsonl").read_text().splitlines())}
+    decidable = set()
+    for row in map(json.loads, (tmp_path / "pairs_all.jsonl").read_text().splitlines()):
+        level = users[row["user_id"]]["attributes"]["level"]
+        at = [rid for rid in (row["x"], row["y"]) if responses[rid]["meta"]["level"] == level]
+        if len(at) == 1:
+            other = row["y"] if at[0] == row["x"] else row["x"]
+            decidable.add((row["user_id"], at[0], other))
+    kept = {(p.user_id, p.meta["chosen_rid"], p.meta["rejected_rid"]) for p in pairs}
+    assert kept == decidable and card["pairs_kept"] == len(decidable)
     # The fake judge keys on the user's level, which the added traits leave alone: pairs
     # with both or neither response at the level are dropped before and after refinement.
     dropped = card["pairs_judged"] - card["pairs_kept"]

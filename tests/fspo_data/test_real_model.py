@@ -21,6 +21,10 @@ def tiny_reviews_config(questions_file: str) -> SynthConfig:
                        refine=RefineConfig(rounds=1, max_traits=1, max_tokens=12))
 
 
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
 @pytest.mark.real_model
 def test_tiny_reviews_dataset_with_smollm2(tmp_path, smollm, embedder):
     questions = tmp_path / "questions.txt"
@@ -32,11 +36,25 @@ def test_tiny_reviews_dataset_with_smollm2(tmp_path, smollm, embedder):
     assert summary["users"] == 2 and summary["judged_pairs"] == 4
     card = write_card(tmp_path / "out", embedder=embedder)
     assert card["responses"] == 4
-    kept = [line for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()
-            if line.strip()]
-    assert card["pairs_kept"] == len(kept)
-    if kept:  # the dataset reads back with the project's one pair reader
-        assert len(load_preferences(tmp_path / "out" / "pairs.jsonl")) == len(kept)
+    # Each user's labels recomputed from the judge's stored log-odds by the calibrated rule
+    # (the user's mean log-odds of "A" is the position bias; x wins when both orders favour it
+    # after subtracting it): the kept pairs are exactly those so decided, each the way decided.
+    decided = {}
+    for path in sorted((tmp_path / "out" / "labels").glob("*.json")):
+        rec = json.loads(path.read_text())
+        after = [p["after"] for p in rec["pairs"]]
+        bias = sum(a["logodds_xy"] + a["logodds_yx"] for a in after) / (2 * len(after))
+        for pair, a in zip(rec["pairs"], after):
+            first, second = a["logodds_xy"] - bias, -(a["logodds_yx"] - bias)
+            assert a["p_x"] == pytest.approx(0.5 * (_sigmoid(first) + _sigmoid(second)))
+            if first > 0 and second > 0:
+                decided[(rec["user_id"], pair["qid"])] = (pair["x"], pair["y"])
+            elif first < 0 and second < 0:
+                decided[(rec["user_id"], pair["qid"])] = (pair["y"], pair["x"])
+    pairs = load_preferences(tmp_path / "out" / "pairs.jsonl") if decided else []
+    assert {(p.user_id, p.meta["qid"]): (p.meta["chosen_rid"], p.meta["rejected_rid"])
+            for p in pairs} == decided
+    assert card["pairs_kept"] == len(decided)
     # SmolLM2-135M judges close to a coin: it leans (p_x is not 0.5) but only slightly, so
     # the mean label entropy sits just under ln 2.
     rows = [json.loads(line) for line in
