@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 from tqdm.auto import tqdm
@@ -136,6 +136,33 @@ class LLM(ABC):
         self._store(usage_key, [gen.prompt_tokens, gen.completion_tokens])
         return gen.texts, gen.prompt_tokens, gen.completion_tokens
 
+    def stream(self, prompt: Prompt, params: SamplingParams = SamplingParams(),
+               usage: Generation | None = None) -> Iterator[str]:
+        """One text for ``prompt`` (``params.n`` is taken as 1) in pieces, each given as soon
+        as the backend has written it; the pieces join to the text ``generate_one`` gives.
+        ``usage``, if given, receives the text and its token counts when the pieces run out.
+        A cached text comes as one piece, as does the text of a backend without ``_stream``."""
+        params = replace(params, n=1)
+        usage = usage if usage is not None else Generation([])
+        key = cache_key(self._identity(), "generate", prompt, params)
+        usage_key = cache_key(self._identity(), "generate-usage", prompt, params)
+        texts, used = self._cached([key, usage_key])
+        if texts is not None and used is not None:
+            self._count(cache_hits=1)
+            usage.texts, usage.prompt_tokens, usage.completion_tokens = texts, *map(int, used)
+            yield texts[0]
+            return
+        written = []
+        for piece in self._stream(prompt, params, usage):
+            if piece:
+                written.append(piece)
+                yield piece
+        usage.texts = ["".join(written)]
+        self._count(calls=1, prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens)
+        self._store(key, usage.texts)
+        self._store(usage_key, [usage.prompt_tokens, usage.completion_tokens])
+
     def score_choices(self, items: Sequence[ChoiceItem], method: ScoringMethod | None = None,
                       *, progress: bool = False) -> list[ChoiceResult]:
         """Normalized per-option log-probs and the chosen option for every item."""
@@ -200,6 +227,14 @@ class LLM(ABC):
     @abstractmethod
     def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         ...
+
+    def _stream(self, prompt: Prompt, params: SamplingParams, usage: Generation
+                ) -> Iterator[str]:
+        """Backend hook: the pieces of one text as they are written, with ``usage``'s token
+        counts set by the end. By default the whole text, once generated."""
+        gen = self._generate([prompt], params)[0]
+        usage.prompt_tokens, usage.completion_tokens = gen.prompt_tokens, gen.completion_tokens
+        yield gen.texts[0]
 
     def _score(self, items: Sequence[ChoiceItem], method: ScoringMethod,
                progress: ProgressFn) -> list[ChoiceResult]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from personalign.runtime.llm.base import LLM, Generation, ProgressFn
 from personalign.runtime.llm.types import (
@@ -44,6 +45,20 @@ class FakeLLM(LLM):
             texts = [self.responder(text, i) for i in range(params.n)]
             out.append(Generation(texts, len(text) // 4, sum(len(t) // 4 for t in texts)))
         return out
+
+    def _stream(self, prompt: Prompt, params: SamplingParams, usage: Generation
+                ) -> Iterator[str]:
+        """The response word by word, ``delay`` seconds spread over the words."""
+        text = _prompt_text(prompt)
+        self.prompts_seen.append(text)
+        answer = self.responder(text, 0)
+        words = re.findall(r"\s*\S+|\s+$", answer) or [answer]
+        usage.prompt_tokens = len(text) // 4
+        for word in words:
+            time.sleep(self.delay / len(words))
+            usage.completion_tokens += max(1, len(word) // 4)
+            yield word
+        usage.completion_tokens = len(answer) // 4  # as _generate counts
 
     def _score(self, items: Sequence[ChoiceItem], method: ScoringMethod,
                progress: ProgressFn) -> list[ChoiceResult]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -158,15 +158,9 @@ class LlamaCppLLM(LLM):
             gen = Generation([])
             n = params.n if params.temperature > 0 else 1
             for k in range(n):
-                # Plain temperature and nucleus sampling, as the other backends sample
-                # (llama.cpp's defaults add top-k 40, min-p 0.05 and a repeat penalty).
-                kwargs = dict(temperature=params.temperature, top_p=params.top_p, top_k=0,
-                              min_p=0.0, repeat_penalty=1.0, max_tokens=params.max_tokens,
-                              stop=list(params.stop) or None, seed=params.seed + k)
-                if params.ignore_eos:
-                    kwargs["logit_bias"] = {self.llama.token_eos(): -1e9}  # EOS never wins
                 # Chat goes through render too: one template, the one scoring uses.
-                response = self.llama.create_completion(prompt=self.render(prompt), **kwargs)
+                response = self.llama.create_completion(prompt=self.render(prompt),
+                                                        **self._sampling(params, k))
                 text = response["choices"][0]["text"]
                 usage = response.get("usage") or {}
                 gen.prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -175,6 +169,28 @@ class LlamaCppLLM(LLM):
             gen.texts += [gen.texts[0]] * (params.n - len(gen.texts))  # greedy: identical
             out.append(gen)
         return out
+
+    def _sampling(self, params: SamplingParams, k: int = 0) -> dict:
+        """create_completion's arguments for sample ``k``: plain temperature and nucleus
+        sampling, as the other backends sample (llama.cpp's defaults add top-k 40, min-p 0.05
+        and a repeat penalty)."""
+        kwargs = dict(temperature=params.temperature, top_p=params.top_p, top_k=0, min_p=0.0,
+                      repeat_penalty=1.0, max_tokens=params.max_tokens,
+                      stop=list(params.stop) or None, seed=(params.seed + k) % 2 ** 31)
+        if params.ignore_eos:
+            kwargs["logit_bias"] = {self.llama.token_eos(): -1e9}  # EOS never wins
+        return kwargs
+
+    def _stream(self, prompt: Prompt, params: SamplingParams, usage: Generation
+                ) -> Iterator[str]:
+        text = self.render(prompt)
+        usage.prompt_tokens = len(self.tokenize(text))
+        written = []
+        for chunk in self.llama.create_completion(prompt=text, stream=True,
+                                                  **self._sampling(params)):
+            written.append(chunk["choices"][0]["text"])
+            yield written[-1]
+        usage.completion_tokens = self.count_tokens("".join(written))
 
     def _score(self, items: Sequence[ChoiceItem], method: ScoringMethod,
                progress: ProgressFn) -> list[ChoiceResult]:

@@ -13,7 +13,7 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from personalign.runtime import models
 from personalign.runtime.llm import debias
@@ -374,10 +374,38 @@ class TransformersLLM(LLM):
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
+    def _stream(self, prompt: Prompt, params: SamplingParams, usage: Generation
+                ) -> Iterator[str]:
+        torch = _torch()
+        ids = self.prompt_ids(prompt)
+        usage.prompt_tokens = len(ids)
+        row: list[int] = []
+        shown = ""
+        with self._lock, torch.inference_mode():
+            for _, token in self._tokens(ids, 1, params):
+                row.append(token)
+                text = _cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True),
+                                    params.stop)
+                settled = _settled(text, params.stop)
+                if len(settled) > len(shown) and settled.startswith(shown):
+                    yield settled[len(shown):]
+                    shown = settled
+        usage.completion_tokens = len(row)
+        text = _cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), params.stop)
+        yield text[len(shown):]
+
     def _decode(self, ids: list[int], n: int, params: SamplingParams) -> list[list[int]]:
-        """``n`` continuations of ``ids``: the prompt runs once (its shared prefix with the
-        previous prompt not at all), the samples decode together from copies of its cache, and
-        a sample leaves the batch at EOS, a stop string or ``max_tokens``."""
+        rows: list[list[int]] = [[] for _ in range(n)]
+        for row, token in self._tokens(ids, n, params):
+            rows[row].append(token)
+        return rows
+
+    def _tokens(self, ids: list[int], n: int, params: SamplingParams
+                ) -> Iterator[tuple[int, int]]:
+        """``n`` continuations of ``ids``, as (sample, token) the moment each token is picked:
+        the prompt runs once (its shared prefix with the previous prompt not at all), the
+        samples decode together from copies of its cache, and a sample leaves the batch at
+        EOS, a stop string or ``max_tokens``."""
         torch = _torch()
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         logits, cache = self.prompt_cache.prefill(self.model, "generate", ids)
@@ -394,6 +422,7 @@ class TransformersLLM(LLM):
                 if tok in stop_ids:
                     continue
                 rows[row].append(tok)
+                yield row, tok
                 if len(rows[row]) >= params.max_tokens or (params.stop and any(
                         s in self.tokenizer.decode(rows[row][-32:]) for s in params.stop)):
                     continue
@@ -407,7 +436,14 @@ class TransformersLLM(LLM):
                 alive = [alive[k] for k in keep]
             logits = self.model(input_ids=picked[:, None], cache=cache,
                                 use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        return rows
+
+
+def _settled(text: str, stop: Sequence[str]) -> str:
+    """What of a growing text cannot change any more: not a trailing half of a character
+    (decoded as U+FFFD) nor a tail that may be the start of a stop string."""
+    text = text.rstrip("\ufffd")
+    hold = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return text[:len(text) - hold]
 
 
 def _pick_tokens(logits, params: SamplingParams, generator):
