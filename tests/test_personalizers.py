@@ -107,3 +107,13 @@ def test_contract_on_the_real_fspo_family(spec, tmp_path):
     method = check_contract(spec, _fake_models(), tmp_path, _fake_models("another-task"))
     # the user's shots are what the model is conditioned on (none for pooled)
     assert (len(method.shots) == 0) == (method.name == "pooled")
+
+
+def test_one_model_on_two_backends_stays_two_models():
+    """The service's default: Qwen 1.5B on the engine (task) and on llama.cpp (optimizer),
+    one model id. Loaded models are kept by name: the optimizer must not replace the task."""
+    task, optimizer = FakeLLM(model_id="qwen"), FakeLLM(model_id="qwen")
+    optimizer.backend = "llamacpp"
+    models = SharedModels.of(task, optimizer)
+    assert models.task_llm is task and models.optimizer_llm is optimizer
+    assert SharedModels.of(task).optimizer_llm is task  # no optimizer: the task model writes

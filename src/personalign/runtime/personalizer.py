@@ -75,8 +75,12 @@ class SharedModels:
     def of(cls, task_llm: LLM, optimizer_llm: LLM | None = None, embedder=None,
            scoring: ScoringMethod = "letter") -> "SharedModels":
         """Models that are already loaded (tests, notebooks, the service)."""
-        shared = cls(task=task_llm.model_id,
-                     optimizer=(optimizer_llm or task_llm).model_id,
+        optimizer = (optimizer_llm or task_llm).model_id
+        if optimizer_llm not in (None, task_llm) and optimizer == task_llm.model_id:
+            # one model on two backends (the engine, llama.cpp): two names, or one replaces
+            # the other
+            optimizer = f"{optimizer_llm.backend}:{optimizer}"
+        shared = cls(task=task_llm.model_id, optimizer=optimizer,
                      embedder=getattr(embedder, "model_name", embedded.DEFAULT_EMBEDDER),
                      scoring=scoring)
         shared._loaded[(shared.task, ())] = task_llm
