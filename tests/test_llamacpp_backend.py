@@ -59,13 +59,19 @@ class StandInLlama:
     def reset(self):
         self.n_tokens = 0
 
+    @classmethod
+    def row(cls, tok: int) -> np.ndarray:
+        """Next-token logits after ``tok``."""
+        row = np.full(cls.VOCAB, -5.0, dtype=np.float32)
+        row[12], row[11] = 2.0, 1.0  # after anything: " B" likelier than " A"
+        row[(tok + 1) % cls.VOCAB] = 3.0  # and the "next" id likelier still
+        return row
+
     def eval(self, tokens):
         for tok in tokens:
             self.input_ids[self.n_tokens] = tok
             self.evaluated.append(tok)
-            row = np.full(self.VOCAB, -5.0, dtype=np.float32)
-            row[12], row[11] = 2.0, 1.0  # after anything: " B" likelier than " A"
-            row[(tok + 1) % self.VOCAB] = 3.0  # and the "next" id likelier still
+            row = self.row(tok)
             if self._logits_all:
                 self.scores[self.n_tokens] = row
             self._last[:] = row
@@ -127,15 +133,36 @@ def test_generate_routes_and_counts(stand_in):
     assert len(llm.llama.calls) == 1
 
 
+def _stand_in_logprob(context: list[int], continuation: list[int]) -> float:
+    """log p(continuation | context) worked out from the stand-in's logit rule (float64)."""
+    total, prev = 0.0, context[-1]
+    for tok in continuation:
+        row = StandInLlama.row(prev).astype(np.float64)
+        total += row[tok] - math.log(np.exp(row).sum())
+        prev = tok
+    return total
+
+
 def test_letter_and_text_scoring(stand_in):
     (letter,) = stand_in.score_choices([ITEM], "letter")
     assert letter.choice == 1  # " B" beats " A"
     assert [math.exp(v) for v in letter.logprobs] == pytest.approx(
         [1 / (1 + math.e), math.e / (1 + math.e)])
-    (text,) = stand_in.score_choices([ITEM], "text")
-    assert len(text.logprobs) == 2 and text.valid
-    (ll,) = stand_in.loglikelihood([("some context", " B")])
-    assert ll < 0
+    # Text scoring sums each option's tokens, one eval per token (" B A" is two), then
+    # normalizes over the options.
+    item = ChoiceItem("Question: Pick one.\n(A) A\n(B) B A\nAnswer:", ("A", "B A"))
+    context = stand_in.tokenize(item.prompt, bos=True)
+    raw = [_stand_in_logprob(context, stand_in.tokenize(" " + o)) for o in item.options]
+    assert [len(stand_in.tokenize(" " + o)) for o in item.options] == [1, 2]
+    (text,) = stand_in.score_choices([item], "text")
+    norm = np.log(np.exp(raw) / np.exp(raw).sum())
+    assert text.logprobs == pytest.approx(norm.tolist(), abs=1e-6)
+    assert text.choice == int(np.argmax(raw))
+    # loglikelihood: the summed log-probs of the continuation's tokens after the context.
+    lls = stand_in.loglikelihood([("some context", " B"), ("some context", " B A")])
+    context = stand_in.tokenize("some context", bos=True)
+    assert lls == pytest.approx([_stand_in_logprob(context, [12]),
+                                 _stand_in_logprob(context, [12, 11])], abs=1e-6)
 
 
 def test_shared_prefix_is_evaluated_once(stand_in):
@@ -158,17 +185,44 @@ def test_shared_prefix_is_evaluated_once(stand_in):
         assert alone.logprobs == pytest.approx(result.logprobs)
 
 
+REAL_ITEMS = [ITEM,
+              ChoiceItem("Question: What color is the sky on a clear day?\n(A) Green\n(B) Blue\n"
+                         "(C) Red\nAnswer:", ("Green", "Blue", "Red")),
+              ChoiceItem("Question: How many legs does a dog have?\n(A) Four\n(B) Two\n"
+                         "(C) Ten\nAnswer:", ("Four", "Two", "Ten"))]
+CONTINUATIONS = [("The capital of France is", " Paris"), ("The capital of France is", " Berlin"),
+                 ("Monday, Tuesday,", " Wednesday")]
+
+
 @pytest.mark.real_model
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python (extra 'llamacpp') not installed")
-def test_real_llama_cpp_on_embedded_gguf():
+def test_real_llama_cpp_on_embedded_gguf(smollm):
+    """The real library on SmolLM2's GGUF: letter and text scoring and log-likelihoods agree
+    with the engine running the same weights (``smollm``, float32 from that GGUF) within
+    ``tests/known_answers.py``'s tolerance; "Paris" is far likelier than "Berlin"; the
+    ``logits_all`` path (rows read from ``Llama.scores``) gives the numbers of the default
+    path (the last row read from the context)."""
     from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
+    from tests.known_answers import disagreements
 
     llm = LlamaCppLLM("smollm2-135m-instruct", cache=False, n_ctx=512)
     (texts,) = llm.generate([[{"role": "user", "content": "Name a yellow fruit."}]],
                             SamplingParams(max_tokens=8))
     assert texts[0].strip()
-    (res,) = llm.score_choices([ITEM], "letter")
-    assert res.valid and sum(math.exp(v) for v in res.logprobs) == pytest.approx(1.0)
+    full = LlamaCppLLM("smollm2-135m-instruct", cache=False, n_ctx=512, logits_all=True)
+    assert full.llama._logits_all and not llm.llama._logits_all
+    for method in ("letter", "text"):
+        ours, engine = llm.score_choices(REAL_ITEMS, method), smollm.score_choices(REAL_ITEMS,
+                                                                                   method)
+        for item, a, b in zip(REAL_ITEMS, ours, engine):
+            assert not disagreements(a.logprobs, b.logprobs), (method, item.prompt, a, b)
+        for a, b in zip(ours, full.score_choices(REAL_ITEMS, method)):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    lls = llm.loglikelihood(CONTINUATIONS)
+    assert not disagreements(lls, smollm.loglikelihood(CONTINUATIONS))
+    assert lls == pytest.approx(full.loglikelihood(CONTINUATIONS), abs=1e-4)
+    paris, berlin, _ = lls
+    assert paris > -1.0 and paris > berlin + 3
     # ignore_eos: every sample runs to max_tokens (a "Hi" reply would otherwise end early).
     gen = llm._generate([[{"role": "user", "content": "Hi"}]],
                         SamplingParams(n=2, temperature=1.0, max_tokens=40, ignore_eos=True))
