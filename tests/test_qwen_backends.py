@@ -1,6 +1,11 @@
 """Qwen 1.5B Instruct, the default model, on both of its backends: the engine (bfloat16, the
 task model) and llama.cpp (the optimizer) write the same chat text for an item and give the
-same answers; the engine reuses the prefix's KV cache without changing a choice."""
+same answers; the engine reuses the prefix's KV cache without changing a choice.
+
+Known answers (``tests/known_answers.py``): each backend answers questions whose answer is not
+in doubt by letter and by option text, prefers the true continuation by ``loglikelihood``, and
+the two agree option by option within the stated tolerance. A letter id off by one fails it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,14 @@ import pytest
 from personalign.fermi.baselines import fewshot_items
 from personalign.fermi.optimizer import choice_item
 from personalign.runtime.llm.types import ChoiceItem
+from tests.known_answers import (
+    LIKELY,
+    MARGIN,
+    disagreements,
+    letter_items,
+    text_items,
+    wrong_answers,
+)
 
 pytestmark = [
     pytest.mark.real_model,
@@ -70,3 +83,43 @@ def test_backends_agree_and_the_prefix_cache_changes_nothing(engine, llamacpp, d
     reference = llamacpp.score_choices(items)
     agree = sum(a.choice == b.choice for a, b in zip(together, reference))
     assert agree >= len(items) - 1  # bfloat16 against Q4_K_M: one close call may flip
+
+
+def _known_answers(backends: dict, method: str) -> None:
+    """Every backend answers every known question right by ``method``; the backends' option
+    log-probs agree within the tolerance."""
+    items = letter_items() if method == "letter" else text_items()
+    results = {name: llm.score_choices(items, method) for name, llm in backends.items()}
+    for name, res in results.items():
+        assert not wrong_answers(res), (name, method, wrong_answers(res))
+    (a, ra), *others = results.items()
+    for b, rb in others:
+        for item, x, y in zip(items, ra, rb):
+            assert not disagreements(x.logprobs, y.logprobs), (
+                method, item.prompt, f"{a} vs {b}", disagreements(x.logprobs, y.logprobs))
+
+
+@pytest.mark.parametrize("method", ["letter", "text"])
+def test_known_answers_on_both_backends(engine, llamacpp, method):
+    _known_answers({"engine": engine, "llama.cpp": llamacpp}, method)
+
+
+def test_known_continuations_by_loglikelihood_on_both_backends(engine, llamacpp):
+    requests = [(c, x) for c, true, false in LIKELY for x in (true, false)]
+    values = {"engine": engine.loglikelihood(requests),
+              "llama.cpp": llamacpp.loglikelihood(requests)}
+    for name, lls in values.items():
+        for (context, true, false), good, bad in zip(LIKELY, lls[::2], lls[1::2]):
+            assert good > bad + MARGIN, (name, context, true, good, false, bad)
+            assert good > -2.5, (name, context, true, good)  # likely, not merely likelier
+    assert not disagreements(values["engine"], values["llama.cpp"]), \
+        disagreements(values["engine"], values["llama.cpp"])
+
+
+def test_a_letter_id_off_by_one_fails_the_known_answers(engine, monkeypatch):
+    """The known-answer check has teeth: the engine reading each letter's neighbour token
+    (A's probability taken from "B", ...) gets most known questions wrong."""
+    right = engine.letter_id
+    monkeypatch.setattr(engine, "letter_id", lambda letter: right(letter) + 1)
+    wrong = wrong_answers(engine.score_choices(letter_items(), "letter"))
+    assert len(wrong) >= 3, wrong
