@@ -73,8 +73,8 @@ class Server:
         raise AssertionError(f"job {job_id} did not reach {until}: {job}")
 
     def idle(self) -> None:
-        """Wait until the fit worker has nothing left (one worker: a no-op runs last)."""
-        self.app.state.service._executor.submit(lambda: None).result(timeout=60)
+        """Wait until the fit worker has nothing left."""
+        assert self.app.state.service._queue.wait_idle(timeout=60)
 
 
 def _serve(database: str, **kw):
@@ -94,7 +94,9 @@ def server(database):
 
 def _error(r: httpx.Response) -> dict:
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code",
+                                                             "request_id"}
+    assert body["error"]["request_id"] == r.headers["x-request-id"]
     return body["error"]
 
 
@@ -180,8 +182,11 @@ def test_inputs_are_strict_and_named(server):
     e = bad({"opinions": many[:1]})
     assert e["param"] == "opinions" and "at most 500" in e["message"]
     assert bad({"method": "vanilla"}, path="/v1/users/carol/fit")["param"] == "method"
-    e = bad({"method": "fspo:/nonexistent/run"}, path="/v1/users/carol/fit")
-    assert e["param"] == "method" and "fspo_model.json" in e["message"]
+    # A method names no server path: an existing folder and a missing one get the same answer.
+    probes = [bad({"method": f"fspo:{path}"}, path="/v1/users/carol/fit")
+              for path in ("/etc", "/nonexistent/run", str(REPO))]
+    assert all(e["param"] == "method" and "serves: fermi, fspo" in e["message"]
+               and "fspo_model.json" not in e["message"] for e in probes)
     assert bad({"preset": "huge"}, path="/v1/users/carol/fit")["param"] == "preset"
 
 

@@ -20,9 +20,8 @@ import secrets
 import threading
 import uuid
 from collections import defaultdict, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import delete, func, select
 
@@ -30,9 +29,9 @@ from personalign.methods import MethodSettings, build, from_saved, split_spec
 from personalign.runtime import models as embedded
 from personalign.runtime.data.records import Opinion, PreferencePair, User
 from personalign.runtime.errors import (
-    ConfigError, DataError, ModelError, NotFoundError, PersonalignError,
+    ConfigError, DataError, NotFoundError, PersonalignError,
 )
-from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.base import LLM, Generation
 from personalign.runtime.llm.types import Message, SamplingParams
 from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
 from personalign.service.store import Store
@@ -43,10 +42,12 @@ from personalign.service.store.models import (
 
 log = logging.getLogger(__name__)
 
-USER_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+USER_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}")  # "." and ".." are not ids
+KEY_ID = re.compile(r"[0-9a-f]{32}")
 KEY_PREFIX = "pa_"
-#: methods a user may be fit with: Fermi (prompt-level) and FSPO (weight-level, ``fspo:RUN``)
-SERVED_METHODS = ("fermi", "fspo")
+KEY_SHOWN = 10     # characters of a key kept and listed (of 46)
+TOUCH_EVERY = 60.0  # seconds between writes of a key's last_used_at
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ACTIVE = ("queued", "running")
 MAX_RESUMES = 2
 
@@ -85,6 +86,7 @@ class Limits:
     max_options: int = 26
     max_chat_chars: int = 32_000      # all message text of one chat request
     requests_per_minute: int = 600    # per API key
+    max_active_fits_per_user: int = 2  # queued or running; more is 429
 
 
 @dataclass
@@ -110,9 +112,17 @@ def new_key() -> str:
 
 def check_user_id(user_id: str) -> str:
     if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
-        raise DataError("must be 1-128 characters from letters, digits, '_', '-', '.'",
-                        field="user_id")
+        raise DataError("must be 1-128 characters from letters, digits, '_', '-', '.' "
+                        "(not '.' or '..')", field="user_id")
     return user_id
+
+
+def _key_dict(row: ApiKeyRow) -> dict[str, Any]:
+    def when(t):
+        return None if t is None else t.isoformat()
+
+    return {"id": row.id, "prefix": row.prefix, "created_at": when(row.created_at),
+            "last_used_at": when(row.last_used_at), "revoked_at": when(row.revoked_at)}
 
 
 class UncachedModels(SharedModels):
@@ -165,15 +175,19 @@ class Chat:
     personalization: dict[str, Any]
     top_logprobs: list[tuple[str, float]] | None = None
     finish: list[str] = field(default_factory=list)
+    #: when streamed: the text's pieces as the model writes them; ``texts``, the token counts
+    #: and ``finish`` are filled in once the pieces run out
+    pieces: Iterator[str] | None = None
 
 
 class PersonalizationService:
     """Owns the store, the models (loaded once) and the background fit queue."""
 
     def __init__(self, store: Store, models: SharedModels, limits: Limits | None = None,
-                 admin_key: str | None = None):
+                 admin_key: str | None = None, fspo_models: dict[str, str] | None = None):
         self.store = store
         self.models = models
+        self.methods = self._served_methods(fspo_models or {})
         self.limits = limits or Limits()
         self.rate = RateLimiter(self.limits.requests_per_minute)
         self._load_lock = threading.Lock()
@@ -184,27 +198,50 @@ class PersonalizationService:
         self._personalizers: dict[str, tuple[Any, Personalizer]] = {}
         self._keys: dict[str, tuple[str, Principal]] = {}
         self._keys_lock = threading.Lock()
-        self._deletions = 0
-        # One fit at a time: the models run one forward at a time anyway.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit")
+        self._key_epoch = 0  # bumped by every revocation and deletion
+        self._touched: dict[str, float] = {}
+        self._queue = FitQueue(self._run)
         self._model_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
+        self.admin_configured = bool(admin_key)
         self.admin_key_created = self._ensure_admin(admin_key)
 
     # ---- keys ---------------------------------------------------------------------------
+    @staticmethod
+    def _add_key(s, role: str, user_id: str | None = None) -> tuple[str, ApiKeyRow]:
+        token = new_key()
+        row = ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), prefix=token[:KEY_SHOWN],
+                        role=role, user_id=user_id)
+        s.add(row)
+        return token, row
+
     def _ensure_admin(self, admin_key: str | None) -> str | None:
-        """Register ``admin_key`` (hashed); with none given and no admin key stored, create
-        one and return it (shown once by the caller)."""
+        """Make ``admin_key`` (hashed) the one admin key: any other admin key is revoked, so
+        a changed configured value revokes the old one at start. With none configured and no
+        admin key stored, create one and return it (shown once by the caller)."""
         with self.store.session() as s:
+            admins = s.scalars(select(ApiKeyRow).where(ApiKeyRow.role == "admin",
+                                                       ApiKeyRow.revoked_at.is_(None))).all()
             if admin_key:
                 digest = hash_key(admin_key)
-                if s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)) is None:
+                revoked = 0
+                for row in admins:
+                    if row.key_hash != digest:
+                        row.revoked_at = now()
+                        revoked += 1
+                if revoked:
+                    log.warning("revoked %d admin key(s) other than the configured one", revoked)
+                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+                if row is None:
+                    # No prefix kept: an operator's key may be short enough to guess from one.
                     s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=digest, role="admin"))
+                elif row.role != "admin":
+                    raise ConfigError("the configured admin key is a user's key; choose another")
+                else:
+                    row.revoked_at = None
                 return None
-            if s.scalar(select(ApiKeyRow).where(ApiKeyRow.role == "admin")) is not None:
+            if admins:
                 return None
-            token = new_key()
-            s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="admin"))
-            return token
+            return self._add_key(s, "admin")[0]
 
     def known_key(self, token: str | None) -> Principal | None:
         """The caller of a key already seen (no store access), or None: ask
@@ -223,19 +260,90 @@ class PersonalizationService:
         digest = hash_key(token)
         known = self._keys.get(digest)
         if known is None:
-            epoch = self._deletions
+            epoch = self._key_epoch
             with self.store.session() as s:
-                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest,
+                                                       ApiKeyRow.revoked_at.is_(None)))
             if row is None:
                 raise AuthError("invalid API key")
             known = (row.key_hash, Principal(row.id, row.role, row.user_id))
             with self._keys_lock:
-                if epoch == self._deletions:  # no deletion raced this lookup
+                if epoch == self._key_epoch:  # no revocation or deletion raced this lookup
                     self._keys[digest] = known
         # The lookup is by hash; the final comparison is in constant time all the same.
         if not hmac.compare_digest(known[0], digest):
             raise AuthError("invalid API key")
         return known[1]
+
+    def needs_touch(self, who: Principal, at: float) -> bool:
+        """Whether the key's ``last_used_at`` is due a write (at most one per minute)."""
+        return at - self._touched.get(who.key_id, -1e9) >= TOUCH_EVERY
+
+    def touch(self, who: Principal, at: float) -> None:
+        self._touched[who.key_id] = at
+        with self.store.session() as s:
+            row = s.get(ApiKeyRow, who.key_id)
+            if row is not None:
+                row.last_used_at = now()
+
+    def _forget_keys(self, drop) -> None:
+        """Drop cached keys whose principal ``drop`` matches (revoked or deleted)."""
+        with self._keys_lock:
+            self._key_epoch += 1
+            for digest in [d for d, (_, p) in self._keys.items() if drop(p)]:
+                self._keys.pop(digest, None)
+
+    def keys(self, user_id: str | None) -> list[dict[str, Any]]:
+        """The active keys of a user (``None``: the admin's): id, prefix and times only."""
+        query = select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))
+        if user_id is None:
+            query = query.where(ApiKeyRow.role == "admin")
+        else:
+            query = query.where(ApiKeyRow.role == "user", ApiKeyRow.user_id == user_id)
+        with self.store.session() as s:
+            if user_id is not None:
+                self._user_row(s, user_id)
+            rows = s.scalars(query.order_by(ApiKeyRow.created_at)).all()
+            return [_key_dict(r) for r in rows]
+
+    def new_user_key(self, user_id: str) -> tuple[str, dict[str, Any]]:
+        with self.store.session() as s:
+            self._user_row(s, user_id)
+            token, row = self._add_key(s, "user", user_id)
+            s.flush()
+            return token, _key_dict(row)
+
+    @staticmethod
+    def _active_key(s, user_id: str | None, key_id: str) -> ApiKeyRow:
+        row = s.get(ApiKeyRow, key_id) if KEY_ID.fullmatch(key_id) else None
+        if (row is None or row.revoked_at is not None or row.user_id != user_id
+                or (row.role == "admin") != (user_id is None)):
+            raise NotFoundError(f"no active key {key_id!r} here")
+        return row
+
+    def revoke_key(self, user_id: str | None, key_id: str) -> dict[str, Any]:
+        """Revoke one active key of ``user_id`` (``None``: an admin key); refused 404 for a
+        key that is not theirs or not active. It stops working at once."""
+        with self.store.session() as s:
+            row = self._active_key(s, user_id, key_id)
+            row.revoked_at = now()
+            out = _key_dict(row)
+        self._forget_keys(lambda p: p.key_id == key_id)
+        return out
+
+    def rotate_key(self, user_id: str | None, key_id: str) -> tuple[str, dict[str, Any]]:
+        """A new key in place of ``key_id``, which is revoked in the same transaction."""
+        with self.store.session() as s:
+            row = self._active_key(s, user_id, key_id)
+            if user_id is None and self.admin_configured:
+                raise ConflictError("the admin key comes from the server's configuration: "
+                                    "change it there and restart")
+            row.revoked_at = now()
+            token, new = self._add_key(s, row.role, user_id)
+            s.flush()
+            out = _key_dict(new)
+        self._forget_keys(lambda p: p.key_id == key_id)
+        return token, out
 
     def allow(self, who: Principal, user_id: str) -> str:
         check_user_id(user_id)
@@ -246,14 +354,6 @@ class PersonalizationService:
     def require_admin(self, who: Principal) -> None:
         if not who.admin:
             raise ForbiddenError("only the admin key may do this")
-
-    def new_user_key(self, user_id: str) -> str:
-        with self.store.session() as s:
-            self._user_row(s, user_id)
-            token = new_key()
-            s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="user",
-                            user_id=user_id))
-        return token
 
     # ---- users and their inputs ---------------------------------------------------------
     @staticmethod
@@ -271,10 +371,7 @@ class PersonalizationService:
                 raise ConflictError(f"user {user_id!r} exists")
             s.add(UserRow(id=user_id, profile=dict(profile), description=description))
             s.flush()
-            token = new_key()
-            s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), role="user",
-                            user_id=user_id))
-        return token
+            return self._add_key(s, "user", user_id)[0]
 
     def add_opinions(self, user_id: str, opinions: Sequence[Opinion]) -> int:
         return self._add_rows(
@@ -328,8 +425,7 @@ class PersonalizationService:
                                   "answer": o.answer} for o in user.opinions],
                     "pairs": [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
                               for p in user.pairs],
-                    "api_keys": [{"id": k.id, "created_at": k.created_at.isoformat()}
-                                 for k in keys],
+                    "api_keys": [_key_dict(k) for k in keys],
                     "jobs": [self._job_dict(j) for j in jobs],
                     "personalization": None if pers is None else {
                         "method": pers.method, "job_id": pers.job_id,
@@ -343,17 +439,35 @@ class PersonalizationService:
                 getattr(self.models, part)
         return self.models
 
+    def _served_methods(self, fspo_models: dict[str, str]) -> dict[str, str]:
+        """What a request may name as its method, and the spec each runs: Fermi, FSPO on the
+        base model, and each FSPO model the operator registered, by name (a request never
+        names a path or a URL). A registered model that does not load stops the start."""
+        served = {"fermi": "fermi", "fspo": "fspo"}
+        for name, folder in fspo_models.items():
+            if not MODEL_NAME.fullmatch(name):
+                raise ConfigError(f"FSPO model name {name!r}: letters, digits, '_', '-', '.'")
+            spec = f"fspo:{folder}"
+            try:
+                build(spec, self.models, MethodSettings())
+            except (PersonalignError, ValueError, KeyError, OSError) as e:
+                raise ConfigError(f"FSPO model {name!r} ({folder}) does not load: {e}") from None
+            served[f"fspo:{name}"] = spec
+        return served
+
     def submit_fit(self, user_id: str, method: str, preset: str) -> dict[str, Any]:
+        if method not in self.methods:
+            raise DataError(f"unknown method {method!r}; this server serves: "
+                            f"{', '.join(self.methods)}", field="method")
         name, _ = split_spec(method)
-        if name not in SERVED_METHODS:
-            raise DataError(f"unknown method {method!r}; served: fermi, fspo or fspo:RUN_FOLDER",
-                            field="method")
-        try:
-            build(method, self.models, MethodSettings(preset=preset))  # a bad spec fails now
-        except (ConfigError, ModelError) as e:
-            raise DataError(str(e), field="method") from None
         with self._user_locks[user_id], self.store.session() as s:
             user = self._user_record(s, user_id)
+            active = s.scalar(select(func.count()).select_from(JobRow).where(
+                JobRow.user_id == user_id, JobRow.status.in_(ACTIVE))) or 0
+            if active >= self.limits.max_active_fits_per_user:
+                raise LimitError(f"{active} fits of this user are queued or running; at most "
+                                 f"{self.limits.max_active_fits_per_user}: wait for one to end",
+                                 status=429)
             if name == "fermi" and len(user.opinions) < 2:
                 raise DataError(f"fermi needs at least 2 opinions; user {user_id!r} has "
                                 f"{len(user.opinions)}", field="opinions")
@@ -362,12 +476,12 @@ class PersonalizationService:
             job = JobRow(id=uuid.uuid4().hex, user_id=user_id, method=method, preset=preset,
                          status="queued", stage="queued", progress=0.0, summary={})
             s.add(job)
-        self._enqueue(job.id)
+        self._enqueue(job.id, user_id)
         return self._job_dict(job)
 
-    def _enqueue(self, job_id: str) -> None:
+    def _enqueue(self, job_id: str, user_id: str) -> None:
         self._cancel[job_id] = threading.Event()
-        self._executor.submit(self._run, job_id)
+        self._queue.put(user_id, job_id)
 
     def _update(self, job_id: str, **values: Any) -> None:
         with self.store.session() as s:
@@ -388,7 +502,10 @@ class PersonalizationService:
                 job.status, job.stage, job.progress = "running", "loading models", 0.05
                 job.attempts += 1
                 job.updated_at = now()
-                spec, preset = job.method, job.preset
+                served, preset = job.method, job.preset
+                spec = self.methods.get(served)
+                if spec is None:
+                    raise DataError(f"method {served!r} is no longer served here")
                 resumed = bool((job.summary or {}).get("resumed"))
             self.loaded()
             if cancelled.is_set():
@@ -414,7 +531,7 @@ class PersonalizationService:
                 job = s.get(JobRow, job_id, with_for_update=True)
                 if cancelled.is_set() or job is None or s.get(UserRow, user.user_id) is None:
                     raise Cancelled()
-                s.merge(PersonalizationRow(user_id=user.user_id, method=method.name,
+                s.merge(PersonalizationRow(user_id=user.user_id, method=served,
                                            saved=saved, job_id=job_id, updated_at=now()))
                 job.status, job.stage, job.progress, job.summary = "done", "done", 1.0, summary
                 job.updated_at = now()
@@ -431,7 +548,7 @@ class PersonalizationService:
     def resume_jobs(self) -> list[str]:
         """After a restart: jobs that were queued or running run again (from the start); a
         job interrupted too often is marked failed with the reason. None is lost."""
-        resumed = []
+        resumed: list[tuple[str, str]] = []
         with self.store.session() as s:
             for job in s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))
                                  .order_by(JobRow.created_at)).all():
@@ -442,11 +559,11 @@ class PersonalizationService:
                 else:
                     job.status, job.stage, job.progress = "queued", "resumed after restart", 0.0
                     job.summary = {**(job.summary or {}), "resumed": True}
-                    resumed.append(job.id)
+                    resumed.append((job.id, job.user_id))
                 job.updated_at = now()
-        for job_id in resumed:
-            self._enqueue(job_id)
-        return resumed
+        for job_id, user_id in resumed:
+            self._enqueue(job_id, user_id)
+        return [job_id for job_id, _ in resumed]
 
     @staticmethod
     def _job_dict(job: JobRow) -> dict[str, Any]:
@@ -488,10 +605,7 @@ class PersonalizationService:
                     UserRow.id == user_id)).rowcount
                 removed["cancelled_jobs"] = len(active)
             self._personalizers.pop(user_id, None)
-            with self._keys_lock:
-                self._deletions += 1
-                for digest in [d for d, (_, p) in self._keys.items() if p.user_id == user_id]:
-                    self._keys.pop(digest, None)
+            self._forget_keys(lambda p: p.user_id == user_id)
             texts = {t for o in user.opinions for t in (o.question, *o.options)} | {
                 t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)}
             embedder = self.models._loaded.get("embedder")
@@ -531,7 +645,9 @@ class PersonalizationService:
             out["prompts"] = [{"prompt": p["prompt"], "train_score": p["train_score"]}
                               for p in state["pool"]]
         if getattr(method, "shots", None) is not None:
-            out["model"] = getattr(method, "model", None)
+            with self.store.session() as s:
+                row = s.get(PersonalizationRow, user_id)
+                out["model"] = None if row is None else row.method  # its name, not its folder
             out["shots"] = len(method.shots)
         return out
 
@@ -541,11 +657,12 @@ class PersonalizationService:
             return method.name, method.predict(questions)
 
     def chat(self, user_id: str, messages: list[Message], params: SamplingParams,
-             top_logprobs: int | None = None) -> Chat:
+             top_logprobs: int | None = None, stream: bool = False) -> Chat:
         """The user's personalization applied to a chat: a method with a system prompt
         (Fermi: the RoP-selected prompt for the last user message) puts it before the
         messages and the task model answers; others answer through ``respond`` (FSPO: the
-        user's shots with the FSPO model)."""
+        user's shots with the FSPO model). ``stream`` (one choice, a system-prompt method)
+        returns the answer's pieces as the task model writes them, in ``Chat.pieces``."""
         method = self.personalizer(user_id)
         query = last_user_text(messages)
         if not query:
@@ -556,12 +673,14 @@ class PersonalizationService:
             prompt = ([{"role": "system", "content": system}] if system else []) + messages
             applied["system_prompt"] = system
             llm = method.models.task_llm
-            # Per-request usage comes with the texts, so requests run concurrently (a local
-            # model serializes its own forwards; a remote server batches them).
-            texts, used_in, used_out = llm.generate_one(prompt, params)
             top = None
             if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):
                 top = llm.next_token_logprobs(prompt, max(1, top_logprobs))
+            if stream and params.n == 1:
+                return _streamed(llm, prompt, params, Chat([], 0, 0, applied, top))
+            # Per-request usage comes with the texts, so requests run concurrently (a local
+            # model serializes its own forwards; a remote server batches them).
+            texts, used_in, used_out = llm.generate_one(prompt, params)
             return Chat(texts, used_in, used_out, applied, top,
                         [_finish(llm, t, params) for t in texts])
         if params.n != 1:
@@ -583,7 +702,66 @@ class PersonalizationService:
     def close(self) -> None:
         for event in list(self._cancel.values()):
             event.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._queue.close()
+
+
+class FitQueue:
+    """Fit jobs, run one at a time (the models run one forward at a time anyway) on one
+    thread, the waiting user served least recently first: one user's queue of fits never
+    holds back another user's."""
+
+    def __init__(self, run: Callable[[str], None]):
+        self._run = run
+        self._waiting: dict[str, deque[str]] = {}    # user -> job ids, in arrival order
+        self._served: dict[str, int] = {}            # user -> turn of their last fit
+        self._turn = 0
+        self._running = False
+        self._ready = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._work, name="fit", daemon=True).start()
+
+    def put(self, user_id: str, job_id: str) -> None:
+        with self._ready:
+            self._waiting.setdefault(user_id, deque()).append(job_id)
+            self._ready.notify()
+
+    def _next(self) -> str | None:
+        with self._ready:
+            while not self._waiting and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            # dicts keep insertion order: among users never served, the first to arrive
+            user_id = min(self._waiting, key=lambda u: self._served.get(u, -1))
+            jobs = self._waiting[user_id]
+            job_id = jobs.popleft()
+            if not jobs:
+                del self._waiting[user_id]
+            self._turn += 1
+            self._served[user_id] = self._turn
+            self._running = True
+            return job_id
+
+    def _work(self) -> None:
+        while (job_id := self._next()) is not None:
+            try:
+                self._run(job_id)
+            finally:
+                with self._ready:
+                    self._running = False
+                    self._ready.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no fit runs or waits; whether that happened within ``timeout``."""
+        with self._ready:
+            return self._ready.wait_for(
+                lambda: self._closed or not (self._waiting or self._running), timeout)
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._waiting.clear()
+            self._ready.notify_all()
 
 
 class _Watch:
@@ -639,6 +817,20 @@ class _Watched:
             return attr(*args, **kwargs)
 
         return call
+
+
+def _streamed(llm: LLM, prompt, params: SamplingParams, chat: Chat) -> Chat:
+    """``chat`` with the pieces of the task model's answer, filled in when they run out."""
+    usage = Generation([])
+
+    def pieces() -> Iterator[str]:
+        yield from llm.stream(prompt, params, usage)
+        chat.texts = usage.texts
+        chat.prompt_tokens, chat.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        chat.finish = [_finish(llm, t, params) for t in usage.texts]
+
+    chat.pieces = pieces()
+    return chat
 
 
 def _finish(llm: LLM, text: str, params: SamplingParams) -> str:

@@ -36,7 +36,9 @@ class UserRow(Base):
 
 
 class ApiKeyRow(Base):
-    """An API key, stored as the SHA-256 of the token (the token itself is shown once)."""
+    """An API key, stored as the SHA-256 of the token (the token itself is shown once) and
+    its first characters (``prefix``: enough to tell keys apart in a list, too few to use).
+    A revoked key keeps its row (``revoked_at``) until its user is deleted."""
 
     __tablename__ = "api_keys"
 
@@ -45,6 +47,9 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(String(16))  # admin | user
     user_id: Mapped[str | None] = mapped_column(String(128), user_fk(), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    prefix: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class OpinionRow(Base):
