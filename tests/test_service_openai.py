@@ -106,6 +106,24 @@ def test_streaming_matches_the_plain_answer(served):
     assert "".join(p.choices[0].text for p in pieces).startswith("Sure.")
 
 
+def test_the_openai_backend_streams_from_a_streaming_server(served):
+    """The project's OpenAI backend reads the service's stream piece by piece (the service is
+    a real streaming OpenAI-compatible server); the pieces join to the plain answer."""
+    from personalign.runtime.llm.base import Generation
+    from personalign.runtime.llm.openai_backend import OpenAILLM
+    from personalign.runtime.llm.types import SamplingParams
+
+    url, keys, _ = served
+    llm = OpenAILLM("personalign", url, api_key=keys["alice"], cache=False, max_retries=0)
+    messages = [{"role": "user", "content": "Are trams good for a city?"}]
+    usage = Generation([])
+    pieces = list(llm.stream(messages, SamplingParams(max_tokens=64), usage))
+    plain, prompt_tokens, completion_tokens = llm.generate_one(messages,
+                                                               SamplingParams(max_tokens=64))
+    assert len(pieces) > 3 and "".join(pieces) == plain[0]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (prompt_tokens, completion_tokens)
+
+
 def test_logprobs(served):
     url, keys, _ = served
     r = client(url, keys["alice"]).chat.completions.create(

@@ -10,11 +10,12 @@ backoff; other 4xx fail at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import httpx
 from tenacity import (
@@ -218,6 +219,38 @@ class OpenAILLM(LLM):
             gen.texts = texts
             out.append(gen)
         return out
+
+    def _stream(self, prompt: Prompt, params: SamplingParams, usage: Generation
+                ) -> Iterator[str]:
+        """The server's own stream (server-sent events), piece by piece. Not retried: a
+        retry after the first piece would send the answer twice."""
+        path, body = self._request(prompt, params, 1, stream=True,
+                                   stream_options={"include_usage": True})
+        with self._client.stream("POST", path, json=body) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ServerError(f"{self.base_url}{path} refused the stream (HTTP "
+                                  f"{response.status_code}): {_error_text(response)}",
+                                  status=response.status_code)
+            written = []
+            for line in response.iter_lines():
+                data = line[5:].strip() if line.startswith("data:") else ""
+                if not data:
+                    continue
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if event.get("usage"):
+                    usage.prompt_tokens = int(event["usage"].get("prompt_tokens") or 0)
+                    usage.completion_tokens = int(event["usage"].get("completion_tokens") or 0)
+                for choice in event.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") if "delta" in choice \
+                        else choice.get("text")
+                    if piece:
+                        written.append(piece)
+                        yield piece
+            if not usage.completion_tokens:  # a server that sends no usage
+                usage.completion_tokens = self.count_tokens("".join(written))
 
     # ------------------------------------------------------------------ scoring
     def _score(self, items: Sequence[ChoiceItem], method: ScoringMethod,
