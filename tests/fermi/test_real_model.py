@@ -5,7 +5,7 @@ import os
 import pytest
 
 from personalign.fermi.config import preset
-from personalign.fermi.optimizer import Fermi
+from personalign.fermi.optimizer import Fermi, choice_item
 from personalign.runtime.data.records import Opinion
 
 pytestmark = pytest.mark.real_model
@@ -47,12 +47,21 @@ def test_fermi_tiny_end_to_end(models, tmp_path):
     assert res.counts["optimizer_replies"] >= 1
     # tiny: K=1, one prompt, so only the 6 optimization questions are cached
     assert len(fermi.pool) == 1 and len(fermi.train_questions) == 6
-    assert all(0.0 <= p.train_score <= 1.0 for p in fermi.pool)
     assert opt.usage.by_phase["fermi/optimize"].calls >= 1
     assert task.usage.by_phase["fermi/score"].scored_items >= 6
+    # The pool prompt's scores are what the task model answers with it, asked directly
+    # (uncached, outside Fermi): per question 1 where it matches the user's answer.
+    (pool,) = fermi.pool
+    by_text = {o.question: o for o in ops}
+    train = [by_text[q] for q in fermi.train_questions]
+    direct = task.score_choices([choice_item(pool.prompt, q) for q in train], "letter")
+    hits = [float(r.choice == q.answer) for r, q in zip(direct, train)]
+    assert pool.correctness == hits
+    assert pool.train_score == pytest.approx(sum(hits) / len(hits))
+    # With one prompt, RoP has one choice: predictions are the task model's answers under it.
     preds = fermi.predict(ops[8:], use_rop=True)
-    assert len(preds) == 4 and all(p is not None and 0 <= p < len(q.options)
-                                   for p, q in zip(preds, ops[8:]))
+    direct = task.score_choices([choice_item(pool.prompt, q) for q in ops[8:]], "letter")
+    assert preds == [r.choice for r in direct]
     path = fermi.save(tmp_path / "fermi.json")
     again = Fermi.load(path, task, opt, embedder)
     assert again.predict(ops[8:], use_rop=True) == preds
