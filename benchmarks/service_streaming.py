@@ -22,14 +22,8 @@ import statistics
 import tempfile
 import time
 
-OPINIONS = [
-    {"question": "Should the city build more bike lanes?", "options": ["Yes", "No"], "answer": 0},
-    {"question": "Do you drive to work?", "options": ["Yes", "No"], "answer": 1},
-    {"question": "How often do you use public transit?",
-     "options": ["Daily", "Weekly", "Rarely", "Never"], "answer": 0},
-    {"question": "Should gasoline taxes rise to fund transit?", "options": ["Yes", "No"],
-     "answer": 0},
-]
+from service_load import OPINIONS  # the load test's user (benchmarks/ is on the path)
+
 ASK = "Write a long, detailed essay on the history of public transport in cities."
 ADMIN = "bench-admin-key"
 

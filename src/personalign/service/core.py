@@ -26,18 +26,28 @@ from typing import Any, Callable, Iterator, Sequence
 from sqlalchemy import delete, func, select
 
 from personalign.methods import MethodSettings, build, from_saved, split_spec
-from personalign.runtime import models as embedded
 from personalign.runtime.data.records import Opinion, PreferencePair, User
 from personalign.runtime.errors import (
-    ConfigError, DataError, NotFoundError, PersonalignError,
+    ConfigError,
+    DataError,
+    NotFoundError,
+    PersonalignError,
 )
 from personalign.runtime.llm.base import LLM, Generation
 from personalign.runtime.llm.types import Message, SamplingParams
 from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
+from personalign.service.errors import AuthError, ConflictError, ForbiddenError, LimitError
+from personalign.service.openai_format import finish_reason
 from personalign.service.store import Store
 from personalign.service.store.models import (
-    ApiKeyRow, DeletionLogRow, JobRow, OpinionRow, PersonalizationRow, PreferencePairRow,
-    UserRow, now,
+    ApiKeyRow,
+    DeletionLogRow,
+    JobRow,
+    OpinionRow,
+    PersonalizationRow,
+    PreferencePairRow,
+    UserRow,
+    now,
 )
 
 log = logging.getLogger(__name__)
@@ -50,26 +60,6 @@ TOUCH_EVERY = 60.0  # seconds between writes of a key's last_used_at
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ACTIVE = ("queued", "running")
 MAX_RESUMES = 2
-
-
-class AuthError(PersonalignError):
-    """No API key, or one that is not known (HTTP 401)."""
-
-
-class ForbiddenError(PersonalignError):
-    """A known key asking for what it may not reach (HTTP 403)."""
-
-
-class ConflictError(PersonalignError):
-    """The request clashes with what exists (a user id taken; HTTP 409)."""
-
-
-class LimitError(PersonalignError):
-    """A limit was reached (too many opinions: HTTP 422 with the field; rate: HTTP 429)."""
-
-    def __init__(self, message: str, *, field: str | None = None, status: int = 422):
-        self.field, self.status = field, status
-        super().__init__((f"field '{field}': " if field else "") + message)
 
 
 class Cancelled(BaseException):
@@ -682,7 +672,7 @@ class PersonalizationService:
             # model serializes its own forwards; a remote server batches them).
             texts, used_in, used_out = llm.generate_one(prompt, params)
             return Chat(texts, used_in, used_out, applied, top,
-                        [_finish(llm, t, params) for t in texts])
+                        [finish_reason(llm, t, params) for t in texts])
         if params.n != 1:
             raise DataError(f"{method.name} answers one choice per request", field="n")
         llm = getattr(method, "llm", method.models.task_llm)
@@ -692,7 +682,7 @@ class PersonalizationService:
             before = llm.usage.prompt_tokens, llm.usage.completion_tokens
             text = method.respond(messages, max_tokens=params.max_tokens)
             used = (llm.usage.prompt_tokens - before[0], llm.usage.completion_tokens - before[1])
-        return Chat([text], used[0], used[1], applied, None, [_finish(llm, text, params)])
+        return Chat([text], used[0], used[1], applied, None, [finish_reason(llm, text, params)])
 
     def _serial(self, llm: LLM):
         """One request at a time where usage is read as a difference of the model's
@@ -827,19 +817,10 @@ def _streamed(llm: LLM, prompt, params: SamplingParams, chat: Chat) -> Chat:
         yield from llm.stream(prompt, params, usage)
         chat.texts = usage.texts
         chat.prompt_tokens, chat.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        chat.finish = [_finish(llm, t, params) for t in usage.texts]
+        chat.finish = [finish_reason(llm, t, params) for t in usage.texts]
 
     chat.pieces = pieces()
     return chat
-
-
-def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
-    return "length" if llm.count_tokens(text) >= params.max_tokens else "stop"
-
-
-def default_models(task: str = embedded.FAST_TASK,
-                   optimizer: str = embedded.FAST_GENERATOR) -> UncachedModels:
-    return UncachedModels(task, optimizer)
 
 
 __all__ = ["AuthError", "ForbiddenError", "ConflictError", "LimitError", "Limits",

@@ -17,18 +17,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, Union, runtime_checkable
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
-from pydantic import BaseModel, Field
-
-from personalign.runtime.errors import PersonalignError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.cache import cache_key
 from personalign.runtime.llm.types import Prompt, SamplingParams
+from personalign.service import openai_format as fmt
+from personalign.service.http import install_errors
 
 log = logging.getLogger(__name__)
 
-MAX_TOP_LOGPROBS = 20
 
 
 @runtime_checkable
@@ -41,32 +39,9 @@ class NextTokenLogprobs(Protocol):
         ...
 
 
-# Request bodies (module level: FastAPI resolves annotations from module globals).
-from personalign.service.schemas import ChatMessage as Message  # noqa: E402  roles, parts
-
-
-class Common(BaseModel):
-    model: str
-    n: int = Field(1, ge=1, le=16)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: Union[str, list[str], None] = None
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stream: bool = False
-
-
-class ChatRequest(Common):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-
-
-class CompletionRequest(Common):
-    prompt: Union[str, list[str]]
-    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    echo: bool = False
+# Request bodies: the personalized service's, one input policy for both front ends.
+from personalign.service.schemas import ChatIn as ChatRequest  # noqa: E402
+from personalign.service.schemas import CompletionIn as CompletionRequest  # noqa: E402
 
 
 class _Served:
@@ -115,24 +90,6 @@ class _Served:
         return top
 
 
-def _first_token(text: str, top: Sequence[tuple[str, float]]) -> tuple[str, float]:
-    """The listed token the generated text starts with (greedy: the most likely one)."""
-    for token, value in top:
-        if token and text.startswith(token):
-            return token, value
-    return top[0]
-
-
-def _params(body, default_max: int) -> SamplingParams:
-    stop = body.stop
-    stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    max_tokens = body.max_completion_tokens if getattr(body, "max_completion_tokens", None) \
-        else body.max_tokens
-    return SamplingParams(n=body.n, temperature=body.temperature,
-                          max_tokens=max_tokens or default_max, stop=stop, top_p=body.top_p,
-                          seed=body.seed if body.seed is not None else 0)
-
-
 def _prompt_text(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
@@ -146,44 +103,20 @@ def _complete(model: _Served, prompt: Prompt, params: SamplingParams,
     return model.generate(prompt, params)
 
 
-def _finish(llm: LLM, text: str, params: SamplingParams) -> str:
-    return "length" if llm.count_tokens(text) >= params.max_tokens else "stop"
-
-
 def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
     """FastAPI app serving ``llms`` (name -> LLM) under the OpenAI API shape."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI, HTTPException
 
     served = {name: _Served(llm) for name, llm in llms.items()}
     created = int(time.time())
     app = FastAPI(title="personalign OpenAI-compatible server")
+    install_errors(app, lambda request: False)  # invalid bodies: 422, as before
 
     def model_of(name: str) -> _Served:
         if name not in served:
             raise HTTPException(404, f"model {name!r} is not served here "
                                 f"(served: {', '.join(served)})")
         return served[name]
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException):
-        # OpenAI's error shape, which OpenAI clients read.
-        return JSONResponse({"error": {"message": exc.detail, "type": "invalid_request_error",
-                                       "code": exc.status_code}}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-        return JSONResponse({"error": {"message": f"{param}: {first.get('msg')}",
-                                       "type": "invalid_request_error", "param": param,
-                                       "code": first.get("type")}}, status_code=422)
-
-    @app.exception_handler(PersonalignError)
-    async def _user_error(request: Request, exc: PersonalignError):
-        return JSONResponse({"error": {"message": str(exc), "type": "invalid_request_error",
-                                       "code": 400}}, status_code=400)
 
     @app.get("/v1/models")
     def list_models() -> dict:
@@ -202,27 +135,18 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
             raise HTTPException(400, "stream is not supported by the bare model server; "
                                 "`personalign serve` streams")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        params = _params(body, default_max_tokens)
-        top = model.top_logprobs(messages, max(1, body.top_logprobs or 0)) \
-            if body.logprobs else None
+        params = fmt.sampling(body, body.max_completion_tokens or body.max_tokens,
+                              default_max_tokens)
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        top = model.top_logprobs(messages, max(1, k)) if k is not None else None
         texts, used_in, used_out = _complete(model, messages, params, top)
-        choices = []
-        for i, text in enumerate(texts):
-            choice: dict[str, Any] = {"index": i, "finish_reason": _finish(model.llm, text, params),
-                                      "message": {"role": "assistant", "content": text},
-                                      "logprobs": None}
-            if top:
-                token, value = _first_token(text, top)
-                listed = top[: body.top_logprobs or 0]
-                choice["logprobs"] = {"content": [{
-                    "token": token, "logprob": value, "bytes": list(token.encode()),
-                    "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
-                                     for t, v in listed]}]}
-            choices.append(choice)
+        choices = [{"index": i, "finish_reason": fmt.finish_reason(model.llm, text, params),
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": fmt.chat_logprobs(text, top, k)}
+                   for i, text in enumerate(texts)]
         return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
                 "created": int(time.time()), "model": body.model, "choices": choices,
-                "usage": {"prompt_tokens": used_in, "completion_tokens": used_out,
-                          "total_tokens": used_in + used_out}}
+                "usage": fmt.usage(used_in, used_out)}
 
     @app.post("/v1/completions")
     def completions(body: CompletionRequest) -> dict:
@@ -232,29 +156,20 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts:
             raise HTTPException(400, "prompt is empty")
-        params = _params(body, 16)
+        params = fmt.sampling(body, body.max_tokens, 16)
         choices, total_in, total_out = [], 0, 0
         for prompt in prompts:
             top = model.top_logprobs(prompt, max(1, body.logprobs)) \
                 if body.logprobs is not None else None
             texts, used_in, used_out = _complete(model, prompt, params, top)
             total_in, total_out = total_in + used_in, total_out + used_out
-            for text in texts:
-                choice: dict[str, Any] = {"index": len(choices), "text": text,
-                                          "finish_reason": _finish(model.llm, text, params),
-                                          "logprobs": None}
-                if top:
-                    token, value = _first_token(text, top)
-                    listed: dict[str, float] = {}
-                    for t, v in top[: body.logprobs]:
-                        listed.setdefault(t, v)  # two ids can decode to the same text
-                    choice["logprobs"] = {"tokens": [token], "token_logprobs": [value],
-                                          "top_logprobs": [listed], "text_offset": [0]}
-                choices.append(choice)
+            choices += [{"index": len(choices) + i, "text": text,
+                         "finish_reason": fmt.finish_reason(model.llm, text, params),
+                         "logprobs": fmt.completion_logprobs(text, top, body.logprobs)}
+                        for i, text in enumerate(texts)]
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
                 "created": int(time.time()), "model": body.model, "choices": choices,
-                "usage": {"prompt_tokens": total_in, "completion_tokens": total_out,
-                          "total_tokens": total_in + total_out}}
+                "usage": fmt.usage(total_in, total_out)}
 
     return app
 
