@@ -75,7 +75,7 @@ def test_a_created_admin_key_rotates_through_the_api(db):
     task, optimizer, embedder = fake_models()
     app = create_app(ServiceConfig(database=db), task_llm=task, optimizer_llm=optimizer,
                      embedder=embedder)
-    first = app.state.service.admin_key_created
+    first = app.state.service.keys.admin_key_created
     with TestClient(app) as http:
         key_id = http.get("/v1/admin/keys", headers=bearer(first)).json()["keys"][0]["id"]
         r = http.post(f"/v1/admin/keys/{key_id}/rotate", headers=bearer(first))

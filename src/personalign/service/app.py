@@ -76,10 +76,10 @@ def create_app(config: ServiceConfig | None = None, *, models: SharedModels | No
     store = Store(config.database_url())
     service = PersonalizationService(store, models, config.limits, config.admin_key,
                                      config.fspo_models)
-    if service.admin_key_created:
+    if service.keys.admin_key_created:
         # Shown once; only its hash is stored.
         print(f"personalign: created the admin API key (shown once): "
-              f"{service.admin_key_created}", flush=True)
+              f"{service.keys.admin_key_created}", flush=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

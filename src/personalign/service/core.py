@@ -1,9 +1,11 @@
-"""The personalization service's domain: users, keys, inputs, fit jobs, deletion, chat.
+"""The personalization service's domain: users and their inputs, fit jobs, deletion, chat;
+keys live in :mod:`.keys`, the fit queue and watched models in :mod:`.jobs`.
 
-It raises the project's errors (``DataError``, ``NotFoundError``, ...) plus the two below;
-only the HTTP layer (``app.py``) maps them to status codes. Every user's method is fit on
-that user's data alone, through the method protocol (``build`` / ``fit`` / ``saved`` /
-``from_saved`` / ``system_prompt`` / ``respond``), so Fermi and FSPO are served alike.
+It raises the project's errors (``DataError``, ``NotFoundError``, ...) and the service's own
+(:mod:`.errors`); only the HTTP layer (:mod:`.http`) maps them to status codes. Every user's
+method is fit on that user's data alone, through the method protocol (``build`` / ``fit`` /
+``saved`` / ``from_saved`` / ``system_prompt`` / ``respond``), so Fermi and FSPO are served
+alike.
 
 User data never enters the shared LLM call cache: the service's models run uncached
 (:class:`UncachedModels`), so deleting a user's rows, personalization and in-memory vectors
@@ -12,16 +14,13 @@ leaves nothing derived from them behind.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
-import secrets
 import threading
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy import delete, func, select
 
@@ -37,6 +36,8 @@ from personalign.runtime.llm.base import LLM, Generation
 from personalign.runtime.llm.types import Message, SamplingParams
 from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
 from personalign.service.errors import AuthError, ConflictError, ForbiddenError, LimitError
+from personalign.service.jobs import Cancelled, FitQueue, UncachedModels, _Watch
+from personalign.service.keys import KeyRing, Principal, RateLimiter, key_dict
 from personalign.service.openai_format import finish_reason
 from personalign.service.store import Store
 from personalign.service.store.models import (
@@ -48,23 +49,15 @@ from personalign.service.store.models import (
     PreferencePairRow,
     UserRow,
     now,
+    user_row,
 )
 
 log = logging.getLogger(__name__)
 
 USER_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,128}")  # "." and ".." are not ids
-KEY_ID = re.compile(r"[0-9a-f]{32}")
-KEY_PREFIX = "pa_"
-KEY_SHOWN = 10     # characters of a key kept and listed (of 46)
-TOUCH_EVERY = 60.0  # seconds between writes of a key's last_used_at
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ACTIVE = ("queued", "running")
 MAX_RESUMES = 2
-
-
-class Cancelled(BaseException):
-    """A fit whose user was deleted while it ran (a BaseException: a method's own
-    ``except Exception`` around a model call does not swallow it)."""
 
 
 @dataclass
@@ -79,80 +72,11 @@ class Limits:
     max_active_fits_per_user: int = 2  # queued or running; more is 429
 
 
-@dataclass
-class Principal:
-    """Who is calling: the admin, or one user's key."""
-
-    key_id: str
-    role: str
-    user_id: str | None
-
-    @property
-    def admin(self) -> bool:
-        return self.role == "admin"
-
-
-def hash_key(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
 def check_user_id(user_id: str) -> str:
     if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
         raise DataError("must be 1-128 characters from letters, digits, '_', '-', '.' "
                         "(not '.' or '..')", field="user_id")
     return user_id
-
-
-def _key_dict(row: ApiKeyRow) -> dict[str, Any]:
-    def when(t):
-        return None if t is None else t.isoformat()
-
-    return {"id": row.id, "prefix": row.prefix, "created_at": when(row.created_at),
-            "last_used_at": when(row.last_used_at), "revoked_at": when(row.revoked_at)}
-
-
-class UncachedModels(SharedModels):
-    """Shared models whose LLMs run without the call cache: a cache entry derived from a
-    user's text would outlive the user's deletion."""
-
-    def llm(self, spec: str, **options: Any) -> LLM:
-        key = (spec, tuple(sorted(options.items())))
-        if key not in self._loaded:
-            from personalign.runtime.llm.factory import load_llm
-
-            self._loaded[key] = load_llm(spec, cache=False, **options)
-        return self._loaded[key]
-
-    @classmethod
-    def of(cls, task_llm: LLM, optimizer_llm: LLM | None = None, embedder=None,
-           scoring="letter") -> "UncachedModels":
-        for llm in (task_llm, optimizer_llm):
-            if llm is not None:
-                llm.cache = None
-        return super().of(task_llm, optimizer_llm, embedder, scoring)  # type: ignore
-
-
-class RateLimiter:
-    """Requests per key in a sliding minute (in memory, per process)."""
-
-    def __init__(self, per_minute: int):
-        self.per_minute = per_minute
-        self._seen: dict[str, deque] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def check(self, key_id: str, at: float) -> None:
-        with self._lock:
-            seen = self._seen[key_id]
-            while seen and seen[0] <= at - 60:
-                seen.popleft()
-            if len(seen) >= self.per_minute:
-                raise LimitError(f"more than {self.per_minute} requests in a minute for this "
-                                 "key; retry later", status=429)
-            seen.append(at)
 
 
 @dataclass
@@ -186,154 +110,9 @@ class PersonalizationService:
         # In-process caches of keys and loaded personalizations: this process is the only
         # writer (fits and deletions run here), and it drops entries as it changes them.
         self._personalizers: dict[str, tuple[Any, Personalizer]] = {}
-        self._keys: dict[str, tuple[str, Principal]] = {}
-        self._keys_lock = threading.Lock()
-        self._key_epoch = 0  # bumped by every revocation and deletion
-        self._touched: dict[str, float] = {}
+        self.keys = KeyRing(store, admin_key)
         self._queue = FitQueue(self._run)
         self._model_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
-        self.admin_configured = bool(admin_key)
-        self.admin_key_created = self._ensure_admin(admin_key)
-
-    # ---- keys ---------------------------------------------------------------------------
-    @staticmethod
-    def _add_key(s, role: str, user_id: str | None = None) -> tuple[str, ApiKeyRow]:
-        token = new_key()
-        row = ApiKeyRow(id=uuid.uuid4().hex, key_hash=hash_key(token), prefix=token[:KEY_SHOWN],
-                        role=role, user_id=user_id)
-        s.add(row)
-        return token, row
-
-    def _ensure_admin(self, admin_key: str | None) -> str | None:
-        """Make ``admin_key`` (hashed) the one admin key: any other admin key is revoked, so
-        a changed configured value revokes the old one at start. With none configured and no
-        admin key stored, create one and return it (shown once by the caller)."""
-        with self.store.session() as s:
-            admins = s.scalars(select(ApiKeyRow).where(ApiKeyRow.role == "admin",
-                                                       ApiKeyRow.revoked_at.is_(None))).all()
-            if admin_key:
-                digest = hash_key(admin_key)
-                revoked = 0
-                for row in admins:
-                    if row.key_hash != digest:
-                        row.revoked_at = now()
-                        revoked += 1
-                if revoked:
-                    log.warning("revoked %d admin key(s) other than the configured one", revoked)
-                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
-                if row is None:
-                    # No prefix kept: an operator's key may be short enough to guess from one.
-                    s.add(ApiKeyRow(id=uuid.uuid4().hex, key_hash=digest, role="admin"))
-                elif row.role != "admin":
-                    raise ConfigError("the configured admin key is a user's key; choose another")
-                else:
-                    row.revoked_at = None
-                return None
-            if admins:
-                return None
-            return self._add_key(s, "admin")[0]
-
-    def known_key(self, token: str | None) -> Principal | None:
-        """The caller of a key already seen (no store access), or None: ask
-        :meth:`authenticate`."""
-        if not token:
-            return None
-        digest = hash_key(token)
-        known = self._keys.get(digest)
-        if known is None or not hmac.compare_digest(known[0], digest):
-            return None
-        return known[1]
-
-    def authenticate(self, token: str | None) -> Principal:
-        if not token:
-            raise AuthError("no API key: send 'Authorization: Bearer <key>'")
-        digest = hash_key(token)
-        known = self._keys.get(digest)
-        if known is None:
-            epoch = self._key_epoch
-            with self.store.session() as s:
-                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest,
-                                                       ApiKeyRow.revoked_at.is_(None)))
-            if row is None:
-                raise AuthError("invalid API key")
-            known = (row.key_hash, Principal(row.id, row.role, row.user_id))
-            with self._keys_lock:
-                if epoch == self._key_epoch:  # no revocation or deletion raced this lookup
-                    self._keys[digest] = known
-        # The lookup is by hash; the final comparison is in constant time all the same.
-        if not hmac.compare_digest(known[0], digest):
-            raise AuthError("invalid API key")
-        return known[1]
-
-    def needs_touch(self, who: Principal, at: float) -> bool:
-        """Whether the key's ``last_used_at`` is due a write (at most one per minute)."""
-        return at - self._touched.get(who.key_id, -1e9) >= TOUCH_EVERY
-
-    def touch(self, who: Principal, at: float) -> None:
-        self._touched[who.key_id] = at
-        with self.store.session() as s:
-            row = s.get(ApiKeyRow, who.key_id)
-            if row is not None:
-                row.last_used_at = now()
-
-    def _forget_keys(self, drop) -> None:
-        """Drop cached keys whose principal ``drop`` matches (revoked or deleted)."""
-        with self._keys_lock:
-            self._key_epoch += 1
-            for digest in [d for d, (_, p) in self._keys.items() if drop(p)]:
-                self._keys.pop(digest, None)
-
-    def keys(self, user_id: str | None) -> list[dict[str, Any]]:
-        """The active keys of a user (``None``: the admin's): id, prefix and times only."""
-        query = select(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))
-        if user_id is None:
-            query = query.where(ApiKeyRow.role == "admin")
-        else:
-            query = query.where(ApiKeyRow.role == "user", ApiKeyRow.user_id == user_id)
-        with self.store.session() as s:
-            if user_id is not None:
-                self._user_row(s, user_id)
-            rows = s.scalars(query.order_by(ApiKeyRow.created_at)).all()
-            return [_key_dict(r) for r in rows]
-
-    def new_user_key(self, user_id: str) -> tuple[str, dict[str, Any]]:
-        with self.store.session() as s:
-            self._user_row(s, user_id)
-            token, row = self._add_key(s, "user", user_id)
-            s.flush()
-            return token, _key_dict(row)
-
-    @staticmethod
-    def _active_key(s, user_id: str | None, key_id: str) -> ApiKeyRow:
-        row = s.get(ApiKeyRow, key_id) if KEY_ID.fullmatch(key_id) else None
-        if (row is None or row.revoked_at is not None or row.user_id != user_id
-                or (row.role == "admin") != (user_id is None)):
-            raise NotFoundError(f"no active key {key_id!r} here")
-        return row
-
-    def revoke_key(self, user_id: str | None, key_id: str) -> dict[str, Any]:
-        """Revoke one active key of ``user_id`` (``None``: an admin key); refused 404 for a
-        key that is not theirs or not active. It stops working at once."""
-        with self.store.session() as s:
-            row = self._active_key(s, user_id, key_id)
-            row.revoked_at = now()
-            out = _key_dict(row)
-        self._forget_keys(lambda p: p.key_id == key_id)
-        return out
-
-    def rotate_key(self, user_id: str | None, key_id: str) -> tuple[str, dict[str, Any]]:
-        """A new key in place of ``key_id``, which is revoked in the same transaction."""
-        with self.store.session() as s:
-            row = self._active_key(s, user_id, key_id)
-            if user_id is None and self.admin_configured:
-                raise ConflictError("the admin key comes from the server's configuration: "
-                                    "change it there and restart")
-            row.revoked_at = now()
-            token, new = self._add_key(s, row.role, user_id)
-            s.flush()
-            out = _key_dict(new)
-        self._forget_keys(lambda p: p.key_id == key_id)
-        return token, out
 
     def allow(self, who: Principal, user_id: str) -> str:
         check_user_id(user_id)
@@ -346,13 +125,6 @@ class PersonalizationService:
             raise ForbiddenError("only the admin key may do this")
 
     # ---- users and their inputs ---------------------------------------------------------
-    @staticmethod
-    def _user_row(s, user_id: str) -> UserRow:
-        row = s.get(UserRow, user_id)
-        if row is None:
-            raise NotFoundError(f"no user {user_id!r}")
-        return row
-
     def create_user(self, user_id: str, profile: dict[str, str], description: str | None
                     ) -> str:
         check_user_id(user_id)
@@ -361,7 +133,7 @@ class PersonalizationService:
                 raise ConflictError(f"user {user_id!r} exists")
             s.add(UserRow(id=user_id, profile=dict(profile), description=description))
             s.flush()
-            return self._add_key(s, "user", user_id)[0]
+            return self.keys.add(s, "user", user_id)[0]
 
     def add_opinions(self, user_id: str, opinions: Sequence[Opinion]) -> int:
         return self._add_rows(
@@ -379,7 +151,7 @@ class PersonalizationService:
                   rows: list) -> int:
         """Store a user's new rows unless they would pass the per-user limit; the new count."""
         with self._user_locks[user_id], self.store.session() as s:
-            self._user_row(s, user_id)
+            user_row(s, user_id)
             have = s.scalar(select(func.count()).select_from(table)
                             .where(table.user_id == user_id)) or 0
             if have + len(rows) > limit:
@@ -389,7 +161,7 @@ class PersonalizationService:
             return have + len(rows)
 
     def _user_record(self, s, user_id: str) -> User:
-        row = self._user_row(s, user_id)
+        row = user_row(s, user_id)
         opinions = s.scalars(select(OpinionRow).where(OpinionRow.user_id == user_id)
                              .order_by(OpinionRow.id)).all()
         pairs = s.scalars(select(PreferencePairRow).where(PreferencePairRow.user_id == user_id)
@@ -415,7 +187,7 @@ class PersonalizationService:
                                   "answer": o.answer} for o in user.opinions],
                     "pairs": [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
                               for p in user.pairs],
-                    "api_keys": [_key_dict(k) for k in keys],
+                    "api_keys": [key_dict(k) for k in keys],
                     "jobs": [self._job_dict(j) for j in jobs],
                     "personalization": None if pers is None else {
                         "method": pers.method, "job_id": pers.job_id,
@@ -595,7 +367,7 @@ class PersonalizationService:
                     UserRow.id == user_id)).rowcount
                 removed["cancelled_jobs"] = len(active)
             self._personalizers.pop(user_id, None)
-            self._forget_keys(lambda p: p.user_id == user_id)
+            self.keys.forget(lambda p: p.user_id == user_id)
             texts = {t for o in user.opinions for t in (o.question, *o.options)} | {
                 t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)}
             embedder = self.models._loaded.get("embedder")
@@ -617,7 +389,7 @@ class PersonalizationService:
             if cached is not None:
                 return cached[1]
             with self.store.session() as s:
-                self._user_row(s, user_id)
+                user_row(s, user_id)
                 row = s.get(PersonalizationRow, user_id)
                 if row is None:
                     raise NotFoundError(f"user {user_id!r} has no personalization yet: "
@@ -693,120 +465,6 @@ class PersonalizationService:
         for event in list(self._cancel.values()):
             event.set()
         self._queue.close()
-
-
-class FitQueue:
-    """Fit jobs, run one at a time (the models run one forward at a time anyway) on one
-    thread, the waiting user served least recently first: one user's queue of fits never
-    holds back another user's."""
-
-    def __init__(self, run: Callable[[str], None]):
-        self._run = run
-        self._waiting: dict[str, deque[str]] = {}    # user -> job ids, in arrival order
-        self._served: dict[str, int] = {}            # user -> turn of their last fit
-        self._turn = 0
-        self._running = False
-        self._ready = threading.Condition()
-        self._closed = False
-        threading.Thread(target=self._work, name="fit", daemon=True).start()
-
-    def put(self, user_id: str, job_id: str) -> None:
-        with self._ready:
-            self._waiting.setdefault(user_id, deque()).append(job_id)
-            self._ready.notify()
-
-    def _next(self) -> str | None:
-        with self._ready:
-            while not self._waiting and not self._closed:
-                self._ready.wait()
-            if self._closed:
-                return None
-            # dicts keep insertion order: among users never served, the first to arrive
-            user_id = min(self._waiting, key=lambda u: self._served.get(u, -1))
-            jobs = self._waiting[user_id]
-            job_id = jobs.popleft()
-            if not jobs:
-                del self._waiting[user_id]
-            self._turn += 1
-            self._served[user_id] = self._turn
-            self._running = True
-            return job_id
-
-    def _work(self) -> None:
-        while (job_id := self._next()) is not None:
-            try:
-                self._run(job_id)
-            finally:
-                with self._ready:
-                    self._running = False
-                    self._ready.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no fit runs or waits; whether that happened within ``timeout``."""
-        with self._ready:
-            return self._ready.wait_for(
-                lambda: self._closed or not (self._waiting or self._running), timeout)
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._waiting.clear()
-            self._ready.notify_all()
-
-
-class _Watch:
-    """The models a fit job runs on: each model call first checks the job's cancel flag (a
-    deletion stops the fit at its next call) and counts toward the job's progress."""
-
-    CALLS = ("generate", "generate_one", "score_choices", "loglikelihood")
-
-    def __init__(self, job_id: str, cancelled: threading.Event, update):
-        self.job_id, self.cancelled, self.update = job_id, cancelled, update
-        self.iterations: int | None = None
-        self.proposals = 0
-        self.last = 0.0
-
-    def expect(self, iterations: int | None) -> None:
-        self.iterations = iterations if isinstance(iterations, int) and iterations > 0 else None
-
-    def models(self, models: SharedModels) -> SharedModels:
-        watched = UncachedModels.of(_Watched(models.task_llm, self, "task"),
-                                    _Watched(models.optimizer_llm, self, "optimizer"),
-                                    models.embedding, models.scoring)
-        watched.embedder = models.embedder  # the identity a saved fit is checked against
-        for key, value in models._loaded.items():  # other models loaded so far are shared
-            watched._loaded.setdefault(key, value)
-        return watched
-
-    def before(self, role: str, name: str) -> None:
-        if self.cancelled.is_set():
-            raise Cancelled()
-        if role == "optimizer" and name == "generate":
-            self.proposals += 1
-            if self.iterations:  # Fermi: one proposal round per iteration
-                progress = 0.1 + 0.85 * min(1.0, (self.proposals - 1) / self.iterations)
-                if progress > self.last:
-                    self.last = progress
-                    self.update(self.job_id, progress=round(progress, 3),
-                                stage=f"fitting (round {self.proposals} of {self.iterations})")
-
-
-class _Watched:
-    """An LLM seen through a :class:`_Watch` (everything else passes through)."""
-
-    def __init__(self, llm: LLM, watch: _Watch, role: str):
-        self._llm, self._watch, self._role = llm, watch, role
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._llm, name)
-        if name not in _Watch.CALLS:
-            return attr
-
-        def call(*args, **kwargs):
-            self._watch.before(self._role, name)
-            return attr(*args, **kwargs)
-
-        return call
 
 
 def _streamed(llm: LLM, prompt, params: SamplingParams, chat: Chat) -> Chat:

@@ -23,11 +23,11 @@ async def who(request: Request,
     hop per request); a key not yet seen is looked up in the store on a worker thread."""
     service = service_of(request)
     token = creds.credentials if creds else None
-    principal = service.known_key(token)
+    principal = service.keys.known_key(token)
     if principal is None:
-        principal = await run_in_threadpool(service.authenticate, token)
+        principal = await run_in_threadpool(service.keys.authenticate, token)
     at = time.monotonic()
     service.rate.check(principal.key_id, at)
-    if service.needs_touch(principal, at):
-        await run_in_threadpool(service.touch, principal, at)
+    if service.keys.needs_touch(principal, at):
+        await run_in_threadpool(service.keys.touch, principal, at)
     return principal

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from personalign.runtime.errors import NotFoundError
+
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -33,6 +35,14 @@ class UserRow(Base):
     profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+def user_row(session, user_id: str) -> "UserRow":
+    """The user's row; NotFoundError when there is none."""
+    row = session.get(UserRow, user_id)
+    if row is None:
+        raise NotFoundError(f"no user {user_id!r}")
+    return row
 
 
 class ApiKeyRow(Base):
