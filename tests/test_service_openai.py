@@ -221,3 +221,26 @@ def test_fermi_fit_and_chat_on_the_real_models(tmp_path, gemma, smollm, embedder
         assert applied["method"] == "fermi" and applied["system_prompt"]
         assert r.usage.prompt_tokens > 10
         app.state.service.close()
+
+
+def test_the_bare_model_server_streams_as_the_service_does():
+    """``personalign serve openai`` streams through the same code: the official client's
+    chunks join to the plain answer, for chat and for completions."""
+    from personalign.runtime.llm.fake import FakeLLM
+    from personalign.service.openai_server import create_openai_app
+
+    llm = FakeLLM(responder=lambda text, i: "Trams run on rails through the city.",
+                  model_id="bare")
+    with serve_in_thread(create_openai_app({"bare": llm})) as url:
+        bare = client(url, "unused")
+        messages = [{"role": "user", "content": "Trams?"}]
+        plain = bare.chat.completions.create(model="bare", messages=messages)
+        chunks = list(bare.chat.completions.create(model="bare", messages=messages,
+                                                   stream=True,
+                                                   stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == plain.choices[0].message.content and len(chunks) > 4
+        assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+        assert "personalization" not in (chunks[0].model_extra or {})
+        pieces = list(bare.completions.create(model="bare", prompt="Trams?", stream=True))
+        assert "".join(p.choices[0].text for p in pieces) == text

@@ -19,8 +19,8 @@ import re
 import threading
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from sqlalchemy import delete, func, select
 
@@ -32,13 +32,13 @@ from personalign.runtime.errors import (
     NotFoundError,
     PersonalignError,
 )
-from personalign.runtime.llm.base import LLM, Generation
+from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import Message, SamplingParams
 from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
 from personalign.service.errors import AuthError, ConflictError, ForbiddenError, LimitError
 from personalign.service.jobs import Cancelled, FitQueue, UncachedModels, _Watch
 from personalign.service.keys import KeyRing, Principal, RateLimiter, key_dict
-from personalign.service.openai_format import finish_reason
+from personalign.service.openai_format import Chat, finish_reason, streamed
 from personalign.service.store import Store
 from personalign.service.store.models import (
     ApiKeyRow,
@@ -77,21 +77,6 @@ def check_user_id(user_id: str) -> str:
         raise DataError("must be 1-128 characters from letters, digits, '_', '-', '.' "
                         "(not '.' or '..')", field="user_id")
     return user_id
-
-
-@dataclass
-class Chat:
-    """A personalized chat answer."""
-
-    texts: list[str]
-    prompt_tokens: int
-    completion_tokens: int
-    personalization: dict[str, Any]
-    top_logprobs: list[tuple[str, float]] | None = None
-    finish: list[str] = field(default_factory=list)
-    #: when streamed: the text's pieces as the model writes them; ``texts``, the token counts
-    #: and ``finish`` are filled in once the pieces run out
-    pieces: Iterator[str] | None = None
 
 
 class PersonalizationService:
@@ -439,7 +424,7 @@ class PersonalizationService:
             if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):
                 top = llm.next_token_logprobs(prompt, max(1, top_logprobs))
             if stream and params.n == 1:
-                return _streamed(llm, prompt, params, Chat([], 0, 0, applied, top))
+                return streamed(llm, prompt, params, Chat([], 0, 0, applied, top))
             # Per-request usage comes with the texts, so requests run concurrently (a local
             # model serializes its own forwards; a remote server batches them).
             texts, used_in, used_out = llm.generate_one(prompt, params)
@@ -465,20 +450,6 @@ class PersonalizationService:
         for event in list(self._cancel.values()):
             event.set()
         self._queue.close()
-
-
-def _streamed(llm: LLM, prompt, params: SamplingParams, chat: Chat) -> Chat:
-    """``chat`` with the pieces of the task model's answer, filled in when they run out."""
-    usage = Generation([])
-
-    def pieces() -> Iterator[str]:
-        yield from llm.stream(prompt, params, usage)
-        chat.texts = usage.texts
-        chat.prompt_tokens, chat.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        chat.finish = [finish_reason(llm, t, params) for t in usage.texts]
-
-    chat.pieces = pieces()
-    return chat
 
 
 __all__ = ["AuthError", "ForbiddenError", "ConflictError", "LimitError", "Limits",

@@ -8,16 +8,48 @@ import json
 import logging
 import queue
 import threading
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from fastapi.responses import StreamingResponse
 
 from personalign.runtime.errors import PersonalignError
-from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.base import LLM, Generation
 from personalign.runtime.llm.types import SamplingParams
 from personalign.service.http import error_body
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Chat:
+    """An answer to an OpenAI request: its texts, token counts and finish reasons, the
+    first-token log-probs and, in the personalized service, what was applied."""
+
+    texts: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    personalization: dict[str, Any] | None
+    top_logprobs: list[tuple[str, float]] | None = None
+    finish: list[str] = field(default_factory=list)
+    #: when streamed: the text's pieces as the model writes them; ``texts``, the token counts
+    #: and ``finish`` are filled in once the pieces run out
+    pieces: Iterator[str] | None = None
+
+
+def streamed(llm: LLM, prompt, params: SamplingParams, chat: Chat) -> Chat:
+    """``chat`` with the pieces of ``llm``'s answer as it writes them; the rest of ``chat`` is
+    filled in when they run out."""
+    usage = Generation([])
+
+    def pieces() -> Iterator[str]:
+        yield from llm.stream(prompt, params, usage)
+        chat.texts = usage.texts
+        chat.prompt_tokens, chat.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        chat.finish = [finish_reason(llm, t, params) for t in usage.texts]
+
+    chat.pieces = pieces()
+    return chat
 
 
 def first_token(text: str, top: list[tuple[str, float]]) -> tuple[str, float]:
@@ -127,6 +159,11 @@ def sse(events: Iterator[dict], rid: str | None) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache"})
 
 
+def _applied(personalization: dict | None) -> dict:
+    """The chunk's ``personalization`` field, in the personalized service only."""
+    return {} if personalization is None else {"personalization": personalization}
+
+
 def _text_pieces(result) -> Iterator[tuple[int, str | None]]:
     """(choice index, piece) of each answer, then (index, None) as each one ends: the model's
     own pieces when it streamed, else the finished texts cut into words."""
@@ -152,7 +189,7 @@ def chat_chunks(cid: str, created: int, model: str, result, top_k: int | None,
         if first:
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                           "finish_reason": None, "logprobs": None}],
-                        personalization=result.personalization)
+                        **_applied(result.personalization))
         if piece is None:
             yield chunk([{"index": i, "delta": {}, "finish_reason": result.finish[i],
                           "logprobs": None}])
@@ -179,7 +216,7 @@ def streamed_completion(cid: str, created: int, model: str, result, k: int | Non
             continue
         yield chunk([{"index": 0, "text": piece, "finish_reason": None,
                       "logprobs": completion_logprobs(piece, result.top_logprobs, k) if first else None}],
-                    personalization=result.personalization)
+                    **_applied(result.personalization))
         first = False
     if include_usage:
         yield chunk([], usage=usage(result.prompt_tokens, result.completion_tokens))

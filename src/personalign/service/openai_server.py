@@ -2,6 +2,7 @@
 models through the transformers backend) at ``/v1/models``, ``/v1/chat/completions`` and
 ``/v1/completions``, so every OpenAI client (and :class:`OpenAILLM`) can use them.
 
+Streams (``stream: true``, one choice) send each piece as the model writes it.
 Log-probs (``logprobs``/``top_logprobs``) are reported for the first generated token only,
 through the optional backend hook ``next_token_logprobs(prompt, top_k)`` (TransformersLLM has
 it); for a backend without it the ``logprobs`` field is null, which clients read as "no
@@ -19,11 +20,13 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
+from fastapi import Request
+
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.cache import cache_key
 from personalign.runtime.llm.types import Prompt, SamplingParams
 from personalign.service import openai_format as fmt
-from personalign.service.http import install_errors
+from personalign.service.http import install_errors, request_id
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +132,21 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
         return {"status": "ok", "models": list(served)}
 
     @app.post("/v1/chat/completions")
-    def chat(body: ChatRequest) -> dict:
+    def chat(body: ChatRequest, request: Request):
         model = model_of(body.model)
-        if body.stream:
-            raise HTTPException(400, "stream is not supported by the bare model server; "
-                                "`personalign serve` streams")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         params = fmt.sampling(body, body.max_completion_tokens or body.max_tokens,
                               default_max_tokens)
         k = (body.top_logprobs or 0) if body.logprobs else None
         top = model.top_logprobs(messages, max(1, k)) if k is not None else None
+        if body.stream:
+            if body.n != 1:
+                raise HTTPException(400, "stream with n > 1 is not supported by this server")
+            result = fmt.streamed(model.llm, messages, params, fmt.Chat([], 0, 0, None, top))
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return fmt.sse(fmt.chat_chunks(f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                                           int(time.time()), body.model, result, k,
+                                           include_usage), request_id(request))
         texts, used_in, used_out = _complete(model, messages, params, top)
         choices = [{"index": i, "finish_reason": fmt.finish_reason(model.llm, text, params),
                     "message": {"role": "assistant", "content": text},
@@ -149,14 +157,25 @@ def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
                 "usage": fmt.usage(used_in, used_out)}
 
     @app.post("/v1/completions")
-    def completions(body: CompletionRequest) -> dict:
+    def completions(body: CompletionRequest, request: Request):
         model = model_of(body.model)
-        if body.echo or body.stream:
-            raise HTTPException(400, "echo and stream are not supported by this server")
+        if body.echo:
+            raise HTTPException(400, "echo is not supported by this server")
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts:
             raise HTTPException(400, "prompt is empty")
         params = fmt.sampling(body, body.max_tokens, 16)
+        if body.stream:
+            if body.n != 1 or len(prompts) != 1:
+                raise HTTPException(400, "stream takes one prompt and n = 1 on this server")
+            top = model.top_logprobs(prompts[0], max(1, body.logprobs)) \
+                if body.logprobs is not None else None
+            result = fmt.streamed(model.llm, prompts[0], params, fmt.Chat([], 0, 0, None, top))
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return fmt.sse(fmt.streamed_completion(f"cmpl-{uuid.uuid4().hex[:24]}",
+                                                   int(time.time()), body.model, result,
+                                                   body.logprobs, include_usage),
+                           request_id(request))
         choices, total_in, total_out = [], 0, 0
         for prompt in prompts:
             top = model.top_logprobs(prompt, max(1, body.logprobs)) \
