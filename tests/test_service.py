@@ -233,7 +233,8 @@ def test_fit_chat_export_then_delete_leaves_nothing(server, database, tmp_path):
     assert http.post("/v1/users/erin/pairs", headers=h, json={"pairs": [
         {"prompt": f"Plan a {canary} trip", "chosen": "By bus", "rejected": "By car"}]}
     ).json()["pairs"] == 1
-    r = http.post("/v1/users/erin/fit", json={"method": "fermi", "preset": "tiny"}, headers=h)
+    # quick: a pool of several prompts, so RoP embeds the chat query to pick one
+    r = http.post("/v1/users/erin/fit", json={"method": "fermi", "preset": "quick"}, headers=h)
     assert r.status_code == 202 and r.json()["status"] == "queued"
     job = server.wait(r.json()["job_id"], key)
     assert job["status"] == "done" and job["progress"] == 1.0, job
@@ -251,6 +252,9 @@ def test_fit_chat_export_then_delete_leaves_nothing(server, database, tmp_path):
     assert export["personalization"]["saved"]["state"]
     folders = [tmp_path, settings.home()]
     assert _canary_hits(database, folders, canary)  # the search finds it while it is there
+    embedder = server.app.state.fakes[2]
+    held = [t for t in embedder.memo if canary in t]
+    assert held  # the chat's retrieval embedded the user's text: deletion has work to do
 
     r = http.delete("/v1/users/erin", headers=h)
     assert r.status_code == 200
@@ -259,8 +263,8 @@ def test_fit_chat_export_then_delete_leaves_nothing(server, database, tmp_path):
     assert removed["preference_pairs"] == 1 and removed["personalizations"] == 1
     assert removed["jobs"] == 1 and removed["api_keys"] == 1
     assert _canary_hits(database, folders, canary) == []
-    embedder = server.app.state.fakes[2]
     assert not [t for t in embedder.memo if canary in t]
+    assert removed["embedding_cache_entries"] >= len(held)
     assert http.get(f"/v1/jobs/{job['job_id']}", headers=ADMIN_H).status_code == 404
     assert http.get("/v1/users/erin/export", headers=h).status_code == 401  # key gone too
     assert http.get("/v1/users/erin/export", headers=ADMIN_H).status_code == 404

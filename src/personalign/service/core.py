@@ -95,6 +95,9 @@ class PersonalizationService:
         # In-process caches of keys and loaded personalizations: this process is the only
         # writer (fits and deletions run here), and it drops entries as it changes them.
         self._personalizers: dict[str, tuple[Any, Personalizer]] = {}
+        # Texts a user sent to be answered (never stored, but a retrieval may have embedded
+        # them): forgotten with the user.
+        self._asked: dict[str, set[str]] = defaultdict(set)
         self.keys = KeyRing(store, admin_key)
         self._queue = FitQueue(self._run)
         self._model_locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
@@ -354,10 +357,15 @@ class PersonalizationService:
             self._personalizers.pop(user_id, None)
             self.keys.forget(lambda p: p.user_id == user_id)
             texts = {t for o in user.opinions for t in (o.question, *o.options)} | {
-                t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)}
+                t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)} | \
+                self._asked.pop(user_id, set())
             embedder = self.models._loaded.get("embedder")
+            # A text holding one of the user's own (a retrieval query, a prompt) goes; short
+            # shared ones ("Yes", "Strongly agree") go only as themselves, not inside others.
+            own = [x for x in texts if len(x) >= 24]
             removed["embedding_cache_entries"] = embedder.forget(
-                lambda t: any(x in t for x in texts)) if embedder is not None and texts else 0
+                lambda t: t in texts or any(x in t for x in own)) \
+                if embedder is not None and texts else 0
             removed["llm_cache_entries"] = 0  # the service's models run uncached
             removed["files"] = 0              # the store holds everything; no per-user files
             with self.store.session() as s:
@@ -400,6 +408,7 @@ class PersonalizationService:
 
     def answer(self, user_id: str, questions: Sequence[Opinion]) -> tuple[str, list]:
         method = self.personalizer(user_id)
+        self._asked[user_id].update(t for q in questions for t in (q.question, *q.options))
         with self._serial(method.models.task_llm):
             return method.name, method.predict(questions)
 
@@ -414,6 +423,7 @@ class PersonalizationService:
         query = last_user_text(messages)
         if not query:
             raise DataError("a chat needs at least one user message", field="messages")
+        self._asked[user_id].add(query)
         applied: dict[str, Any] = {"user_id": user_id, "method": method.name}
         system = method.system_prompt(query)
         if system is not None or type(method).respond is Personalizer.respond:
