@@ -96,13 +96,13 @@ def run_service(port: int, backend: str, database: str) -> None:
     from personalign.runtime.llm.fake import FakeLLM
     from personalign.runtime.llm.openai_backend import OpenAILLM
     from personalign.service.app import ServiceConfig, create_app
-    from personalign.service.core import Limits
+    from personalign.service.core import ServiceLimits
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.service_helpers import BagEmbedder
 
     config = ServiceConfig(database=database, admin_key=ADMIN,
-                           limits=Limits(requests_per_minute=100_000))
+                           limits=ServiceLimits(requests_per_minute=100_000))
     # Fit the user with a local stand-in of the same model id (the fit is not what is timed).
     fit_app = create_app(config, task_llm=_sleepy(0), embedder=BagEmbedder(),
                          optimizer_llm=FakeLLM(responder=lambda t, i: f"[Answer as a transit "

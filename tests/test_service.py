@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from personalign.runtime import settings
-from personalign.service.core import Limits
+from personalign.service.core import ServiceLimits
 from personalign.service.openai_server import serve_in_thread
 from personalign.service.store.models import Base
 from tests.service_helpers import ADMIN, CANARY, OPINIONS, PG_ENV, PROMPT, fresh_postgres, make_app
@@ -191,7 +191,7 @@ def test_inputs_are_strict_and_named(server):
 
 
 def test_requests_per_key_are_limited(database):
-    server, cm = _serve(database, limits=Limits(requests_per_minute=5))
+    server, cm = _serve(database, limits=ServiceLimits(requests_per_minute=5))
     try:
         key = server.user("dave", opinions=None)  # the admin's 1 request
         codes = [server.http.get("/v1/users/dave/export", headers=server.as_(key)).status_code

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from personalign.runtime.errors import ConfigError
 from personalign.service.app import ServiceConfig, create_app
-from personalign.service.core import FitQueue, Limits
+from personalign.service.core import ServiceLimits
+from personalign.service.jobs import FitQueue
 from personalign.service.openai_server import serve_in_thread
 from tests.service_helpers import ADMIN, OPINIONS, BagEmbedder, LogprobLLM, fake_models, make_app
 
@@ -288,7 +289,7 @@ def requests_(draw):
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'service.db'}"
-    app = make_app(db, limits=Limits(requests_per_minute=10 ** 6))
+    app = make_app(db, limits=ServiceLimits(requests_per_minute=10 ** 6))
     with TestClient(app, raise_server_exceptions=False) as http:
         key = new_user(http, "hy", fit=True)
         yield http, key, {"n": 0, "status": {}}
@@ -376,7 +377,7 @@ def test_fits_are_served_round_robin_across_users():
 
 
 def test_a_user_past_the_limit_of_queued_fits_gets_429(db):
-    app = make_app(db, delay=0.5, limits=Limits(max_active_fits_per_user=2))
+    app = make_app(db, delay=0.5, limits=ServiceLimits(max_active_fits_per_user=2))
     with TestClient(app) as http:
         key = new_user(http, "max")
         http.post("/v1/users/max/opinions", json={"opinions": OPINIONS}, headers=bearer(key))

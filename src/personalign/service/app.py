@@ -40,7 +40,7 @@ from fastapi import FastAPI
 from personalign.runtime import models as embedded
 from personalign.runtime import settings
 from personalign.runtime.personalizer import SharedModels
-from personalign.service.core import Limits, PersonalizationService, UncachedModels
+from personalign.service.core import ServiceLimits, PersonalizationService, UncachedModels
 from personalign.service.http import BodyLimit, install_errors
 from personalign.service.routes import keys, openai, users
 from personalign.service.store import Store, sqlite_url
@@ -52,7 +52,7 @@ class ServiceConfig:
     optimizer_model: str = embedded.DEFAULT_OPTIMIZER
     database: str | None = None          # SQLAlchemy URL; default: a SQLite file
     admin_key: str | None = None         # None: one is created on first start and printed
-    limits: Limits = field(default_factory=Limits)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
     resume_jobs: bool = True
     #: FSPO models a fit may name (``fspo:NAME``): name -> model or run folder
     fspo_models: dict[str, str] = field(default_factory=dict)

@@ -61,7 +61,10 @@ MAX_RESUMES = 2
 
 
 @dataclass
-class Limits:
+class ServiceLimits:
+    """What one user or key may send and keep (the run budget's limits are
+    :class:`personalign.runtime.budget.Limits`)."""
+
     max_body_bytes: int = 1_000_000
     max_opinions_per_user: int = 500
     max_pairs_per_user: int = 500
@@ -82,12 +85,12 @@ def check_user_id(user_id: str) -> str:
 class PersonalizationService:
     """Owns the store, the models (loaded once) and the background fit queue."""
 
-    def __init__(self, store: Store, models: SharedModels, limits: Limits | None = None,
+    def __init__(self, store: Store, models: SharedModels, limits: ServiceLimits | None = None,
                  admin_key: str | None = None, fspo_models: dict[str, str] | None = None):
         self.store = store
         self.models = models
         self.methods = self._served_methods(fspo_models or {})
-        self.limits = limits or Limits()
+        self.limits = limits or ServiceLimits()
         self.rate = RateLimiter(self.limits.requests_per_minute)
         self._load_lock = threading.Lock()
         self._user_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -462,5 +465,5 @@ class PersonalizationService:
         self._queue.close()
 
 
-__all__ = ["AuthError", "ForbiddenError", "ConflictError", "LimitError", "Limits",
+__all__ = ["AuthError", "ForbiddenError", "ConflictError", "LimitError", "ServiceLimits",
            "PersonalizationService", "Principal", "UncachedModels", "ConfigError"]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.data.validate import require_options
 from personalign.runtime.errors import DataError
-from personalign.service.core import Limits, PersonalizationService, Principal
+from personalign.service.core import ServiceLimits, PersonalizationService, Principal
 from personalign.service.routes.deps import service_of, who
 from personalign.service.schemas import AnswerIn, FitIn, OpinionsIn, PairsIn, UserIn
 
@@ -16,7 +16,7 @@ router = APIRouter(tags=["users"])
 
 
 # ---- input checks the schemas cannot express (limits are configurable) ----------------------
-def _text(value: str, name: str, limits: Limits) -> str:
+def _text(value: str, name: str, limits: ServiceLimits) -> str:
     if not value.strip():
         raise DataError("empty", field=name)
     if len(value) > limits.max_text_chars:
@@ -24,7 +24,7 @@ def _text(value: str, name: str, limits: Limits) -> str:
     return value
 
 
-def _question(q, where: str, limits: Limits) -> tuple[str, tuple[str, ...]]:
+def _question(q, where: str, limits: ServiceLimits) -> tuple[str, tuple[str, ...]]:
     _text(q.question, f"{where}.question", limits)
     if len(q.options) > limits.max_options:
         raise DataError(f"{len(q.options)} options; at most {limits.max_options}",
@@ -35,7 +35,7 @@ def _question(q, where: str, limits: Limits) -> tuple[str, tuple[str, ...]]:
     return q.question, options
 
 
-def _opinions(body: OpinionsIn, limits: Limits) -> list[Opinion]:
+def _opinions(body: OpinionsIn, limits: ServiceLimits) -> list[Opinion]:
     out = []
     for i, o in enumerate(body.opinions):
         where = f"opinions[{i}]"
