@@ -110,6 +110,11 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         if "vanilla" in specs else None
     collapsed = {s: sum(bool(r["fits"].get(s, {}).get("collapsed")) for r in records)
                  for s in specs}
+    # answers a generating method (the DSPy peers) could not parse, of those it gave
+    unparsed = {s: (sum(r["fits"].get(s, {}).get("failures", {}).get("unparsed_answers", 0)
+                        for r in records),
+                    sum(r["fits"].get(s, {}).get("counts", {}).get("answers", 0)
+                        for r in records)) for s in specs}
     table = []
     for spec in specs:
         mine = frame[frame["method"] == spec]
@@ -128,6 +133,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
                 mine["choice"].to_numpy()[answered] != theirs[answered])) if answered.any() \
                 else float("nan")
         row["collapsed_users"] = collapsed[spec]
+        if unparsed[spec][1]:
+            row["unparsed_answers"], row["answers"] = unparsed[spec]
         table.append(row)
     per_method = pd.DataFrame(table)
     _write_csv(out / "per_method.csv", per_method)
@@ -148,6 +155,9 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
             differs = r.get("differs_from_vanilla", np.nan)
             cells["Differs from vanilla"] = "-" if differs != differs else f"{_pct(differs)}%"
         cells["Collapsed pools"] = r["collapsed_users"] if any(collapsed.values()) else "-"
+        if any(n for _, n in unparsed.values()):
+            cells["Unparsed"] = f"{r['unparsed_answers']}/{r['answers']}" if "answers" in r \
+                else "-"
         md_rows.append(cells)
     md_method = markdown(pd.DataFrame(md_rows)) if md_rows else "(no methods)"
     atomic_write_text(out / "per_method.md", md_method + "\n")
@@ -213,6 +223,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         for model, tot in total.items() for phase, u in sorted(tot.get("by_phase", {}).items())])
     fail_rows = pd.DataFrame([{"method": labels[s], **counts[s], **failures[s]}
                               for s in specs if failures[s] or counts[s]])
+    cost_md = _cost_table(records, specs, labels)
     models = meta.get("models", {})
     readme = [f"# {title}", "",
               f"Users: {len(records)} (skipped, too few opinions: "
@@ -229,6 +240,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
               "## Per user", "", markdown(shown), "",
               "## LLM calls, tokens and seconds per phase", "",
               markdown(phase_rows) if len(phase_rows) else "(none)", "",
+              *(["## Cost per user by method (fit and predict, all models)", "", cost_md, ""]
+                if cost_md else []),
               f"Wall time per user: {usage['wall_s_per_user']['mean']:.1f} s (mean), "
               f"{usage['wall_s_per_user']['total']:.0f} s in all. Mean seconds per user by "
               "method (fit and predict): "
@@ -241,6 +254,34 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
     return {"per_method": table, "paired": paired, "per_method_md": md_method,
             "paired_md": md_paired, "per_user_md": markdown(shown), "usage": usage,
             "curves": curves}
+
+
+def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[str, str]
+                ) -> str:
+    """Mean LLM calls, tokens and seconds per user for each method (from each unit's usage,
+    every model together), and its tokens over Fermi's where Fermi ran; "" without per-method
+    usage."""
+    if not records or not all("method_usage" in r for r in records):
+        return ""
+    n = len(records)
+
+    def total(spec: str, key: str) -> float:
+        return sum(u.get(key, 0) for r in records
+                   for u in r["method_usage"].get(spec, {}).values()) / n
+
+    rows = []
+    for spec in specs:
+        tokens = total(spec, "prompt_tokens") + total(spec, "completion_tokens")
+        row = {"Method": labels[spec], "calls": f"{total(spec, 'calls'):.0f}",
+               "cache hits": f"{total(spec, 'cache_hits'):.0f}",
+               "prompt tokens": f"{total(spec, 'prompt_tokens'):.0f}",
+               "completion tokens": f"{total(spec, 'completion_tokens'):.0f}",
+               "seconds": f"{np.mean([r['seconds'].get(spec, 0.0) for r in records]):.1f}"}
+        if "fermi" in specs:
+            fermi = total("fermi", "prompt_tokens") + total("fermi", "completion_tokens")
+            row["tokens / Fermi's"] = f"{tokens / fermi:.2f}" if fermi else "-"
+        rows.append(row)
+    return markdown(pd.DataFrame(rows))
 
 
 def _plots(out: Path, per_method: pd.DataFrame, curves: dict, title: str) -> None:

@@ -324,6 +324,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             "rows": [row for r in per_method.values() for row in r["rows"]],
             "fits": {s: r["fit"] for s, r in per_method.items() if r["fit"]},
             "usage": sum_usage([r["usage"] for r in per_method.values()]),
+            "method_usage": {s: r["usage"] for s, r in per_method.items()},
             "seconds": {s: round(r["seconds"], 2) for s, r in per_method.items()},
             "wall_s": round(sum(r["seconds"] for r in per_method.values()), 2)})
     meta = {"protocol": cfg.protocol, "data": cfg.data,
@@ -339,7 +340,9 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             "this_session_wall_s": round(time.time() - wall, 1),
             "notes": [f"Fermi/OPRO preset: {cfg.settings.preset}"
                       + (" (smaller T and K than the paper)"
-                         if cfg.settings.preset != "paper" else "") + "."]}
+                         if cfg.settings.preset != "paper" else "") + "."]
+            + [note for note in (method_class(split_spec(s)[0]).report_note(cfg.settings)
+                                 for s in cfg.methods) if note]}
     summary = write_report(cfg.out, records, meta)
     return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
 

@@ -181,6 +181,12 @@ class Personalizer(ABC):
         """What the fit did, for reports (optimizer history, failures, collapse)."""
         return {}
 
+    @classmethod
+    def report_note(cls, settings: Any) -> str | None:
+        """A line for the benchmark report on how this method ran with the run's method
+        settings (a peer's budget rule), or None."""
+        return None
+
     def score(self, questions: Sequence[Opinion]) -> float:
         """Mean accuracy on answered questions, through :meth:`predict`."""
         answers = self.predict(questions)
