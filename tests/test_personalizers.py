@@ -21,10 +21,12 @@ from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scrip
 FAKE_SPECS = ["random", "vanilla", "profile", "fewshot", "fewshot:bm25", "opro", "fermi_norop",
               "fermi", "fermi+fewshot", "fermi_transfer:fake-fit"]
 REAL_SPECS = ["fspo:base", "pooled:base", "oracle"]
+# the DSPy peers (extra personalign[peers]) on fakes that answer DSPy's chat format
+PEER_SPECS = ["dspy-gepa", "dspy-miprov2", "dspy-bootstrap"]
 
 
 def test_every_registered_method_is_covered():
-    covered = {s.split(":")[0] for s in FAKE_SPECS + REAL_SPECS}
+    covered = {s.split(":")[0] for s in FAKE_SPECS + REAL_SPECS + PEER_SPECS}
     assert covered == set(method_names())
 
 
@@ -86,6 +88,14 @@ def _fake_models(task_id: str = "fake-task") -> SharedModels:
 @pytest.mark.parametrize("spec", FAKE_SPECS)
 def test_contract_on_fakes(spec, tmp_path):
     check_contract(spec, _fake_models(), tmp_path, _fake_models("another-task"))
+
+
+@pytest.mark.parametrize("spec", PEER_SPECS)
+def test_contract_of_the_dspy_peers(spec, tmp_path):
+    pytest.importorskip("dspy", reason="the DSPy peers need the extra personalign[peers]")
+    from tests.peer_fakes import peer_models
+
+    check_contract(spec, peer_models(), tmp_path, peer_models("another-task"))
 
 
 def test_fermi_reports_its_fit_and_a_bad_argument_fails_early():

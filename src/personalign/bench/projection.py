@@ -3,7 +3,8 @@
 Per (method, phase): LLM calls and tokens for an average user, and for the whole run. The
 counts follow each method's algorithm (Fermi: one scoring pass of the initial prompt on the
 optimization opinions, then T iterations of K optimizer calls and K scoring passes, the pool
-scored on the demonstration opinions, one scored item per test question); tokens are estimated
+scored on the demonstration opinions, one scored item per test question; the DSPy peers by their
+budget rule, :meth:`personalign.methods.peers.DSPyPeer.project`); tokens are estimated
 at 4 characters a token, the estimate ``LLM.count_tokens`` makes without a tokenizer. Optimizer
 retries and cache hits are not projected: a projection is an expected upper bound of calls
 without retries, not a measurement.
@@ -53,6 +54,8 @@ def project_unit(spec: str, shots: Sequence[Opinion], test: Sequence[Opinion],
         per_question = _shots_tokens(shots, settings.fewshot_k)
         return {"fewshot/predict": {"calls": len(test),
                                     "tokens": test_tokens + per_question * len(test)}}
+    if hasattr(klass, "project"):  # the DSPy peers project themselves (their budget rule)
+        return klass.project(shots, test, settings)
     if hasattr(klass, "mode"):  # Fermi, Fermi w/o RoP, OPRO, Fermi + few-shot
         cfg = fermi_preset(settings.preset, seed=settings.seed,
                            **{**klass.preset_overrides(settings), **settings.fermi})

@@ -90,7 +90,9 @@ def opinionqa(
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
     methods: str = typer.Option("all", help="all, or a comma list of method specs: random, "
                                 "vanilla, profile, fewshot[:bm25], opro, fermi_norop, fermi, "
-                                "fspo[:RUN|base], pooled:RUN, oracle[:RUN]."),
+                                "fermi+fewshot, fspo[:RUN|base], pooled:RUN, oracle[:RUN]; the "
+                                "DSPy peers dspy-gepa, dspy-miprov2, dspy-bootstrap (extra "
+                                "personalign[peers]; budget: Fermi's calls at --preset)."),
     preset: str = typer.Option("quick", help="paper (T=10, K=4, L=5), quick (T=2, K=2) or tiny."),
     seed: int = typer.Option(0),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-T", help="Override T."),

@@ -43,14 +43,16 @@ def _registry() -> dict[str, type[Personalizer]]:
     from personalign.fermi.personalizer import (FermiFewShot, FermiNoRoP, FermiPersonalizer,
                                                 FermiTransfer, OPRO)
     from personalign.fspo.personalizer import FSPO, Oracle, Pooled
+    from personalign.methods.peers import PEERS  # DSPy is imported only when a peer runs
     from personalign.methods.prompting import FewShot, Profile, RandomChoice, Vanilla
 
     classes = (RandomChoice, Vanilla, Profile, FewShot, OPRO, FermiNoRoP, FermiPersonalizer,
-               FermiFewShot, FermiTransfer, FSPO, Pooled, Oracle)
+               FermiFewShot, FermiTransfer, FSPO, Pooled, Oracle, *PEERS)
     return {c.name: c for c in classes}
 
 
-#: what ``--methods all`` runs: every method that needs no trained model
+#: what ``--methods all`` runs: every method that needs no trained model (nor an extra: the
+#: DSPy peers ``dspy-gepa``, ``dspy-miprov2``, ``dspy-bootstrap`` need ``personalign[peers]``)
 DEFAULT_METHODS = ("random", "vanilla", "profile", "fewshot", "opro", "fermi_norop", "fermi")
 
 
