@@ -185,6 +185,22 @@ def test_peers_in_the_benchmark_report_and_resume(tmp_path):
     assert again.summary["per_method_md"] == res.summary["per_method_md"]
 
 
+@pytest.mark.parametrize("spec", ["dspy-gepa", "dspy-miprov2"])
+def test_an_optimizer_model_dspy_cannot_read_leaves_the_initial_prompt(spec):
+    """Replies of the optimizer model in no format DSPy reads: GEPA skips the proposal,
+    MIPROv2's proposer raises and the fit keeps the initial program; either way the fit is
+    reported collapsed with the unreadable replies counted, and it still predicts."""
+    models = peer_models()
+    models.optimizer_llm.responder = lambda text, i: "Sure! Here is a better prompt for you."
+    train, test = _split(10, 4)
+    method = build(spec, models, MethodSettings(preset="tiny")).fit(train)
+    report = method.fit_report()
+    assert method.instruction == report["initial_instruction"] and report["collapsed"]
+    assert report["failures"]["optimizer_unparsed"] > 0
+    assert report["failures"]["optimizer_errors"] == (spec == "dspy-miprov2")
+    assert len(method.predict(test)) == 4
+
+
 def test_a_limit_reached_inside_dspy_stops_the_unit(tmp_path):
     """The run's limits reach the calls DSPy makes through the endpoint: the unit is stopped,
     not saved, and a rerun with a higher limit finishes it."""

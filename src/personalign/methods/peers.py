@@ -22,6 +22,10 @@ a sentence of feedback naming the person's choice). An answer DSPy cannot parse,
 names no answer choice, counts as unparsed: the prediction has no choice and is read as a
 uniform guess over the options (:class:`~personalign.runtime.personalizer.Answer`); the count
 is reported (``failures.unparsed_answers`` of every fit, the report's "Unparsed" column).
+An optimizer that stops on a reply of the optimizer model it cannot parse (MIPROv2's proposer
+does not catch them) leaves the fit with the initial program (``failures.optimizer_errors``);
+a fit that ends with the initial program, for whatever reason, counts as collapsed, as a Fermi
+fit whose pool is its initial prompt does.
 
 **Budget rule.** Each peer's optimizer gets at least the LLM calls Fermi spends per user at the
 same preset. :func:`fermi_fit_calls` bounds those from above: every candidate prompt Fermi can
@@ -406,6 +410,8 @@ class DSPyPeer(Personalizer):
     def fit(self, user: User) -> "DSPyPeer":
         user = check_user(user, min_opinions=2)
         dspy = _dspy()
+        from dspy.utils.exceptions import AdapterParseError
+
         start = initial_prompt(profile_text(user.profile))  # as Fermi's fit starts
         counts: Counter = Counter()
         budget = self.budget(len(user.opinions))
@@ -421,6 +427,15 @@ class DSPyPeer(Personalizer):
                 try:
                     program, report = self._compile(dspy, lb, student, list(user.opinions),
                                                     budget, counts)
+                except AdapterParseError as e:
+                    # A reply DSPy's optimizer could not read and did not catch (MIPROv2's
+                    # proposer): the fit keeps the initial program, as a Fermi fit whose
+                    # rewrites all failed keeps its initial prompt.
+                    lb.raise_if_stopped()
+                    log.warning("%s %s: the optimizer stopped on a reply it could not parse; "
+                                "keeping the initial prompt", self.name, user.user_id)
+                    program, report = student, {"optimizer_error": str(e)[:1000]}
+                    counts["optimizer_errors"] += 1
                 except Exception:
                     lb.raise_if_stopped()  # a limit, not the optimizer, ended the fit
                     raise
@@ -430,13 +445,16 @@ class DSPyPeer(Personalizer):
         predictor = program.predictors()[0]
         self.instruction = predictor.signature.instructions
         self.demos = [_demo_dict(d) for d in predictor.demos]
+        # collapsed: the optimizer changed nothing (the report counts these users)
         self.report = {"initial_instruction": start, "instruction": self.instruction,
                        "demos": self.demos, **report,
+                       "collapsed": self.instruction == start and not self.demos,
                        "counts": {"budget_calls": budget, **report.get("counts", {}),
                                   "fit_answers": counts["answers"]},
                        "failures": {"fit_unparsed_answers": counts["unparsed"],
                                     "chat_format_errors": counts["chat_format_errors"],
-                                    "optimizer_unparsed": counts["optimizer_unparsed"]}}
+                                    "optimizer_unparsed": counts["optimizer_unparsed"],
+                                    "optimizer_errors": counts["optimizer_errors"]}}
         self.predict_counts = Counter()
         self.user_id = user.user_id
         return self
