@@ -127,3 +127,12 @@ def test_one_model_on_two_backends_stays_two_models():
     models = SharedModels.of(task, optimizer)
     assert models.task_llm is task and models.optimizer_llm is optimizer
     assert SharedModels.of(task).optimizer_llm is task  # no optimizer: the task model writes
+
+
+def test_usage_is_reported_per_loaded_model_not_per_model_id():
+    """Two backends of one model keep two usage entries (one entry taken across both gave
+    negative per-unit usage in the benchmark)."""
+    task, optimizer = FakeLLM(model_id="qwen"), FakeLLM(model_id="qwen")
+    optimizer.backend = "llamacpp"
+    models = SharedModels.of(task, optimizer)
+    assert models.loaded_llms() == {"qwen": task, "llamacpp:qwen": optimizer}

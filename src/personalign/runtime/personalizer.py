@@ -115,8 +115,12 @@ class SharedModels:
         return self._loaded["embedder"]
 
     def loaded_llms(self) -> dict[str, LLM]:
-        """Every LLM loaded so far, by its model id (for usage reports)."""
-        return {llm.model_id: llm for key, llm in self._loaded.items() if key != "embedder"}
+        """Every LLM loaded so far, by the spec it was loaded from (its model id where it was
+        loaded with options, e.g. an FSPO adapter), for usage reports. Not by model id
+        alone: one model on two backends (the engine and llama.cpp) would be one entry, and
+        a usage difference taken across the two comes out negative."""
+        return {(llm.model_id if key[1] else key[0]): llm
+                for key, llm in self._loaded.items() if key != "embedder"}
 
     def identity(self) -> dict[str, str]:
         return {"task": self.task, "optimizer": self.optimizer, "embedder": self.embedder,
