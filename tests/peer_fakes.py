@@ -60,13 +60,15 @@ def optimizer_responder(text: str, i: int) -> str:
     return "".join(f"[[ ## {f} ## ]]\n{value}\n\n" for f in fields) + "[[ ## completed ## ]]"
 
 
-def chat_task_llm(model_id: str = "fake-chat-task") -> FakeLLM:
-    return FakeLLM(responder=task_responder, model_id=model_id)
+def chat_task_llm(model_id: str = "fake-chat-task", cache=None) -> FakeLLM:
+    return FakeLLM(responder=task_responder, model_id=model_id, cache=cache)
 
 
-def chat_optimizer_llm() -> FakeLLM:
-    return FakeLLM(responder=optimizer_responder, model_id="fake-chat-opt")
+def chat_optimizer_llm(cache=None) -> FakeLLM:
+    return FakeLLM(responder=optimizer_responder, model_id="fake-chat-opt", cache=cache)
 
 
-def peer_models(task_id: str = "fake-chat-task") -> SharedModels:
-    return SharedModels.of(chat_task_llm(task_id), chat_optimizer_llm(), BagEmbedder())
+def peer_models(task_id: str = "fake-chat-task", cache=None) -> SharedModels:
+    """The fakes as a run's models; ``cache``: their call cache (None: none)."""
+    return SharedModels.of(chat_task_llm(task_id, cache), chat_optimizer_llm(cache),
+                           BagEmbedder())

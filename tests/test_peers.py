@@ -133,6 +133,10 @@ def test_peer_end_to_end_through_the_loopback_endpoint(spec, tmp_path, monkeypat
     assert report["failures"]["chat_format_errors"] >= sum(expected_unparsed)
     # every token DSPy spent went through the run's own LLM objects, per phase
     phases = task.usage.by_phase
+    spent = sum(u.prompt_tokens + u.completion_tokens
+                for llm in (task, opt) for u in llm.usage.by_phase.values())
+    assert report["counts"]["requests"] == task.usage.calls + opt.usage.calls  # no cache here
+    assert report["counts"]["requested_tokens"] == spent
     assert phases[f"{spec}/score"].calls >= report["counts"]["budget_calls"] == 39
     assert phases[f"{spec}/score"].prompt_tokens > 0
     # one call per question, one more (the JSON fallback) per unparsed reply
@@ -152,6 +156,22 @@ def test_peer_end_to_end_through_the_loopback_endpoint(spec, tmp_path, monkeypat
 GOOD = "careful"
 
 
+def test_requests_answered_by_the_call_cache_still_count_their_tokens(tmp_path):
+    """A second fit on the same models asks the same: the call cache answers all of it (no
+    new call), and the peer still reports every request and its tokens."""
+    from personalign.runtime.llm.cache import CallCache
+
+    models = peer_models(cache=CallCache(tmp_path / "calls"))
+    train, _ = _split()
+    first = build("dspy-gepa", models, MethodSettings(preset="tiny")).fit(train).fit_report()
+    calls = models.task_llm.usage.calls + models.optimizer_llm.usage.calls
+    second = build("dspy-gepa", models, MethodSettings(preset="tiny")).fit(train).fit_report()
+    assert models.task_llm.usage.calls + models.optimizer_llm.usage.calls == calls
+    assert models.task_llm.usage.cache_hits >= second["counts"]["fit_answers"] > 0
+    for key in ("requests", "requested_tokens"):
+        assert second["counts"][key] == first["counts"][key] > 0
+
+
 def test_peers_in_the_benchmark_report_and_resume(tmp_path):
     users = [make_user("u0", 30)]
     methods = ["vanilla", "fermi", *PEERS]
@@ -169,6 +189,7 @@ def test_peers_in_the_benchmark_report_and_resume(tmp_path):
     readme = (res.out / "README.md").read_text()
     assert "Unparsed" in res.summary["per_method_md"]
     assert "## Cost per user by method" in readme and "tokens / Fermi's" in readme
+    assert "tokens with cache hits" in readme
     for rule in ("max_metric_calls = B", "num_trials = ceil(B / |val|) - 1",
                  "num_candidate_programs = ceil(B / |val|) - 3"):
         assert rule in readme  # the budget rules, in the report's notes

@@ -259,11 +259,14 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
 def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[str, str]
                 ) -> str:
     """Mean LLM calls, tokens and seconds per user for each method (from each unit's usage,
-    every model together), and its tokens over Fermi's where Fermi ran; "" without per-method
-    usage."""
+    every model together: computed calls, the call cache's hits counted apart), its tokens over
+    Fermi's where Fermi ran, and for methods that count them (the DSPy peers) the tokens of
+    every request, cache hits included; "" without per-method usage."""
     if not records or not all("method_usage" in r for r in records):
         return ""
     n = len(records)
+    requested = any("requested_tokens" in f.get("counts", {})
+                    for r in records for f in r["fits"].values())
 
     def total(spec: str, key: str) -> float:
         return sum(u.get(key, 0) for r in records
@@ -280,6 +283,11 @@ def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[st
         if "fermi" in specs:
             fermi = total("fermi", "prompt_tokens") + total("fermi", "completion_tokens")
             row["tokens / Fermi's"] = f"{tokens / fermi:.2f}" if fermi else "-"
+        if requested:  # what a method asked for, answered from the cache or not
+            mine = [r["fits"].get(spec, {}).get("counts", {}).get("requested_tokens")
+                    for r in records]
+            row["tokens with cache hits"] = f"{sum(mine) / n:.0f}" \
+                if all(x is not None for x in mine) else "-"
         rows.append(row)
     return markdown(pd.DataFrame(rows))
 

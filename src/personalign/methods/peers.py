@@ -166,11 +166,24 @@ class _Served:
         if self._loopback.stopped is not None:
             raise _Stopped(self._loopback.stopped.reason)
         with self._lock, self._llm.phase(self.phase):
+            usage = self._llm.usage
+            before = usage.prompt_tokens + usage.completion_tokens
             try:
-                return self._llm.generate(prompts, params, **kw)
+                out = self._llm.generate(prompts, params, **kw)
             except BudgetExceeded as e:  # a BaseException: the server would not answer
                 self._loopback.stopped = e
                 raise _Stopped(e.reason) from None
+            spent = self._llm.usage.prompt_tokens + self._llm.usage.completion_tokens - before
+            if not spent:  # answered by the call cache: what the request amounts to
+                spent = sum(self._llm.count_tokens(_text(p)) for p in prompts) + sum(
+                    self._llm.count_tokens(t) for texts in out for t in texts if t)
+            self._loopback.requested["requests"] += len(prompts)
+            self._loopback.requested["requested_tokens"] += spent
+            return out
+
+
+def _text(prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
 
 class Loopback:
@@ -191,6 +204,10 @@ class Loopback:
         self.task_max_tokens, self.optimizer_max_tokens = task_max_tokens, optimizer_max_tokens
         self.timeout = timeout
         self.stopped = None
+        # every request served and its tokens, cache hits included (the tokens of a hit
+        # counted by the tokenizer, without the chat template): what the method would spend
+        # without the run's call cache, which methods asking the same share
+        self.requested: Counter = Counter()
         self.url: str | None = None  # the endpoint's /v1 base while the block runs
         self.task_lm = self.optimizer_lm = None
         self._serving = None
@@ -450,7 +467,7 @@ class DSPyPeer(Personalizer):
                        "demos": self.demos, **report,
                        "collapsed": self.instruction == start and not self.demos,
                        "counts": {"budget_calls": budget, **report.get("counts", {}),
-                                  "fit_answers": counts["answers"]},
+                                  "fit_answers": counts["answers"], **lb.requested},
                        "failures": {"fit_unparsed_answers": counts["unparsed"],
                                     "chat_format_errors": counts["chat_format_errors"],
                                     "optimizer_unparsed": counts["optimizer_unparsed"],
@@ -502,6 +519,7 @@ class DSPyPeer(Personalizer):
                     answers.append(Answer(choice, logprobs, prompt=self.instruction,
                                           shots=[d["question"] for d in self.demos]))
         self.predict_counts.update(counts)
+        self.predict_counts.update(lb.requested)
         return answers
 
     def system_prompt(self, query: str) -> str | None:
@@ -513,13 +531,17 @@ class DSPyPeer(Personalizer):
                              *shown])
 
     def fit_report(self) -> dict[str, Any]:
-        """The instruction and demos found, the candidates scored, the budget, and the answers
-        DSPy could not parse: ``unparsed_answers`` of the ``answers`` predicted since the fit,
-        ``fit_unparsed_answers`` of the ``fit_answers`` while optimizing."""
+        """The instruction and demos found, the candidates scored, the budget, the answers DSPy
+        could not parse (``unparsed_answers`` of the ``answers`` predicted since the fit,
+        ``fit_unparsed_answers`` of the ``fit_answers`` while optimizing), and the
+        ``requests`` made and their ``requested_tokens``, cache hits included."""
         if not self.report:
             return {}
+        fit, predicted = self.report["counts"], self.predict_counts
         return {**self.report,
-                "counts": {**self.report["counts"], "answers": self.predict_counts["answers"]},
+                "counts": {**fit, "answers": predicted["answers"],
+                           **{k: fit.get(k, 0) + predicted[k]
+                              for k in ("requests", "requested_tokens")}},
                 "failures": {"unparsed_answers": self.predict_counts["unparsed"],
                              **self.report["failures"],
                              "chat_format_errors": self.report["failures"]["chat_format_errors"]
