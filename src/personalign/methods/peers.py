@@ -15,7 +15,10 @@ optimizer model) are the run's own LLM objects, served in this process on a loop
 OpenAI-compatible endpoint (:mod:`personalign.service.openai_server`) that the fit or the
 prediction starts and stops itself: every token DSPy spends is counted by those LLM objects,
 per phase ``<peer>/score`` (the task model while optimizing), ``<peer>/optimize`` (the
-optimizer model) and ``<peer>/predict``, as Fermi's are, and the run's limits apply.
+optimizer model) and ``<peer>/predict``, as Fermi's are, and the run's limits apply. Each fit
+also counts every request it made and its tokens with the run's call cache's hits included
+(``counts.requests``, ``counts.requested_tokens``): peers that ask the same (their initial
+program) share that cache, so this is what a peer costs alone.
 
 **The metric** is whether the option the program names equals the user's answer (GEPA also gets
 a sentence of feedback naming the person's choice). An answer DSPy cannot parse, or whose text
@@ -44,7 +47,9 @@ demonstration opinions, ``P * n_demo``, and every optimizer call with all retrie
   proposals come on top.
 - ``dspy-bootstrap``: ``num_candidate_programs = ceil(B / |val|) - 3`` (random search also
   evaluates the zero-shot, labels-only and unshuffled programs), at least 1; bootstrapping
-  calls come on top.
+  calls come on top. ``max_bootstrapped_demos = max_labeled_demos = 4`` (MIPROv2's
+  defaults; DSPy tops bootstrapped demos up with labeled ones to 4 in all), not random
+  search's own 16 labeled, which would put most past opinions in every prompt.
 
 The instruction optimizers train and validate on all the user's opinions (GEPA's own default
 without a validation set; their candidates carry no answers). Bootstrap's candidates carry
