@@ -221,8 +221,12 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
          "completion tokens": u.get("completion_tokens", 0),
          "seconds": f"{u.get('seconds', 0):.0f}", "calls/user": f"{u.get('calls', 0) / n:.1f}"}
         for model, tot in total.items() for phase, u in sorted(tot.get("by_phase", {}).items())])
+    # methods count different things (Fermi its replies, the DSPy peers their answers): a
+    # count a method does not keep is "-", not 0
     fail_rows = pd.DataFrame([{"method": labels[s], **counts[s], **failures[s]}
                               for s in specs if failures[s] or counts[s]])
+    fail_rows = fail_rows.apply(lambda col: col.map(
+        lambda v: "-" if v != v else (f"{v:.0f}" if isinstance(v, float) else v)))
     cost_md = _cost_table(records, specs, labels)
     models = meta.get("models", {})
     readme = [f"# {title}", "",
