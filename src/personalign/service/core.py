@@ -403,11 +403,15 @@ class PersonalizationService:
             out["prompts"] = [{"prompt": p["prompt"], "train_score": p["train_score"]}
                               for p in state["pool"]]
         if getattr(method, "shots", None) is not None:
-            with self.store.session() as s:
-                row = s.get(PersonalizationRow, user_id)
-                out["model"] = None if row is None else row.method  # its name, not its folder
+            out["model"] = self._served_as(user_id)
             out["shots"] = len(method.shots)
         return out
+
+    def _served_as(self, user_id: str) -> str | None:
+        """The method the user was fit with, by the name a request uses (never a folder)."""
+        with self.store.session() as s:
+            row = s.get(PersonalizationRow, user_id)
+            return None if row is None else row.method
 
     def answer(self, user_id: str, questions: Sequence[Opinion]) -> tuple[str, list]:
         method = self.personalizer(user_id)
@@ -446,7 +450,7 @@ class PersonalizationService:
         if params.n != 1:
             raise DataError(f"{method.name} answers one choice per request", field="n")
         llm = getattr(method, "llm", method.models.task_llm)
-        applied.update(model=getattr(method, "model", None),
+        applied.update(model=self._served_as(user_id),
                        shots=len(getattr(method, "shots", []) or []))
         with self._serial(llm):  # usage is read from the model's counters
             before = llm.usage.prompt_tokens, llm.usage.completion_tokens
