@@ -87,6 +87,24 @@ def make_app(database: str, delay: float = 0.0, **config):
     return app
 
 
+def each_database(kind: str, folder):
+    """A fresh, empty database URL of ``kind`` (a generator, for the tests' ``database``
+    fixtures): SQLite in ``folder``/store (the file and its journal only), or a new database
+    on the PostgreSQL server of ``PERSONALIGN_TEST_DATABASE_URL``, dropped afterwards."""
+    import pytest
+
+    if kind == "sqlite":
+        (folder / "store").mkdir()
+        yield f"sqlite:///{folder / 'store' / 'service.db'}"
+        return
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(f"{PG_ENV} is not set (.ci/postgres.sh starts a PostgreSQL server)")
+    url, drop = fresh_postgres(server)
+    yield url
+    drop()
+
+
 def fresh_postgres(server_url: str) -> tuple[str, callable]:
     """A new empty database on the server and a function that drops it."""
     import sqlalchemy as sa

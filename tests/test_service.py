@@ -24,7 +24,7 @@ from personalign.runtime import settings
 from personalign.service.core import ServiceLimits
 from personalign.service.openai_server import serve_in_thread
 from personalign.service.store.models import Base
-from tests.service_helpers import ADMIN, CANARY, OPINIONS, PG_ENV, PROMPT, fresh_postgres, make_app
+from tests.service_helpers import ADMIN, CANARY, OPINIONS, PROMPT, each_database, make_app
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
@@ -33,15 +33,7 @@ ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path):
     """A fresh, empty database URL of each kind."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'service.db'}"
-        return
-    server = os.environ.get(PG_ENV)
-    if not server:
-        pytest.skip(f"{PG_ENV} is not set (.ci/postgres.sh starts a PostgreSQL server)")
-    url, drop = fresh_postgres(server)
-    yield url
-    drop()
+    yield from each_database(request.param, tmp_path)
 
 
 class Server:

@@ -47,6 +47,14 @@ def client(url: str, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=30)
 
 
+def plain_and_streamed(c: openai.OpenAI, model: str, messages: list) -> tuple:
+    """The plain chat answer, the streamed chunks of the same request, and their text."""
+    plain = c.chat.completions.create(model=model, messages=messages)
+    chunks = list(c.chat.completions.create(model=model, messages=messages, stream=True,
+                                            stream_options={"include_usage": True}))
+    return plain, chunks, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
 def test_chat_is_personalized(served):
     url, keys, app = served
     task = app.state.fakes[0]
@@ -92,11 +100,7 @@ def test_streaming_matches_the_plain_answer(served):
     url, keys, _ = served
     alice = client(url, keys["alice"])
     messages = [{"role": "user", "content": "Is a city better with trams?"}]
-    plain = alice.chat.completions.create(model="personalign", messages=messages)
-    chunks = list(alice.chat.completions.create(model="personalign", messages=messages,
-                                                stream=True,
-                                                stream_options={"include_usage": True}))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    plain, chunks, text = plain_and_streamed(alice, "personalign", messages)
     assert text == plain.choices[0].message.content
     assert len([c for c in chunks if c.choices]) > 3  # streamed in pieces, not one blob
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
@@ -234,11 +238,7 @@ def test_the_bare_model_server_streams_as_the_service_does():
     with serve_in_thread(create_openai_app({"bare": llm})) as url:
         bare = client(url, "unused")
         messages = [{"role": "user", "content": "Trams?"}]
-        plain = bare.chat.completions.create(model="bare", messages=messages)
-        chunks = list(bare.chat.completions.create(model="bare", messages=messages,
-                                                   stream=True,
-                                                   stream_options={"include_usage": True}))
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        plain, chunks, text = plain_and_streamed(bare, "bare", messages)
         assert text == plain.choices[0].message.content and len(chunks) > 4
         assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
         assert "personalization" not in (chunks[0].model_extra or {})

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from personalign.runtime import settings
-from tests.service_helpers import ADMIN, CANARY, OPINIONS, PG_ENV, fresh_postgres, make_app
+from tests.service_helpers import ADMIN, CANARY, OPINIONS, each_database, make_app
 
 ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -27,16 +27,7 @@ ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path):
     """A fresh, empty database URL of each kind (as ``test_service.py`` makes them)."""
-    if request.param == "sqlite":
-        (tmp_path / "store").mkdir()  # the database file and its journal only
-        yield f"sqlite:///{tmp_path / 'store' / 'service.db'}"
-        return
-    server = os.environ.get(PG_ENV)
-    if not server:
-        pytest.skip(f"{PG_ENV} is not set (.ci/postgres.sh starts a PostgreSQL server)")
-    url, drop = fresh_postgres(server)
-    yield url
-    drop()
+    yield from each_database(request.param, tmp_path)
 
 
 def _stored_text(database: str) -> bytes:

@@ -56,7 +56,6 @@ class FakeLLM(LLM):
         usage.prompt_tokens = len(text) // 4
         for word in words:
             time.sleep(self.delay / len(words))
-            usage.completion_tokens += max(1, len(word) // 4)
             yield word
         usage.completion_tokens = len(answer) // 4  # as _generate counts
 
