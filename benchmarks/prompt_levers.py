@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from personalign.fermi.baselines import fewshot_items, profile_prompt, vanilla_prompt
-from personalign.fermi.optimizer import choice_item
-from personalign.fermi.tasks import question_block
+from personalign.runtime.prompts import (
+    TASK_INSTRUCTION, choice_item, fewshot_items, profile_prompt, question_block,
+)
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.embeddings import Embedder
@@ -58,11 +58,11 @@ def run_user(llm, embedder, user, placement_mode: str, shots_mode: str) -> dict:
                "text": fewshot_items(shots, test, k=FEWSHOT_K, embedder=embedder,
                                      shown_as=answered_with_text)}
     variants = {  # name -> (scoring mode, items)
-        "vanilla": (placement_mode, plain(vanilla_prompt())),
+        "vanilla": (placement_mode, plain(TASK_INSTRUCTION)),
         "profile before the question": (placement_mode, plain(profile)),
         "profile after the options": (placement_mode,
                                       [prompt_after_options(profile, q) for q in test]),
-        f"vanilla ({shots_mode})": (shots_mode, plain(vanilla_prompt())),
+        f"vanilla ({shots_mode})": (shots_mode, plain(TASK_INSTRUCTION)),
         f"few-shot, letter answers ({shots_mode})": (shots_mode, fewshot["letter"]),
         f"few-shot, text answers ({shots_mode})": (shots_mode, fewshot["text"]),
     }

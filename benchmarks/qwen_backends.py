@@ -16,8 +16,7 @@ import argparse
 import time
 
 from personalign.bench.runner import split_user
-from personalign.fermi.baselines import profile_prompt
-from personalign.fermi.optimizer import choice_item
+from personalign.runtime.prompts import choice_item, profile_prompt
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.llm.factory import load_llm
 from personalign.runtime.llm.types import SamplingParams

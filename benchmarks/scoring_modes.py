@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from personalign.fermi.baselines import (
+from personalign.runtime.prompts import (
+    TASK_INSTRUCTION,
+    choice_item,
     fewshot_items,
     profile_prompt,
-    prompt_predictions,
-    vanilla_prompt,
 )
 from personalign.runtime.data.opinionqa import load_opinionqa, profile_text
 from personalign.runtime.data.splits import protocol_order
@@ -54,6 +54,12 @@ def top_share(choices) -> float:
     return Counter(choices).most_common(1)[0][1] / len(choices)
 
 
+def prompt_predictions(llm, prompt: str, questions, method: str) -> list[int | None]:
+    """Every question answered with one fixed prompt as the shared prefix."""
+    results = llm.score_choices([choice_item(prompt, q) for q in questions], method=method)
+    return [r.choice for r in results]
+
+
 def run_user(llm, embedder, user, modes, seed: int, cold: bool) -> dict:
     ops = protocol_order(user, seed)
     shots, test = ops[:N_SHOTS], ops[N_SHOTS:N_SHOTS + N_TEST]
@@ -64,7 +70,7 @@ def run_user(llm, embedder, user, modes, seed: int, cold: bool) -> dict:
     for mode in modes:
         start, calls = time.perf_counter(), llm.usage.calls
         preds = {
-            "vanilla": prompt_predictions(llm, vanilla_prompt(), test, method=mode),
+            "vanilla": prompt_predictions(llm, TASK_INSTRUCTION, test, method=mode),
             "profile": prompt_predictions(llm, profile_prompt(profile_text(user.profile)),
                                           test, method=mode),
             "fewshot": [r.choice for r in llm.score_choices(few, method=mode)],

@@ -13,21 +13,21 @@ import sys
 import httpx
 import pytest
 
-from personalign.bench.projection import project_unit
 from personalign.bench.runner import BenchConfig, run_benchmark
 from personalign.fermi.config import preset
-from personalign.methods import MethodSettings, build, load
-from personalign.methods.peers import (
-    DSPyBootstrap, DSPyMIPROv2, Loopback, fermi_fit_calls, optimization_split,
-)
+from personalign.methods import MethodSettings, build, load, method_class
+from personalign.methods.peers import DSPyBootstrap, DSPyMIPROv2, Loopback
 from personalign.runtime.budget import Limits
 from personalign.runtime.data.records import User
+from personalign.runtime.data.splits import optimization_split
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.fake import FakeLLM
 from personalign.runtime.personalizer import SharedModels
 
 from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
 from tests.peer_fakes import garbled, peer_models
+
+fermi_fit_calls = method_class("fermi").fit_calls
 
 pytest.importorskip("dspy", reason="the DSPy peers need the extra personalign[peers]")
 
@@ -76,14 +76,14 @@ def test_each_peer_gets_at_least_fermis_calls(name):
     assert mipro.candidates() == max(2, cfg.iterations * cfg.num_candidates + 1)
     boot = build("dspy-bootstrap", SharedModels(), settings)
     assert isinstance(boot, DSPyBootstrap)
-    _, val = optimization_split(cfg, list(range(20)))
+    _, val = optimization_split(list(range(20)), cfg.optimization_fraction)
     assert len(val) == 4
     assert len(val) * (3 + boot.candidate_programs(budget, len(val))) >= budget
     for spec in PEERS:  # the projection says the same (no DSPy import needed)
         train, test = _split()
-        phases = project_unit(spec, train.opinions, test, settings)
-        assert phases[f"{spec}/score"]["calls"] >= budget
-        assert phases[f"{spec}/predict"]["calls"] == len(test)
+        phases = method_class(spec).project(train.opinions, test, settings)
+        assert phases[f"{spec}/score"].calls >= budget
+        assert phases[f"{spec}/predict"].calls == len(test)
         assert (f"{spec}/optimize" in phases) == (spec != "dspy-bootstrap")
 
 

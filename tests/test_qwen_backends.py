@@ -14,8 +14,7 @@ import math
 
 import pytest
 
-from personalign.fermi.baselines import fewshot_items
-from personalign.fermi.optimizer import choice_item
+from personalign.runtime.prompts import choice_item, fewshot_items
 from personalign.runtime.llm.types import ChoiceItem
 from tests.known_answers import (
     LIKELY,

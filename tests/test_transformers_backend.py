@@ -177,14 +177,13 @@ def test_corrected_modes_run_through_the_engine(gemma, method):
 
 
 def test_pride_answers_a_less_often_than_letter_scoring_on_dev_questions(gemma, dev_data_path):
-    from personalign.fermi.baselines import vanilla_prompt
-    from personalign.fermi.optimizer import choice_item
+    from personalign.runtime.prompts import TASK_INSTRUCTION, choice_item
     from personalign.runtime.data.opinionqa import load_opinionqa
     from personalign.runtime.data.splits import protocol_order
 
     users = [u for u in load_opinionqa(dev_data_path) if len(u.opinions) >= 25][:3]
     questions = [q for u in users for q in protocol_order(u, 0)[20:28]]
-    items = [choice_item(vanilla_prompt(), q) for q in questions]
+    items = [choice_item(TASK_INSTRUCTION, q) for q in questions]
 
     def top_share(method):
         choices = [r.choice for r in gemma.score_choices(items, method)]

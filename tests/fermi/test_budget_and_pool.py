@@ -2,7 +2,8 @@
 
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.memory import Candidate, Memory
-from personalign.fermi.optimizer import Fermi, initial_prompt
+from personalign.fermi.optimizer import Fermi
+from personalign.runtime.prompts import profile_prompt
 from personalign.runtime.llm.fake import FakeLLM
 
 from tests.fermi.conftest import keyword_task_llm
@@ -95,7 +96,7 @@ def test_derived_budget_grows_with_the_longest_prompt_in_memory(user, embedder):
     lengths = iter([300, 400, 500])  # each fits the budget the one before it sets
     opt = BudgetedOptimizer(lambda t, i: _words(next(lengths), "grow") + "]")
     fermi = _fit(user, embedder, opt, iterations=3, num_candidates=1)
-    first = opt.count_tokens(initial_prompt(fermi.profile))
+    first = opt.count_tokens(profile_prompt(fermi.profile))
     margin = fermi.config.optimizer_token_margin
     assert opt.budgets == [first + margin, 300 // 4 + margin, 400 // 4 + margin]
     assert [h["max_tokens"] for h in fermi.result.history[1:]] == opt.budgets
@@ -115,7 +116,7 @@ def test_collapsed_fit_is_flagged(user, embedder):
     assert res.counts["accepted"] == 0 and res.failures["cut_off"] == 4
     assert res.collapsed is True and res.to_dict()["collapsed"] is True
     assert res.pool_source == "initial"
-    assert [p.prompt for p in fermi.pool] == [initial_prompt(fermi.profile)]
+    assert [p.prompt for p in fermi.pool] == [profile_prompt(fermi.profile)]
 
     opt = BudgetedOptimizer(lambda t, i: f"A careful voter, take {t.count('text:')}-{i}.]")
     fermi = _fit(user, embedder, opt, iterations=2)

@@ -5,8 +5,8 @@ import json
 
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.optimizer import Fermi
-from personalign.fermi.retrieval import retrieve
-from personalign.fermi.tasks import answered_block, question_block
+from personalign.runtime.prompts import answered_block, question_block
+from personalign.runtime.retrieval import retrieve
 from personalign.methods import MethodSettings, build, load
 from personalign.runtime.data.records import User
 from personalign.runtime.llm.fake import FakeLLM

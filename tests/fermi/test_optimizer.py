@@ -5,7 +5,8 @@ import json
 import pytest
 
 from personalign.fermi.config import FermiConfig, preset
-from personalign.fermi.optimizer import Fermi, derive_seed, initial_prompt
+from personalign.fermi.optimizer import Fermi, derive_seed
+from personalign.runtime.prompts import profile_prompt
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.fake import FakeLLM
 
@@ -63,7 +64,7 @@ def test_retries_are_bounded(user, embedder):
     assert r.failures["retries"] == 2 and r.failures["short_iterations"] == 2
     assert r.counts["optimizer_replies"] == 2 * 3 * 2 and r.counts["accepted"] == 0
     # no new prompt at all: the pool falls back to the memory (the initial prompt)
-    assert [p.prompt for p in fermi.pool] == [initial_prompt(fermi.profile)]
+    assert [p.prompt for p in fermi.pool] == [profile_prompt(fermi.profile)]
 
 
 def test_overlong_and_duplicate_prompts_are_dropped(user, embedder):

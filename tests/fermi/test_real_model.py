@@ -5,7 +5,8 @@ import os
 import pytest
 
 from personalign.fermi.config import preset
-from personalign.fermi.optimizer import Fermi, choice_item
+from personalign.fermi.optimizer import Fermi
+from personalign.runtime.prompts import choice_item
 from personalign.runtime.data.records import Opinion
 
 pytestmark = pytest.mark.real_model

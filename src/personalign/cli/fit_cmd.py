@@ -90,10 +90,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{model} names no user")
         split = _user_split(data, method.user_id, seed)
         if eval_model and eval_model != task_model:
-            from personalign.fermi.personalizer import FermiTransfer
+            from personalign.methods import method_class
 
-            method = FermiTransfer.from_fitted(method, replace(models, task=eval_model),
-                                               split.train, transfer_correctness)
+            method = method_class("fermi_transfer").from_fitted(
+                method, replace(models, task=eval_model), split.train, transfer_correctness)
         answers = method.predict(list(split.test))
         correct = [a.correctness(q.answer) for a, q in zip(answers, split.test)]
         if out:

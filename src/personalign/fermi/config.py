@@ -19,10 +19,6 @@ TaskType = Literal["choice", "tag", "rating", "title"]
 # scores, 0.2 for ROUGE-L).
 DEFAULT_TAU = {"choice": 1.0, "tag": 1.0, "rating": 1.0, "title": 0.2}
 
-TASK_INSTRUCTION = ("Choose the proper answer to the given question among the given answer "
-                    "choices.")
-PROFILE_INSTRUCTION = ("Based on the demographic information, choose the proper answer to the "
-                       "given question among the given answer choices.")
 
 
 @dataclass

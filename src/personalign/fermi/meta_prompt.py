@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from personalign.fermi.memory import Candidate
-from personalign.fermi.tasks import answer_text, question_block
 from personalign.runtime.data.records import Opinion
+from personalign.runtime.prompts import answer_text, question_block
 
 
 def _score_text(score: float) -> str:

@@ -22,18 +22,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from personalign.fermi import rop
-from personalign.fermi.config import PROFILE_INSTRUCTION, TASK_INSTRUCTION, FermiConfig
+from personalign.fermi.config import FermiConfig
 from personalign.fermi.memory import Candidate, Memory
 from personalign.fermi.meta_prompt import build_continuation_prompt, build_meta_prompt
 from personalign.fermi.parsing import parse_continuation, parse_prompt
-from personalign.fermi.retrieval import retrieve, shown
-from personalign.fermi.tasks import answered_block, is_misaligned, question_block, sample_score
+from personalign.fermi.tasks import is_misaligned, sample_score
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
-from personalign.runtime.data.splits import derive_seed
+from personalign.runtime.data.splits import derive_seed, optimization_split
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
-from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+from personalign.runtime.llm.types import SamplingParams
+from personalign.runtime.prompts import answered_block, choice_item, profile_prompt, shown
+from personalign.runtime.retrieval import retrieve
 from personalign.runtime.storage import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,6 @@ FAILURE_KEYS = ("cut_off", "no_brackets_fallback", "unclosed_bracket", "unparsea
                 "duplicate", "too_long", "retries", "short_iterations")
 
 
-def initial_prompt(profile: str) -> str:
-    """The profile prompt of the spec, or the plain task prompt when there is no profile."""
-    if profile:
-        return f"A person can be described as follows: {profile}. {PROFILE_INSTRUCTION}"
-    return TASK_INSTRUCTION
-
-
 EVIDENCE_HEADER = "This person's own answers to earlier questions:"
 
 
@@ -62,16 +56,6 @@ def with_evidence(prompt: str, opinions: Sequence[Opinion]) -> str:
     if not opinions:
         return prompt
     return "\n\n".join([prompt, EVIDENCE_HEADER, *(answered_block(q) for q in opinions)])
-
-
-def choice_item(prompt: str, question: Opinion, context: str = "") -> ChoiceItem:
-    """The scored item: the candidate prompt is the shared prefix (encoded once per prompt);
-    ``context`` (past opinions shown for this question) ends the prefix, where the few-shot
-    baseline places its shots: prefix and question are tokenized apart, so this keeps the
-    tokens (and answers) of the shots as that baseline has them."""
-    prefix = "".join(f"{part}\n\n" for part in (prompt, context) if part)
-    return ChoiceItem(prefix=prefix, prompt=question_block(question.question, question.options),
-                      options=tuple(question.options))
 
 
 def _normalize(prompt: str) -> str:
@@ -330,12 +314,10 @@ class Fermi:
         self.profile = profile_text(profile) if isinstance(profile, dict) else (profile or "")
         self.user_id = user_id or "user"
         self.context_opinions = list(opinions) if cfg.context_shots else []
-        n_opt = min(len(opinions) - 1, max(1, round(len(opinions) * cfg.optimization_fraction))) \
-            if cfg.optimization_fraction < 1.0 else len(opinions)
-        opt, demo = opinions[:n_opt], opinions[n_opt:]
+        opt, demo = optimization_split(opinions, cfg.optimization_fraction)
         result = FitResult(self.user_id)
         memory = Memory(cfg.memory_size)
-        first = initial_prompt(self.profile)
+        first = profile_prompt(self.profile)
         seen = {_normalize(first)}
         with self._phase(self.task_llm, "score"):
             initial = self._score_prompts([first], opt, 0)

@@ -16,18 +16,28 @@ from typing import Any, Literal, Sequence
 from personalign.fermi.config import FermiConfig
 from personalign.fermi.config import preset as fermi_preset
 from personalign.fermi.optimizer import Fermi, PoolPrompt
+from personalign.runtime.cost import (
+    PROMPT_TOKENS, Cost, item_tokens, scored_questions, shots_tokens,
+)
 from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.data.splits import optimization_split
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.executor import in_worker
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.personalizer import (
-    Answer, Personalizer, SharedModels, check_questions, check_user,
+    Answer, Personalization, Personalizer, ScoredPrompt, SharedModels, check_questions,
+    check_user,
 )
+
+
+# for projections: tokens of the meta-prompt's fixed instructions
+META_PROMPT_OVERHEAD = 200
 
 
 class FermiPersonalizer(Personalizer):
     name, label = "fermi", "Fermi"
     depends_on = ("task", "scoring", "embedder")
+    min_opinions = 2
     mode, use_rop = "fermi", True
 
     def __init__(self, models: SharedModels, config: dict[str, Any] | None = None):
@@ -41,21 +51,68 @@ class FermiPersonalizer(Personalizer):
     def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FermiPersonalizer":
         if arg is not None:
             raise ConfigError(f"method {cls.name} takes no argument; set the preset instead")
+        return cls(models, cls.settings_config(settings).to_dict())
+
+    @classmethod
+    def settings_config(cls, settings) -> FermiConfig:
+        """The config this method fits with under the run's settings: the preset, the
+        fields the method sets from the settings, then ``settings.fermi`` (which wins)."""
         overrides = {**cls.preset_overrides(settings), **settings.fermi}
-        base = fermi_preset(settings.preset, seed=settings.seed, **overrides)
-        return cls(models, base.to_dict())
+        return fermi_preset(settings.preset, seed=settings.seed, **overrides)
 
     @classmethod
     def preset_overrides(cls, settings) -> dict[str, Any]:
         """Config fields this method sets from the run's settings (``--fermi`` wins)."""
         return {}
 
+    @staticmethod
+    def fit_calls(config: FermiConfig, n_opinions: int) -> int:
+        """An upper bound of the LLM calls a fit with ``config`` makes for a user with
+        ``n_opinions``, retries included; every scored item and every optimizer request is
+        one call (the DSPy peers' budget)."""
+        opt, demo = optimization_split([None] * n_opinions, config.optimization_fraction)
+        samples = config.samples_per_iteration or config.num_candidates
+        pool = (config.num_candidates + int(config.include_best)) \
+            if config.final_pool == "last_k" else config.memory_size
+        scored = (1 + config.iterations * samples) * len(opt)
+        if config.rop_include_demo and demo:
+            scored += pool * len(demo)
+        return scored + config.iterations * (1 + config.max_retries)
+
+    @classmethod
+    def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings
+                ) -> dict[str, Cost]:
+        """The fit's phases by the algorithm: one scoring pass of the initial prompt on the
+        optimization opinions, then T iterations of K optimizer calls and K scoring passes,
+        the pool scored on the demonstration opinions; one scored item per test question."""
+        cfg = cls.settings_config(settings)
+        opt, demo = optimization_split(shots, cfg.optimization_fraction)
+        opt_tokens = item_tokens(opt)
+        samples = cfg.samples_per_iteration or cfg.num_candidates
+        prompts = 1 + cfg.iterations * samples
+        pool = cfg.num_candidates if cfg.final_pool == "last_k" else cfg.memory_size
+        meta = (META_PROMPT_OVERHEAD + opt_tokens
+                + cfg.memory_size * PROMPT_TOKENS + cfg.failure_case_cap * 40)
+        reply = cfg.optimizer_max_tokens or PROMPT_TOKENS + cfg.optimizer_token_margin
+        # past opinions shown with each predicted question (Fermi + few-shot), and with each
+        # scored one under context_at_fit
+        context = shots_tokens(shots, cfg.context_shots)
+        fit_context = context if cfg.context_at_fit else 0
+        out = {f"{cls.mode}/score": Cost(prompts * len(opt), prompts * (
+                   opt_tokens + (PROMPT_TOKENS + fit_context) * len(opt))),
+               f"{cls.mode}/optimize": Cost(cfg.iterations * samples,
+                                            cfg.iterations * samples * (meta + reply))}
+        if cfg.rop_include_demo and demo:
+            out[f"{cls.mode}/pool"] = Cost(pool * len(demo), pool * (
+                item_tokens(demo) + (PROMPT_TOKENS + fit_context) * len(demo)))
+        return {**out, **scored_questions(f"{cls.name}/predict", test, PROMPT_TOKENS + context)}
+
     def _estimator(self) -> Fermi:
         return Fermi(self.config, self.models.task_llm, self.models.optimizer_llm,
                      self.models.embedding)
 
     def fit(self, user: User) -> "FermiPersonalizer":
-        user = check_user(user, min_opinions=2)
+        user = self.check_data(user)
         self.estimator = self._estimator().fit(user, progress=not in_worker())
         self.user_id = user.user_id
         return self
@@ -77,11 +134,16 @@ class FermiPersonalizer(Personalizer):
         return {"pool": [p.to_dict() for p in est.pool],
                 **(est.result.to_dict() if est and est.result else {})}
 
-    def params(self) -> dict[str, Any]:
-        config = self.config.to_dict()
-        for key in ("mode", "embedder", "scoring_method"):  # set by the class and the models
-            config.pop(key)
-        return {"config": config}
+    def describe(self) -> Personalization:
+        self._require_fitted()
+        result = self.estimator.result
+        return Personalization(self.name, tuple(ScoredPrompt(p.prompt, p.train_score)
+                                                for p in self.estimator.pool),
+                               collapsed=None if result is None else result.collapsed)
+
+    @property
+    def fit_rounds(self) -> int | None:
+        return self.config.iterations
 
     def state(self) -> dict[str, Any]:
         return self.estimator.to_dict()
@@ -113,6 +175,7 @@ class FermiFewShot(FermiPersonalizer):
     def __init__(self, models: SharedModels, config: dict[str, Any] | None = None,
                  k: int | None = None):
         # ``k``: a file saved before ``context_shots``, whose shots were added at prediction only
+        self.k = k
         if k is not None:
             config = {**(config or {}), "context_shots": k, "context_at_fit": False}
         super().__init__(models, config)
@@ -211,7 +274,7 @@ class FermiTransfer(FermiPersonalizer):
         return method
 
     def fit(self, user: User) -> "FermiTransfer":
-        user = check_user(user, min_opinions=2)
+        user = self.check_data(user)
         # The same shared models with another task model: loaded LLMs are shared, not copied.
         fit_models = replace(self.models, task=self.fit_model)
         native = FermiPersonalizer(fit_models, self.params()["config"]).fit(user)
@@ -234,7 +297,3 @@ class FermiTransfer(FermiPersonalizer):
                 "fit_pool_scores": means(self.fitted_with),
                 "eval_pool_scores": means(self.estimator)}
         return report
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "fit_model": self.fit_model,
-                "correctness": self.correctness}

@@ -19,14 +19,17 @@ from personalign.fspo.data.episodes import select_shots
 from personalign.fspo.data.opinionqa_prefs import opinion_pair, opinion_prompt
 from personalign.fspo.data.serialization import Shot, serialize_prompt
 from personalign.fspo.train.model import model_files
+from personalign.runtime.cost import CHARS_PER_TOKEN, Cost, item_tokens
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, PreferencePair, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
-from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+from personalign.runtime.llm.types import ChoiceItem, Message
 from personalign.runtime.personalizer import (
-    Answer, Personalizer, SharedModels, check_questions, check_user, last_user_text,
+    Answer, ChatPlan, Personalization, Personalizer, SharedModels, check_questions, check_user,
+    last_user_text,
 )
+from personalign.runtime.prompts import answered_block
 
 RESPONSE_HEADER = "## Preferred Response\n"
 
@@ -65,18 +68,36 @@ class FSPO(Personalizer):
         model_files(model)  # a wrong folder fails now, not after the first users
         return cls(models, model, settings.fspo_shots, settings.seed)
 
+    @classmethod
+    def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings
+                ) -> dict[str, Cost]:
+        """The shots' preference pairs before every question, one text-scoring call per
+        option."""
+        shown = sum(len(answered_block(o)) for o in shots[:settings.fspo_shots]) \
+            // CHARS_PER_TOKEN
+        return {f"{cls.name}/predict": Cost(sum(len(q.options) for q in test),
+                                            item_tokens(test) + shown * len(test))}
+
     @property
     def llm(self) -> LLM:
         return fspo_llm(self.models, self.model)
 
-    def fit(self, user: User) -> "FSPO":
+    def _pairs(self, user: User) -> list[PreferencePair]:
+        """The user's preference pairs, or pairs made from their opinions."""
+        return list(user.pairs) or [opinion_pair(user, op, self.seed) for op in user.opinions
+                                    if len(op.options) >= 2]
+
+    def check_data(self, user: Any) -> User:
         user = check_user(user)
-        pairs = list(user.pairs) or [opinion_pair(user, op, self.seed) for op in user.opinions
-                                     if len(op.options) >= 2]
-        if self.prompt_mode != "zero-shot" and self.n_shots and not pairs:
+        if self.prompt_mode != "zero-shot" and self.n_shots and not (
+                user.pairs or any(len(op.options) >= 2 for op in user.opinions)):
             raise DataError(f"user {user.user_id!r} has no preference pairs or opinions",
                             field="opinions")
-        chosen = select_shots(pairs, self.n_shots, self.seed, user.user_id)
+        return user
+
+    def fit(self, user: User) -> "FSPO":
+        user = self.check_data(user)
+        chosen = select_shots(self._pairs(user), self.n_shots, self.seed, user.user_id)
         self.shots = [] if self.prompt_mode == "zero-shot" else [as_shot(p) for p in chosen]
         self.description = user.description or profile_text(user.profile)
         if self.prompt_mode == "oracle" and not self.description:
@@ -102,17 +123,15 @@ class FSPO(Personalizer):
         shown = [s.question for s in self.shots]
         return [Answer(r.choice, r.logprobs, shots=shown) for r in results]
 
-    def respond(self, messages, max_tokens: int = 256) -> str:
+    def chat_plan(self, messages: Sequence[Message]) -> ChatPlan:
         """The preferred response to the last user message, in FSPO's raw-text format."""
         self._require_fitted()
-        llm = self.llm
-        with llm.phase(f"{self.name}/respond"):
-            text = llm.generate([self.prompt(last_user_text(messages)) + RESPONSE_HEADER],
-                                SamplingParams(max_tokens=max_tokens, stop=("\n#",)))[0][0]
-        return text.strip()
+        return ChatPlan(self.llm, self.prompt(last_user_text(messages)) + RESPONSE_HEADER,
+                        stop=("\n#",), applied={"shots": len(self.shots)})
 
-    def params(self) -> dict[str, Any]:
-        return {"model": self.model, "n_shots": self.n_shots, "seed": self.seed}
+    def describe(self) -> Personalization:
+        self._require_fitted()
+        return Personalization(self.name, shots=len(self.shots), model=self.model)
 
     def state(self) -> dict[str, Any]:
         return {"shots": [[s.question, s.preferred, s.dispreferred] for s in self.shots],

@@ -31,7 +31,7 @@ a fit that ends with the initial program, for whatever reason, counts as collaps
 fit whose pool is its initial prompt does.
 
 **Budget rule.** Each peer's optimizer gets at least the LLM calls Fermi spends per user at the
-same preset. :func:`fermi_fit_calls` bounds those from above: every candidate prompt Fermi can
+same preset. :meth:`FermiPersonalizer.fit_calls` bounds those from above: every candidate prompt Fermi can
 score on every optimization opinion, ``(1 + T*S) * n_opt``, the pool scored on the
 demonstration opinions, ``P * n_demo``, and every optimizer call with all retries,
 ``T * (1 + max_retries)`` (T iterations, S samples per iteration, P pool prompts; 94 calls for
@@ -70,17 +70,16 @@ import threading
 from collections import Counter
 from typing import Any, ClassVar, Sequence
 
-from personalign.fermi.config import FermiConfig
-from personalign.fermi.config import preset as fermi_preset
-from personalign.fermi.optimizer import initial_prompt
-from personalign.fermi.tasks import answer_text, letter
+from personalign.runtime.cost import CHARS_PER_TOKEN, PROMPT_TOKENS, Cost
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
+from personalign.runtime.data.splits import optimization_split
 from personalign.runtime.errors import ConfigError, PersonalignError
 from personalign.runtime.llm.choice_parser import parse_choice
 from personalign.runtime.personalizer import (
-    Answer, Personalizer, SharedModels, check_questions, check_user,
+    Answer, Personalizer, SharedModels, check_questions,
 )
+from personalign.runtime.prompts import answer_text, choices_text, letter, profile_prompt
 
 log = logging.getLogger(__name__)
 
@@ -90,39 +89,19 @@ TASK_ALIAS, OPTIMIZER_ALIAS = "task", "optimizer"
 HTTP_LOGGER = "personalign.service.http"  # the server's request log
 ANSWER_DESC = "the letter of the answer choice this person would pick"
 # for projections: DSPy's chat framing of a call, a written instruction, an answer
-CHARS_PER_TOKEN, CHAT_OVERHEAD, PROMPT_TOKENS, ANSWER_TOKENS = 4, 150, 60, 15
+CHAT_OVERHEAD, ANSWER_TOKENS = 150, 15
 # An unreachable number of tolerated errors: a reply DSPy cannot parse scores as a failure
 # (and is counted) instead of ending the fit.
 MANY_ERRORS = 10 ** 9
 
 
-def fermi_fit_calls(config: FermiConfig, n_opinions: int) -> int:
-    """An upper bound of the LLM calls Fermi's fit makes for a user with ``n_opinions``
-    (see the module docstring); every scored item and every optimizer request is one call."""
-    n_opt = min(n_opinions - 1, max(1, round(n_opinions * config.optimization_fraction))) \
-        if config.optimization_fraction < 1.0 else n_opinions
-    n_demo = n_opinions - n_opt
-    samples = config.samples_per_iteration or config.num_candidates
-    pool = (config.num_candidates + int(config.include_best)) \
-        if config.final_pool == "last_k" else config.memory_size
-    scored = (1 + config.iterations * samples) * n_opt
-    if config.rop_include_demo and n_demo:
-        scored += pool * n_demo
-    return scored + config.iterations * (1 + config.max_retries)
+def _fermi(settings) -> tuple[Any, Any]:
+    """Fermi's method class and the config it fits with under ``settings``: the budget and
+    the optimization split follow them."""
+    from personalign.methods import method_class  # the registry, which imports this module
 
-
-def optimization_split(config: FermiConfig, opinions: Sequence[Opinion]
-                       ) -> tuple[list[Opinion], list[Opinion]]:
-    """Fermi's optimization and demonstration parts of a user's opinions."""
-    n = len(opinions)
-    n_opt = min(n - 1, max(1, round(n * config.optimization_fraction))) \
-        if config.optimization_fraction < 1.0 else n
-    return list(opinions[:n_opt]), list(opinions[n_opt:])
-
-
-def choices_text(options: Sequence[str]) -> str:
-    """The answer choices as Fermi's task prompt lists them: "(A) Yes (B) No"."""
-    return " ".join(f"({letter(i)}) {o}" for i, o in enumerate(options))
+    fermi = method_class("fermi")
+    return fermi, fermi.settings_config(settings)
 
 
 def _dspy():
@@ -357,6 +336,7 @@ class DSPyPeer(Personalizer):
     ``optimizer_name`` and implement :meth:`_compile`."""
 
     depends_on = ("task",)
+    min_opinions = 2
     uses_optimizer: ClassVar[bool] = True
     optimizer_name: ClassVar[str] = "abstract"
 
@@ -367,7 +347,10 @@ class DSPyPeer(Personalizer):
         if not budget_scale > 0 or task_max_tokens < 1 or optimizer_max_tokens < 1:
             raise ConfigError(f"{self.name}: budget_scale must be > 0 and max tokens >= 1")
         # The config Fermi fits with at this preset: the budget is counted from it.
-        self.fermi_config = fermi_preset(preset, seed=seed, **(fermi or {}))
+        from personalign.methods import MethodSettings
+
+        self.fermi_method, self.fermi_config = _fermi(
+            MethodSettings(preset=preset, seed=seed, fermi=dict(fermi or {})))
         self.preset, self.fermi, self.seed = preset, dict(fermi or {}), seed
         self.budget_scale = budget_scale
         self.task_max_tokens, self.optimizer_max_tokens = task_max_tokens, optimizer_max_tokens
@@ -385,18 +368,18 @@ class DSPyPeer(Personalizer):
 
     @classmethod
     def report_note(cls, settings) -> str | None:
-        config = fermi_preset(settings.preset, seed=settings.seed, **settings.fermi)
+        fermi, config = _fermi(settings)
         return (f"{cls.label}: DSPy {DSPY_VERSION} {cls.optimizer_name} per user on the "
                 f"user's past opinions, from Fermi's initial prompt; budget at least Fermi's "
                 f"LLM calls per user at preset {settings.preset} (upper bound "
-                f"{fermi_fit_calls(config, 20)} for 20 opinions): {cls.budget_rule}; "
+                f"{fermi.fit_calls(config, 20)} for 20 opinions): {cls.budget_rule}; "
                 f"unparsed answers are uniform guesses (column Unparsed).")
 
     budget_rule: ClassVar[str] = ""
 
     @classmethod
     def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings
-                ) -> dict[str, dict[str, int]]:
+                ) -> dict[str, Cost]:
         """Projected calls and tokens per phase for one user (``bench.projection``): the task
         model's answers while optimizing by the budget rule, the optimizer's calls as the
         optimizer makes them at most, one answer per test question. Tokens at 4 characters a
@@ -411,12 +394,12 @@ class DSPyPeer(Personalizer):
 
         calls, optimizer = method.projected_calls(budget, len(shots))
         demos = method.projected_demos()
-        out = {f"{cls.name}/score": {"calls": calls, "tokens": calls * ask(shots, demos)}}
+        out = {f"{cls.name}/score": Cost(calls, calls * ask(shots, demos))}
         if optimizer:
             reply = method.optimizer_max_tokens
             meta = CHAT_OVERHEAD + PROMPT_TOKENS + 3 * (ask(shots) + 40)  # examples, feedback
-            out[f"{cls.name}/optimize"] = {"calls": optimizer, "tokens": optimizer * (meta + reply)}
-        out[f"{cls.name}/predict"] = {"calls": len(test), "tokens": len(test) * ask(test, demos)}
+            out[f"{cls.name}/optimize"] = Cost(optimizer, optimizer * (meta + reply))
+        out[f"{cls.name}/predict"] = Cost(len(test), len(test) * ask(test, demos))
         return out
 
     def projected_calls(self, budget: int, n_opinions: int) -> tuple[int, int]:
@@ -427,14 +410,15 @@ class DSPyPeer(Personalizer):
         return 0
 
     def budget(self, n_opinions: int) -> int:
-        return math.ceil(self.budget_scale * fermi_fit_calls(self.fermi_config, n_opinions))
+        return math.ceil(self.budget_scale * self.fermi_method.fit_calls(self.fermi_config,
+                                                                        n_opinions))
 
     def fit(self, user: User) -> "DSPyPeer":
-        user = check_user(user, min_opinions=2)
+        user = self.check_data(user)
         dspy = _dspy()
         from dspy.utils.exceptions import AdapterParseError
 
-        start = initial_prompt(profile_text(user.profile))  # as Fermi's fit starts
+        start = profile_prompt(profile_text(user.profile))  # as Fermi's fit starts
         counts: Counter = Counter()
         budget = self.budget(len(user.opinions))
         options = {choices_text(o.options): tuple(o.options) for o in user.opinions}
@@ -552,11 +536,6 @@ class DSPyPeer(Personalizer):
                              "chat_format_errors": self.report["failures"]["chat_format_errors"]
                              + self.predict_counts["chat_format_errors"]}}
 
-    def params(self) -> dict[str, Any]:
-        return {"preset": self.preset, "fermi": dict(self.fermi), "seed": self.seed,
-                "budget_scale": self.budget_scale, "task_max_tokens": self.task_max_tokens,
-                "optimizer_max_tokens": self.optimizer_max_tokens}
-
     def state(self) -> dict[str, Any]:
         return {"instruction": self.instruction, "demos": list(self.demos)}
 
@@ -667,7 +646,7 @@ class DSPyBootstrap(DSPyPeer):
     def projected_calls(self, budget: int, n_opinions: int) -> tuple[int, int]:
         # the candidates' evaluations and their bootstrapping over the training part (all but
         # the zero-shot and labels-only programs), at most
-        train, val = optimization_split(self.fermi_config, [None] * n_opinions)
+        train, val = optimization_split([None] * n_opinions, self.fermi_config.optimization_fraction)
         n_val = len(val) or n_opinions
         n = self.candidate_programs(budget, n_val)
         return n_val * (3 + n) + len(train) * (1 + n), 0
@@ -679,7 +658,7 @@ class DSPyBootstrap(DSPyPeer):
         return max(1, math.ceil(budget / n_val) - 3)
 
     def _compile(self, dspy, lb, student, opinions, budget, counts):
-        train, val = optimization_split(self.fermi_config, opinions)
+        train, val = optimization_split(opinions, self.fermi_config.optimization_fraction)
         trainset = [_example(dspy, o) for o in train]
         valset = [_example(dspy, o) for o in val] or trainset
         metric = _Metric(dspy, opinions, feedback=False)
@@ -695,9 +674,6 @@ class DSPyBootstrap(DSPyPeer):
                                          "demos": len(c["program"].predictors()[0].demos)}
                                         for c in scored if "program" in c]}
 
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "max_bootstrapped_demos": self.max_bootstrapped_demos,
-                "max_labeled_demos": self.max_labeled_demos}
 
 
 PEERS = (DSPyGEPA, DSPyMIPROv2, DSPyBootstrap)

@@ -7,30 +7,19 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from personalign.fermi.baselines import (
-    FEWSHOT_INSTRUCTION, fewshot_items, profile_prompt, retrieve, vanilla_prompt,
-)
-from personalign.fermi.optimizer import choice_item
-from personalign.fermi.tasks import answered_block
+from personalign.runtime.cost import PROMPT_TOKENS, Cost, scored_questions, shots_tokens
 from personalign.runtime.data.opinionqa import profile_text
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.personalizer import (
-    Answer, Personalizer, SharedModels, check_questions, check_user,
+    Answer, Personalizer, SharedModels, check_questions,
 )
-
-
-class NoArgument:
-    """``from_spec`` for methods that take no spec argument and no settings."""
-
-    name = "abstract"
-
-    @classmethod
-    def from_spec(cls, models: SharedModels, arg: str | None, settings) -> Personalizer:
-        if arg is not None:
-            raise ConfigError(f"method {cls.name} takes no argument (got {cls.name}:{arg})")
-        return cls(models)
+from personalign.runtime.prompts import (
+    FEWSHOT_INSTRUCTION, TASK_INSTRUCTION, answered_block, choice_item, fewshot_items,
+    profile_prompt,
+)
+from personalign.runtime.retrieval import retrieve
 
 
 class ScoredPrompt(Personalizer):
@@ -42,23 +31,25 @@ class ScoredPrompt(Personalizer):
             return llm.score_choices(items, method=self.models.scoring)
 
 
-class RandomChoice(NoArgument, Personalizer):
+class RandomChoice(Personalizer):
     """Uniform random choice, reported as its expected accuracy (1 / number of options)."""
 
     name, label = "random", "Random (expected)"
     depends_on = ()
 
     def fit(self, user: User) -> "RandomChoice":
-        self.user_id = check_user(user).user_id
+        self.user_id = self.check_data(user).user_id
         return self
+
+    @classmethod
+    def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings: Any
+                ) -> dict[str, Cost]:
+        return {}  # no LLM
 
     def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
         self._require_fitted()
         return [Answer(None, [-math.log(len(q.options))] * len(q.options))
                 for q in check_questions(questions)]
-
-    def params(self) -> dict[str, Any]:
-        return {}
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -67,7 +58,7 @@ class RandomChoice(NoArgument, Personalizer):
         pass
 
 
-class FixedPrompt(NoArgument, ScoredPrompt):
+class FixedPrompt(ScoredPrompt):
     """One instruction for every question, from the user's profile or not."""
 
     def __init__(self, models: SharedModels):
@@ -78,7 +69,7 @@ class FixedPrompt(NoArgument, ScoredPrompt):
         raise NotImplementedError
 
     def fit(self, user: User) -> "FixedPrompt":
-        user = check_user(user)
+        user = self.check_data(user)
         self.prompt, self.user_id = self.make_prompt(user), user.user_id
         return self
 
@@ -89,9 +80,6 @@ class FixedPrompt(NoArgument, ScoredPrompt):
 
     def system_prompt(self, query: str) -> str | None:
         return self.prompt
-
-    def params(self) -> dict[str, Any]:
-        return {}
 
     def state(self) -> dict[str, Any]:
         return {"prompt": self.prompt}
@@ -106,7 +94,7 @@ class Vanilla(FixedPrompt):
     name, label = "vanilla", "Vanilla"
 
     def make_prompt(self, user: User) -> str:
-        return vanilla_prompt()
+        return TASK_INSTRUCTION
 
 
 class Profile(FixedPrompt):
@@ -118,12 +106,18 @@ class Profile(FixedPrompt):
         return profile_prompt(profile_text(user.profile) if user.profile else
                               (user.description or ""))
 
+    @classmethod
+    def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings: Any
+                ) -> dict[str, Cost]:
+        return scored_questions(f"{cls.name}/predict", test, PROMPT_TOKENS)
+
 
 class FewShot(ScoredPrompt):
     """The k past opinions of the user most similar to the question, answered, in context."""
 
     name, label = "fewshot", "Few-shot"
     depends_on = ("task", "scoring", "embedder")
+    min_opinions = 1
 
     def __init__(self, models: SharedModels, k: int = 3, retriever: str = "embeddings"):
         super().__init__(models)
@@ -137,8 +131,14 @@ class FewShot(ScoredPrompt):
     def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "FewShot":
         return cls(models, settings.fewshot_k, arg or settings.retriever)
 
+    @classmethod
+    def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings: Any
+                ) -> dict[str, Cost]:
+        return scored_questions(f"{cls.name}/predict", test,
+                                shots_tokens(shots, settings.fewshot_k))
+
     def fit(self, user: User) -> "FewShot":
-        user = check_user(user, min_opinions=1)
+        user = self.check_data(user)
         self.opinions, self.user_id = list(user.opinions), user.user_id
         return self
 
@@ -160,9 +160,6 @@ class FewShot(ScoredPrompt):
         blocks = [answered_block(self.opinions[i]) for i in reversed(idx)]
         return "This person answered these questions before:\n\n" + "\n\n".join(blocks) + \
             "\n\nAnswer the way this person would."
-
-    def params(self) -> dict[str, Any]:
-        return {"k": self.k, "retriever": self.retriever}
 
     def state(self) -> dict[str, Any]:
         return {"opinions": [o.to_dict() for o in self.opinions]}

@@ -1,14 +1,25 @@
 """The method protocol: every personalization method is a :class:`Personalizer`.
 
-The contract, checked for every registered method by ``tests/test_personalizers.py``:
+The contract, checked for every registered method by ``tests/test_personalizers.py``; the
+benchmark, the cost projection and the service use nothing else of a method:
 
-- Construction takes the shared runtime models (:class:`SharedModels`) and the method's own
-  explicit parameters, and does no work.
+- ``from_spec(models, arg, settings)`` builds it from its registry spec ``name[:arg]`` and the
+  run's :class:`~personalign.methods.MethodSettings`. Construction takes the shared runtime
+  models (:class:`SharedModels`) and the method's own explicit parameters, stores each
+  parameter unchanged under its own name (``params`` reads them back, as scikit-learn's
+  ``get_params`` does), and does no work.
+- ``check_data(user)`` says whether a user has what ``fit`` needs (``min_opinions``), as a
+  ``DataError`` naming the field; ``fit`` checks the same.
 - ``fit(user)`` learns from ONE user's profile, past opinions and preference pairs, and returns
   ``self``. Nothing of other users is pooled at fit time: a meta-trained model (FSPO) is a
   constructor parameter.
 - ``predict(questions)`` returns one :class:`Answer` per question, in order.
-- ``respond(messages)`` answers an open-ended chat, personalized the same way.
+- ``chat_plan(messages)`` says how it answers an open-ended chat (which LLM, which prompt, what
+  was applied); ``respond`` runs that plan.
+- ``describe()`` says what a fit holds (prompts, shots, model) as a :class:`Personalization`;
+  ``fit_rounds`` how many optimizer rounds a fit makes (for progress), if it counts them.
+- ``project(shots, test, settings)`` projects its LLM calls and tokens per phase for one user
+  (:class:`~personalign.runtime.cost.Cost`) before a run.
 - ``save(path)`` / ``personalign.methods.load(path, models)``: answers after load equal those
   before; a fit saved with other models (task model, scoring) is refused at load.
 - Cost is counted by the LLMs' usage, per phase ``<method>/fit`` and ``<method>/predict``.
@@ -17,17 +28,20 @@ The contract, checked for every registered method by ``tests/test_personalizers.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from personalign.runtime import models as embedded
+from personalign.runtime.config import Config
+from personalign.runtime.cost import Cost, scored_questions
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
-from personalign.runtime.llm.types import Message, SamplingParams, ScoringMethod
+from personalign.runtime.llm.types import Message, Prompt, SamplingParams, ScoringMethod
 from personalign.runtime.storage import atomic_write_json
 
 FORMAT = "personalign.personalizer"
@@ -114,6 +128,10 @@ class SharedModels:
             self._loaded["embedder"] = Embedder(self.embedder)
         return self._loaded["embedder"]
 
+    def loaded_embedder(self):
+        """The embedder if it was loaded (a deletion forgets what it cached), else None."""
+        return self._loaded.get("embedder")
+
     def loaded_llms(self) -> dict[str, LLM]:
         """Every LLM loaded so far, by the spec it was loaded from (its model id where it was
         loaded with options, e.g. an FSPO adapter), for usage reports. Not by model id
@@ -136,12 +154,26 @@ class Personalizer(ABC):
     label: ClassVar[str] = "abstract"
     #: models whose identity a saved fit depends on (checked by ``load``)
     depends_on: ClassVar[tuple[str, ...]] = ("task", "scoring")
+    #: the fewest past opinions ``fit`` needs
+    min_opinions: ClassVar[int] = 0
 
     def __init__(self, models: SharedModels):
         self.models = models
         self.user_id: str | None = None
 
+    @classmethod
+    def from_spec(cls, models: SharedModels, arg: str | None, settings: Any) -> "Personalizer":
+        """The method of spec ``name[:arg]`` with the run's settings; by default a method
+        takes no argument and none of the settings."""
+        if arg is not None:
+            raise ConfigError(f"method {cls.name} takes no argument (got {cls.name}:{arg})")
+        return cls(models)
+
     # ---- the protocol ---------------------------------------------------------------------
+    def check_data(self, user: Any) -> User:
+        """``user`` if it has what ``fit`` needs, else a ``DataError`` naming the field."""
+        return check_user(user, self.min_opinions)
+
     @abstractmethod
     def fit(self, user: User) -> "Personalizer":
         ...
@@ -150,24 +182,36 @@ class Personalizer(ABC):
     def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
         ...
 
-    def respond(self, messages: Sequence[Message], max_tokens: int = 256) -> str:
-        """An open-ended answer: the method's personalized instruction as the system message
-        before ``messages``, answered by the task model."""
+    def chat_plan(self, messages: Sequence[Message]) -> "ChatPlan":
+        """How an open-ended chat is answered: by default the method's personalized
+        instruction (:meth:`system_prompt`) as the system message before ``messages``,
+        answered by the task model."""
         self._require_fitted()
         system = self.system_prompt(last_user_text(messages))
         prompt = ([{"role": "system", "content": system}] if system else []) + list(messages)
-        llm = self.models.task_llm
-        with llm.phase(f"{self.name}/respond"):
-            return llm.generate([prompt], SamplingParams(max_tokens=max_tokens))[0][0]
+        return ChatPlan(self.models.task_llm, prompt, applied={"system_prompt": system})
+
+    def respond(self, messages: Sequence[Message], max_tokens: int = 256) -> str:
+        """An open-ended answer, as :meth:`chat_plan` says."""
+        plan = self.chat_plan(messages)
+        with plan.llm.phase(f"{self.name}/respond"):
+            return plan.llm.generate([plan.prompt], plan.sampling(SamplingParams(max_tokens=max_tokens)))[0][0]
 
     def system_prompt(self, query: str) -> str | None:
         """The personalized instruction applied to ``query`` (None: none)."""
         return None
 
-    # ---- learned state --------------------------------------------------------------------
-    @abstractmethod
+    # ---- what a fit holds -----------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        """The constructor parameters (JSON-able) that rebuild this method."""
+        """The constructor parameters (JSON-able) that rebuild this method, read from the
+        attributes of the same names (a config as its dict)."""
+        out = {}
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.name in ("self", "models") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            value = getattr(self, p.name)
+            out[p.name] = value.to_dict() if isinstance(value, Config) else value
+        return out
 
     @abstractmethod
     def state(self) -> dict[str, Any]:
@@ -181,15 +225,36 @@ class Personalizer(ABC):
     def fitted(self) -> bool:
         return self.user_id is not None
 
+    def describe(self) -> "Personalization":
+        """What the fit holds, for the service and for people."""
+        self._require_fitted()
+        return Personalization(self.name)
+
+    @property
+    def fit_rounds(self) -> int | None:
+        """Optimizer rounds a fit makes (one optimizer request each), for progress; None:
+        not counted."""
+        return None
+
     def fit_report(self) -> dict[str, Any]:
-        """What the fit did, for reports (optimizer history, failures, collapse)."""
+        """What the fit did, for reports (optimizer history, failures, collapse): method
+        specific and JSON-able, written into the benchmark's unit files."""
         return {}
 
+    # ---- for the benchmark ----------------------------------------------------------------
     @classmethod
     def report_note(cls, settings: Any) -> str | None:
         """A line for the benchmark report on how this method ran with the run's method
         settings (a peer's budget rule), or None."""
         return None
+
+    @classmethod
+    def project(cls, shots: Sequence[Opinion], test: Sequence[Opinion], settings: Any
+                ) -> dict[str, Cost]:
+        """Projected LLM calls and tokens per phase for one user with past opinions ``shots``
+        and questions ``test`` (:mod:`personalign.runtime.cost`); by default one scoring call
+        per question."""
+        return scored_questions(f"{cls.name}/predict", test)
 
     def score(self, questions: Sequence[Opinion]) -> float:
         """Mean accuracy on answered questions, through :meth:`predict`."""
@@ -210,6 +275,42 @@ class Personalizer(ABC):
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.saved())
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """A prompt a fit found, with its score on the user's training opinions."""
+
+    prompt: str
+    train_score: float
+
+
+@dataclass(frozen=True)
+class Personalization:
+    """What a fitted method holds: the prompts it chooses from, the shots it shows, the
+    model it answers with (None: not this kind of method)."""
+
+    method: str
+    prompts: tuple[ScoredPrompt, ...] | None = None
+    collapsed: bool | None = None           # the optimizer's prompts all came out alike
+    shots: int | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """How a method answers a chat: ``llm`` continues ``prompt`` (messages, or raw text for
+    a model trained on raw text) until one of ``stop``; ``applied`` says what personalized it
+    (shown to the caller)."""
+
+    llm: LLM
+    prompt: Prompt
+    stop: tuple[str, ...] = ()
+    applied: dict[str, Any] = field(default_factory=dict)
+
+    def sampling(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with the plan's stops added."""
+        return replace(params, stop=tuple(dict.fromkeys((*params.stop, *self.stop))))
 
 
 def last_user_text(messages: Sequence[Message]) -> str:

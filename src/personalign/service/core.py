@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import delete, func, select
 
-from personalign.methods import MethodSettings, build, from_saved, split_spec
+from personalign.methods import MethodSettings, build, from_saved
 from personalign.runtime.data.records import Opinion, PreferencePair, User
 from personalign.runtime.errors import (
     ConfigError,
@@ -188,8 +188,7 @@ class PersonalizationService:
     def loaded(self) -> SharedModels:
         """The shared models, loaded once (the first fit or chat pays for it)."""
         with self._load_lock:
-            for part in ("task_llm", "optimizer_llm", "embedding"):
-                getattr(self.models, part)
+            self.models.task_llm, self.models.optimizer_llm, self.models.embedding
         return self.models
 
     def _served_methods(self, fspo_models: dict[str, str]) -> dict[str, str]:
@@ -212,7 +211,7 @@ class PersonalizationService:
         if method not in self.methods:
             raise DataError(f"unknown method {method!r}; this server serves: "
                             f"{', '.join(self.methods)}", field="method")
-        name, _ = split_spec(method)
+        fitted = build(self.methods[method], self.models, MethodSettings(preset=preset))
         with self._user_locks[user_id], self.store.session() as s:
             user = self._user_record(s, user_id)
             active = s.scalar(select(func.count()).select_from(JobRow).where(
@@ -221,11 +220,7 @@ class PersonalizationService:
                 raise LimitError(f"{active} fits of this user are queued or running; at most "
                                  f"{self.limits.max_active_fits_per_user}: wait for one to end",
                                  status=429)
-            if name == "fermi" and len(user.opinions) < 2:
-                raise DataError(f"fermi needs at least 2 opinions; user {user_id!r} has "
-                                f"{len(user.opinions)}", field="opinions")
-            if name == "fspo" and not (user.pairs or user.opinions):
-                raise DataError("fspo needs preference pairs or opinions", field="pairs")
+            fitted.check_data(user)
             job = JobRow(id=uuid.uuid4().hex, user_id=user_id, method=method, preset=preset,
                          status="queued", stage="queued", progress=0.0, summary={})
             s.add(job)
@@ -266,18 +261,17 @@ class PersonalizationService:
             self._update(job_id, stage="fitting", progress=0.1)
             watch = _Watch(job_id, cancelled, self._update)
             method = build(spec, watch.models(self.models), MethodSettings(preset=preset))
-            watch.expect(getattr(getattr(method, "config", None), "iterations", None))
+            watch.expect(method.fit_rounds)
             method.fit(user)
             method.models = self.models  # what is saved and served uses the real models
-            report = method.fit_report()
-            saved = method.saved()
+            held, saved = method.describe(), method.saved()
             summary: dict[str, Any] = {"method": method.name, "resumed": resumed}
-            if report.get("pool"):
-                summary.update(prompts=len(report["pool"]),
-                               best_train_score=max(p["train_score"] for p in report["pool"]),
-                               collapsed=report.get("collapsed"))
-            if getattr(method, "shots", None) is not None:
-                summary["shots"] = len(method.shots)
+            if held.prompts:
+                summary.update(prompts=len(held.prompts),
+                               best_train_score=max(p.train_score for p in held.prompts),
+                               collapsed=held.collapsed)
+            if held.shots is not None:
+                summary["shots"] = held.shots
             # Written back under the user's lock, and only if the user still exists and the
             # job was not cancelled: a deletion that ran meanwhile wins.
             with self._user_locks[user.user_id], self.store.session() as s:
@@ -362,7 +356,7 @@ class PersonalizationService:
             texts = {t for o in user.opinions for t in (o.question, *o.options)} | {
                 t for p in user.pairs for t in (p.prompt, p.chosen, p.rejected)} | \
                 self._asked.pop(user_id, set())
-            embedder = self.models._loaded.get("embedder")
+            embedder = self.models.loaded_embedder()
             # A text holding one of the user's own (a retrieval query, a prompt) goes; short
             # shared ones ("Yes", "Strongly agree") go only as themselves, not inside others.
             own = [x for x in texts if len(x) >= 24]
@@ -396,15 +390,15 @@ class PersonalizationService:
             return method
 
     def personalization_of(self, user_id: str) -> dict[str, Any]:
-        method = self.personalizer(user_id)
-        state = method.state()
-        out: dict[str, Any] = {"user_id": user_id, "method": method.name}
-        if "pool" in state:
-            out["prompts"] = [{"prompt": p["prompt"], "train_score": p["train_score"]}
-                              for p in state["pool"]]
-        if getattr(method, "shots", None) is not None:
+        held = self.personalizer(user_id).describe()
+        out: dict[str, Any] = {"user_id": user_id, "method": held.method}
+        if held.prompts is not None:
+            out["prompts"] = [{"prompt": p.prompt, "train_score": p.train_score}
+                              for p in held.prompts]
+        if held.model is not None:
             out["model"] = self._served_as(user_id)
-            out["shots"] = len(method.shots)
+        if held.shots is not None:
+            out["shots"] = held.shots
         return out
 
     def _served_as(self, user_id: str) -> str | None:
@@ -421,42 +415,31 @@ class PersonalizationService:
 
     def chat(self, user_id: str, messages: list[Message], params: SamplingParams,
              top_logprobs: int | None = None, stream: bool = False) -> Chat:
-        """The user's personalization applied to a chat: a method with a system prompt
-        (Fermi: the RoP-selected prompt for the last user message) puts it before the
-        messages and the task model answers; others answer through ``respond`` (FSPO: the
-        user's shots with the FSPO model). ``stream`` (one choice, a system-prompt method)
-        returns the answer's pieces as the task model writes them, in ``Chat.pieces``."""
+        """The user's personalization applied to a chat, as the method's
+        :meth:`~personalign.runtime.personalizer.Personalizer.chat_plan` says (Fermi: the
+        RoP-selected prompt for the last user message as the system message; FSPO: the user's
+        shots before it, answered by the FSPO model). ``stream`` (one choice) returns the
+        answer's pieces as the model writes them, in ``Chat.pieces``."""
         method = self.personalizer(user_id)
         query = last_user_text(messages)
         if not query:
             raise DataError("a chat needs at least one user message", field="messages")
         self._asked[user_id].add(query)
-        applied: dict[str, Any] = {"user_id": user_id, "method": method.name}
-        system = method.system_prompt(query)
-        if system is not None or type(method).respond is Personalizer.respond:
-            prompt = ([{"role": "system", "content": system}] if system else []) + messages
-            applied["system_prompt"] = system
-            llm = method.models.task_llm
-            top = None
-            if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):
-                top = llm.next_token_logprobs(prompt, max(1, top_logprobs))
-            if stream and params.n == 1:
-                return streamed(llm, prompt, params, Chat([], 0, 0, applied, top))
-            # Per-request usage comes with the texts, so requests run concurrently (a local
-            # model serializes its own forwards; a remote server batches them).
-            texts, used_in, used_out = llm.generate_one(prompt, params)
-            return Chat(texts, used_in, used_out, applied, top,
-                        [finish_reason(llm, t, params) for t in texts])
-        if params.n != 1:
-            raise DataError(f"{method.name} answers one choice per request", field="n")
-        llm = getattr(method, "llm", method.models.task_llm)
-        applied.update(model=self._served_as(user_id),
-                       shots=len(getattr(method, "shots", []) or []))
-        with self._serial(llm):  # usage is read from the model's counters
-            before = llm.usage.prompt_tokens, llm.usage.completion_tokens
-            text = method.respond(messages, max_tokens=params.max_tokens)
-            used = (llm.usage.prompt_tokens - before[0], llm.usage.completion_tokens - before[1])
-        return Chat([text], used[0], used[1], applied, None, [finish_reason(llm, text, params)])
+        plan = method.chat_plan(messages)
+        applied: dict[str, Any] = {"user_id": user_id, "method": method.name, **plan.applied}
+        if method.describe().model is not None:
+            applied["model"] = self._served_as(user_id)  # by its served name, never a folder
+        llm, params = plan.llm, plan.sampling(params)
+        top = None
+        if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):  # the engine's
+            top = llm.next_token_logprobs(plan.prompt, max(1, top_logprobs))
+        if stream and params.n == 1:
+            return streamed(llm, plan.prompt, params, Chat([], 0, 0, applied, top))
+        # Per-request usage comes with the texts, so requests run concurrently (a local
+        # model serializes its own forwards; a remote server batches them).
+        texts, used_in, used_out = llm.generate_one(plan.prompt, params)
+        return Chat(texts, used_in, used_out, applied, top,
+                    [finish_reason(llm, t, params) for t in texts])
 
     def _serial(self, llm: LLM):
         """One request at a time where usage is read as a difference of the model's

@@ -1,9 +1,10 @@
-"""Baselines: random expectation, prompts, few-shot retrieval (embeddings and BM25)."""
+"""The shared multiple-choice prompts and few-shot retrieval (embeddings and BM25)."""
 
 import pytest
 
-from personalign.fermi.baselines import (FEWSHOT_INSTRUCTION, fewshot_items, profile_prompt,
-                                         random_expected, retrieve, vanilla_prompt)
+from personalign.runtime.prompts import (FEWSHOT_INSTRUCTION, TASK_INSTRUCTION, fewshot_items,
+                                         profile_prompt)
+from personalign.runtime.retrieval import retrieve
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.errors import ConfigError
 
@@ -15,9 +16,9 @@ SHOTS = [Opinion("Do you support gun control laws?", ("Yes", "No"), 1),
 TEST = [Opinion("Do you support stricter gun laws?", ("Yes", "No"), 0)]
 
 
-def test_random_and_prompts():
-    assert random_expected(SHOTS) == [0.5, 1 / 3, 0.5]
-    assert "choose the proper answer" in vanilla_prompt().lower()
+def test_instructions():
+    assert "choose the proper answer" in TASK_INSTRUCTION.lower()
+    assert profile_prompt("") == TASK_INSTRUCTION
     p = profile_prompt("Age: 65+, Region: South")
     assert p.startswith("A person can be described as follows: Age: 65+, Region: South.")
     assert "Based on the demographic information" in p

@@ -1,5 +1,6 @@
 """Retrieval of a user's past opinions most similar to a question (embeddings or BM25): what
-the few-shot baseline and Fermi's ``context_shots`` show the task model."""
+the few-shot baseline and Fermi's ``context_shots`` show the task model
+(:func:`personalign.runtime.prompts.shown` writes them)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Sequence
 
 import numpy as np
 
-from personalign.fermi.tasks import answered_block
 from personalign.runtime.data.records import Opinion
 from personalign.runtime.errors import ConfigError
 
@@ -45,8 +45,3 @@ def retrieve(shots: Sequence[Opinion], questions: Sequence[Opinion], k: int,
                     sim[i, j] = -np.inf
     return [list(np.argsort(-row, kind="stable")[:k]) for row in sim]
 
-
-def shown(shots: Sequence[Opinion], indices: Sequence[int], shown_as=answered_block) -> str:
-    """Retrieved past opinions as the task model sees them, the most similar (first index)
-    last, next to the question; ``shown_as`` writes one with its answer."""
-    return "\n\n".join(shown_as(shots[i]) for i in reversed(indices))
