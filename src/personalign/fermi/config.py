@@ -126,7 +126,8 @@ class FermiConfig(Config):
                 "at the end); off: on the optimization part only."})
     embedder: str = field(default="all-minilm-l6-v2", metadata={
         "help": "The sentence embedder's name (recorded with the config)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the optimizer's samples and the evidence sample."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the optimizer's samples and the evidence sample."})
     preset: str = field(default="custom", metadata={
         "help": "The preset the config came from (reports name it)."})
 
