@@ -36,13 +36,14 @@ def _scalar(annotation: Any) -> type | None:
 def option_help(config_cls, f: dataclasses.Field, annotation: Any,
                 default: str | None = None) -> str:
     """The help of ``f``'s option: its documentation (else ``Class.field``), its choices and
-    its default (``default``: the text shown instead of the field's own default)."""
+    its default (``default``: the text shown instead of the field's own; a None default is
+    not shown)."""
     text = field_help(f) or f"{config_cls.__name__}.{f.name}"
     choices = literal_choices(annotation)
     if choices:
         text += f" One of: {' | '.join(map(str, choices))}."
-    if default is None:
-        default = str(f.default) if f.default is not dataclasses.MISSING else None
+    if default is None and f.default not in (dataclasses.MISSING, None):
+        default = str(f.default)  # None's meaning (unlimited, derived...) is in the help
     if default is not None:
         text += f" [default: {default}]"
     return escape(text)  # typer renders help as rich markup: "[default: x]" would vanish
