@@ -33,7 +33,6 @@ from personalign.bench.protocols import OPINIONQA, load_users, question_metrics
 from personalign.methods import (
     DEFAULT_METHODS, MethodSettings, build, label, method_class, split_spec,
 )
-from personalign.runtime import models as embedded
 from personalign.runtime.budget import Allowance, BudgetExceeded, Limits, Spend, watch
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.config import Config
@@ -90,10 +89,11 @@ class BenchConfig(Config):
     n_shots: int = 20
     n_test: int = 30
     min_opinions: int = 25
-    task_model: str = embedded.DEFAULT_TASK
-    optimizer_model: str = embedded.DEFAULT_OPTIMIZER
-    embedder: str = "all-minilm-l6-v2"
-    scoring: ScoringMethod = "letter"
+    # The models: SharedModels' defaults, the one definition of the default models.
+    task_model: str = SharedModels.task
+    optimizer_model: str = SharedModels.optimizer
+    embedder: str = SharedModels.embedder
+    scoring: ScoringMethod = SharedModels.scoring
     force: bool = False
     execution: ExecutorConfig = field(default_factory=ExecutorConfig)
     limits: Limits = field(default_factory=Limits)

@@ -12,13 +12,23 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from personalign.runtime import models as embedded
+from personalign.cli.config_options import config_options
+from personalign.fermi.config import PRESETS, FermiConfig
+from personalign.methods import MethodSettings
+from personalign.runtime.budget import Limits
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.personalizer import SharedModels
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
+
+#: the FermiConfig fields with their own options (T, K, L and the open [?] choices)
+FERMI_FLAGS = {"iterations": ("--iterations", "-T"), "num_candidates": ("--candidates", "-K"),
+               "memory_size": ("--memory", "-L"), "final_pool": ("--final-pool",),
+               "reference_entry": ("--reference-entry",)}
 
 
 def parse_assignments(pairs: list[str], option: str) -> dict:
@@ -82,34 +92,31 @@ def print_result(result, title: str) -> None:
                   f"{usage['wall_s_per_user']['mean']:.0f} s. Report: {result.out}/README.md")
 
 
+# The options that are config fields come from the configs, help and default included: the
+# methods' settings, the Fermi fields a preset sets (and the two open [?] choices), the models
+# and the limits. The rest are the benchmark's own.
+@config_options(Limits, prefix="max_", into="limit_settings")
+@config_options(SharedModels, only=("task", "optimizer", "scoring"),
+                flags={"task": ("--task-model",), "optimizer": ("--optimizer-model",)},
+                into="model_settings")
+@config_options(FermiConfig, only=tuple(FERMI_FLAGS), flags=FERMI_FLAGS,
+                defaults={name: "set by --preset" for name in PRESETS["paper"]},
+                into="fermi_settings")
+@config_options(MethodSettings, into="method_settings")
 def opinionqa(
     data: Path = typer.Option(..., help="OpinionQA JSONL (../shared/data/opinionqa/dev.jsonl) or, "
                               "for globalopinionqa, its CSV."),
     out: Path = typer.Option(..., help="Report folder (a rerun resumes it)."),
     users: Optional[int] = typer.Option(20, help="First N eligible users in file order."),
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
-    methods: str = typer.Option("all", help="all, or a comma list of method specs: random, "
-                                "vanilla, profile, fewshot[:bm25], opro, fermi_norop, fermi, "
-                                "fermi+fewshot, fspo[:RUN|base], pooled:RUN, oracle[:RUN]; the "
-                                "DSPy peers dspy-gepa, dspy-miprov2, dspy-bootstrap (extra "
-                                "personalign[peers]; budget: Fermi's calls at --preset)."),
-    preset: str = typer.Option("quick", help="paper (T=10, K=4, L=5), quick (T=2, K=2) or tiny."),
-    seed: int = typer.Option(0),
-    iterations: Optional[int] = typer.Option(None, "--iterations", "-T", help="Override T."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", "-K", help="Override K."),
-    memory: Optional[int] = typer.Option(None, "--memory", "-L", help="Override L."),
-    final_pool: Optional[str] = typer.Option(None, help="last_k or memory."),
-    reference_entry: Optional[str] = typer.Option(None, help="best or worst."),
+    methods: str = typer.Option("all", help=escape(
+        "all, or a comma list of method specs: random, vanilla, profile, fewshot[:bm25], opro, "
+        "fermi_norop, fermi, fermi+fewshot, fspo[:RUN|base], pooled:RUN, oracle[:RUN]; the DSPy "
+        "peers dspy-gepa, dspy-miprov2, dspy-bootstrap (extra personalign[peers]; budget: "
+        "Fermi's calls at --preset).")),
     fermi: list[str] = typer.Option([], "--fermi", help="FIELD=VALUE: any FermiConfig field "
                                     "(repeatable), e.g. optimizer_strategy=continuation, "
                                     "samples_per_iteration=8, include_best=true."),
-    scoring: str = typer.Option("letter", help="How choices are read from the task model."),
-    fewshot_k: int = typer.Option(3, help="Past opinions in the few-shot baseline."),
-    retriever: str = typer.Option("embeddings", help="embeddings or bm25 (few-shot)."),
-    fspo_shots: int = typer.Option(8, help="Preference pairs FSPO methods show."),
-    task_model: str = typer.Option(embedded.DEFAULT_TASK, help="Task model spec (load_llm)."),
-    optimizer_model: str = typer.Option(embedded.DEFAULT_OPTIMIZER,
-                                        help="Optimizer model spec."),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
     executor: str = typer.Option("local", help="local (this machine) or ray."),
     workers: int = typer.Option(1, help="Worker processes (local) or actors (ray); each "
@@ -119,54 +126,41 @@ def opinionqa(
                                           "$PERSONALIGN_THREADS, else the CPU count)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join (auto, "
                                           "ray://host:10001); default: a local Ray."),
-    max_user_calls: Optional[int] = typer.Option(None, help="Stop a user after this many "
-                                                 "LLM calls (a rerun with more continues)."),
-    max_user_tokens: Optional[int] = typer.Option(None, help="... this many tokens."),
-    max_user_seconds: Optional[float] = typer.Option(None, help="... this many seconds."),
-    max_run_calls: Optional[int] = typer.Option(None, help="Stop the run after this many "
-                                                "LLM calls over all users."),
-    max_run_tokens: Optional[int] = typer.Option(None, help="... this many tokens."),
-    max_run_seconds: Optional[float] = typer.Option(None, help="... this session's seconds."),
     fit_model: Optional[str] = typer.Option(None, help="Cross-LLM transfer: fit Fermi's prompts "
                                             "with this task model and answer with the eval "
                                             "model (adds fermi_transfer:MODEL beside fermi)."),
     eval_model: Optional[str] = typer.Option(None, help="The task model that answers the test "
                                              "questions (overrides --task-model)."),
-    transfer_correctness: str = typer.Option("eval", help="RoP correctness of a transferred "
-                                             "pool: eval (measured again with the eval model "
-                                             "on the user's training opinions) or fit "
-                                             "(reused as measured with the fit model)."),
     protocol: str = "opinionqa-individual",
+    method_settings: dict | None = None,
+    fermi_settings: dict | None = None,
+    model_settings: dict | None = None,
+    limit_settings: dict | None = None,
 ) -> None:
     """Run (or resume) the benchmark and write the report folder."""
     from personalign.bench.projection import project_run
     from personalign.bench.protocols import load_users
     from personalign.bench.runner import BenchConfig, run_benchmark, select_users
-    from personalign.methods import MethodSettings, parse_specs
-    from personalign.runtime.budget import Limits
+    from personalign.methods import parse_specs
     from personalign.runtime.executor import ExecutorConfig
 
     if not data.is_file():
         raise DataError("not a data file", path=str(data))
-    overrides = {k: v for k, v in {"iterations": iterations, "num_candidates": candidates,
-                                   "memory_size": memory, "final_pool": final_pool,
-                                   "reference_entry": reference_entry}.items() if v is not None}
+    overrides = dict(fermi_settings or {})
     overrides.update(parse_assignments(fermi, "--fermi"))
-    settings = MethodSettings(seed=seed, preset=preset, fermi=overrides, fewshot_k=fewshot_k,
-                              retriever=retriever, fspo_shots=fspo_shots,
-                              transfer_correctness=transfer_correctness)
-    task_model = eval_model or task_model
+    settings = MethodSettings(**(method_settings or {}), fermi=overrides)
+    models = SharedModels(**{**(model_settings or {}),
+                             **({"task": eval_model} if eval_model else {})})
     specs = parse_specs(methods)
-    if fit_model and fit_model != task_model:  # the gap: transferred minus natively fitted
+    if fit_model and fit_model != models.task:  # the gap: transferred minus natively fitted
         specs += [s for s in ("fermi", f"fermi_transfer:{fit_model}") if s not in specs]
     cfg = BenchConfig(data=str(data), out=str(out), protocol=protocol, users=users,
                       user_ids=[u.strip() for u in user_ids.split(",")] if user_ids else None,
-                      methods=specs, settings=settings, task_model=task_model,
-                      optimizer_model=optimizer_model, scoring=scoring, force=force,
+                      methods=specs, settings=settings, task_model=models.task,
+                      optimizer_model=models.optimizer, scoring=models.scoring, force=force,
                       execution=ExecutorConfig(kind=executor, workers=workers, threads=threads,
                                                address=address),
-                      limits=Limits(max_user_calls, max_user_tokens, max_user_seconds,
-                                    max_run_calls, max_run_tokens, max_run_seconds))
+                      limits=Limits(**(limit_settings or {})))
     logging.getLogger("personalign").setLevel(logging.INFO)
     loaded = load_users(cfg.protocol, cfg.data)
     splits, _ = select_users(loaded, cfg)
@@ -176,6 +170,7 @@ def opinionqa(
     for user, reason in result.stopped.items():
         console.print(f"[yellow]stopped[/] {user}: {reason} (raise the limit and rerun to "
                       "continue)", soft_wrap=True)
+    preset = settings.preset
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
     print_result(result, f"{protocol}, {len(result.records)} users, preset {label}")
 

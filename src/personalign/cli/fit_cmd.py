@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from personalign.runtime import models as embedded
 from personalign.runtime.errors import ConfigError, DataError
+from personalign.runtime.personalizer import SharedModels
 
 console = Console()
 
@@ -38,12 +38,12 @@ def register(app: typer.Typer) -> None:
                                        "profile, fspo:RUN, ..."),
             preset: str = typer.Option("quick", help="Fermi/OPRO preset: paper, quick, tiny."),
             seed: int = typer.Option(0),
-            task_model: str = typer.Option(embedded.DEFAULT_TASK),
-            optimizer_model: str = typer.Option(embedded.DEFAULT_OPTIMIZER),
-            scoring: str = typer.Option("letter", help="How choices are read.")) -> None:
+            task_model: str = typer.Option(SharedModels.task),
+            optimizer_model: str = typer.Option(SharedModels.optimizer),
+            scoring: str = typer.Option(SharedModels.scoring, help="How choices are read.")
+            ) -> None:
         """Fit a method on the user's 20 past opinions (the protocol split) and save it."""
         from personalign.methods import MethodSettings, build
-        from personalign.runtime.personalizer import SharedModels
 
         split = _user_split(data, user, seed)
         models = SharedModels(task_model, optimizer_model, scoring=scoring)
@@ -65,10 +65,10 @@ def register(app: typer.Typer) -> None:
                 data: Path = typer.Option(..., help="OpinionQA-schema JSONL with the user."),
                 out: Optional[Path] = typer.Option(None, help="Predictions JSONL."),
                 seed: int = typer.Option(0),
-                task_model: str = typer.Option(embedded.DEFAULT_TASK,
+                task_model: str = typer.Option(SharedModels.task,
                                                help="The task model the method was fit with."),
-                optimizer_model: str = typer.Option(embedded.DEFAULT_OPTIMIZER),
-                scoring: str = typer.Option("letter"),
+                optimizer_model: str = typer.Option(SharedModels.optimizer),
+                scoring: str = typer.Option(SharedModels.scoring),
                 eval_model: Optional[str] = typer.Option(None, help="Answer with this task "
                                                          "model instead (a Fermi pool "
                                                          "transfers)."),
@@ -79,7 +79,6 @@ def register(app: typer.Typer) -> None:
                 ) -> None:
         """Answer the user's test questions (the protocol split) and print the accuracy."""
         from personalign.methods import load
-        from personalign.runtime.personalizer import SharedModels
         from personalign.runtime.storage import atomic_write_text
 
         from dataclasses import replace

@@ -23,75 +23,109 @@ DEFAULT_TAU = {"choice": 1.0, "tag": 1.0, "rating": 1.0, "title": 0.2}
 
 @dataclass
 class FermiConfig(Config):
+    """Fermi's (and OPRO's) settings; each field's ``help`` is its documentation and the
+    command-line help. "[?]" marks a choice the method spec leaves open."""
+
     # --- optimization loop (spec step 3)
-    iterations: int = 10                     # T
-    num_candidates: int = 4                  # K new prompts per iteration (K separate samples)
-    memory_size: int = 5                     # L
-    optimization_fraction: float = 0.8       # 80/20 split of U_opi (16/4 for 20 opinions)
-    mode: Literal["fermi", "opro"] = "fermi"  # "opro": memory of (text, score) only
-    # [?] which end of the memory is the reference entry whose failure cases are listed in
-    # full: "best" = highest score (rank l=1), "worst" = lowest score (first in ascending order).
-    reference_entry: Literal["best", "worst"] = "best"
-    # [?] final prompt pool: the K prompts of the last iteration, or the memory's top L.
-    final_pool: Literal["last_k", "memory"] = "last_k"
-    # With "last_k": also keep the best prompt scored over all iterations (the initial one
-    # included) when it is not among the last K.
-    include_best: bool = False
-    failure_case_cap: int = 8                # full failure cases shown for the reference
-    # [?] per task type; a sample is mis-aligned when its score < tau.
-    tau: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TAU))
-    task_type: TaskType = "choice"
+    iterations: int = field(default=10, metadata={
+        "help": "T: optimization iterations (0 allowed: no optimization)."})
+    num_candidates: int = field(default=4, metadata={
+        "help": "K: new prompts per iteration, each from a separate optimizer sample."})
+    memory_size: int = field(default=5, metadata={
+        "help": "L: prompts kept in the optimizer's memory."})
+    optimization_fraction: float = field(default=0.8, metadata={
+        "help": "Share of the past opinions U_opi used for optimization; the rest are the "
+                "demonstrations (0.8: 16/4 for 20 opinions)."})
+    mode: Literal["fermi", "opro"] = field(default="fermi", metadata={
+        "help": "fermi, or opro: the memory holds (text, score) pairs only."})
+    reference_entry: Literal["best", "worst"] = field(default="best", metadata={
+        "help": "[?] Which end of the memory is the reference entry whose failure cases are "
+                "listed in full: best = highest score (rank l=1), worst = lowest score (first "
+                "in ascending order)."})
+    final_pool: Literal["last_k", "memory"] = field(default="last_k", metadata={
+        "help": "[?] The final prompt pool: the K prompts of the last iteration (last_k) or "
+                "the memory's top L (memory)."})
+    include_best: bool = field(default=False, metadata={
+        "help": "With final_pool last_k: also keep the best prompt scored over all "
+                "iterations (the initial one included) when it is not among the last K."})
+    failure_case_cap: int = field(default=8, metadata={
+        "help": "Full failure cases shown for the reference entry."})
+    tau: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TAU), metadata={
+        "help": "[?] Per task type: a sample is mis-aligned when its score is below tau."})
+    task_type: TaskType = field(default="choice", metadata={
+        "help": "The task type, which picks tau."})
     # --- task model M
-    scoring_method: ScoringMethod = "letter"
+    scoring_method: ScoringMethod = field(default="letter", metadata={
+        "help": "How choices are read from the task model."})
     # --- optimizer model M_opt
-    # How the optimizer is asked for a new prompt. "meta_prompt": the spec's instruction
-    # (memory, failure cases, demonstrations; reply in brackets) for a chat model.
-    # "continuation": OPRO's list form for a base model: the scored memory as "text:/score:"
-    # lines, and the model continues with a new "text:" line.
-    optimizer_strategy: Literal["meta_prompt", "continuation"] = "meta_prompt"
-    # Replies sampled per iteration; all are scored and the best K enter the memory.
-    # None: K (the spec). More samples trade optimizer time for a better K.
-    samples_per_iteration: int | None = None
-    optimizer_temperature: float = 1.0
-    # Beyond the paper, for small task models that follow evidence rather than instructions:
-    # each new prompt (Fermi mode) is scored and used with this many optimization questions
-    # appended, answered the way the person answered. "failures": the reference entry's
-    # failure cases first (other questions fill up); "any": a seeded sample of them all. The
-    # optimizer still sees and rewrites the instruction alone. 0: the prompt is the
-    # optimizer's text, as in the spec.
-    evidence_per_prompt: int = 0
-    evidence_from: Literal["failures", "any"] = "failures"
-    # Beyond the paper (``fermi+fewshot``): the task model sees this many of the person's
-    # past opinions most similar to each question (embeddings), answered, between the prompt
-    # and the question, as the few-shot baseline shows them. 0: no shots (the spec).
-    # ``context_at_fit``: prompts are also scored that way during optimization (an
-    # optimization question is shown its most similar *other* opinions). On 30 dev users it
-    # changed Fermi + few-shot by -0.1 [-1.7, +1.3] points at 2.8x its time per user
-    # (README), so the shots are added at prediction only unless it is set.
-    context_shots: int = 0
-    context_at_fit: bool = False
-    # Reply budget in optimizer tokens. None: derived each iteration as the longest prompt in
-    # memory plus the margin, so a rewrite as long as the prompts it improves on fits. A reply
-    # that runs into the budget before its closing bracket is rejected ("cut_off").
-    optimizer_max_tokens: int | None = None
-    optimizer_token_margin: int = 40
-    # Start the optimizer's reply with "[" (backends that render chat prompts to text) and stop
-    # at "]": small models then keep the bracket format, and no tokens are spent after the
-    # prompt. Off: plain chat messages, the reply parsed as a whole.
-    prime_bracket: bool = True
-    max_retries: int = 2                     # extra optimizer calls per iteration to fill K
-    parse_fallback: Literal["whole_reply", "drop"] = "whole_reply"
-    max_prompt_chars: int = 600              # longer parsed prompts are dropped
-    min_prompt_chars: int = 8                # shorter ones count as empty
+    optimizer_strategy: Literal["meta_prompt", "continuation"] = field(
+        default="meta_prompt", metadata={
+            "help": "How the optimizer is asked for a new prompt. meta_prompt: the spec's "
+                    "instruction (memory, failure cases, demonstrations; reply in brackets) "
+                    "for a chat model. continuation: OPRO's list form for a base model: the "
+                    "scored memory as \"text:/score:\" lines, and the model continues with a "
+                    "new \"text:\" line."})
+    samples_per_iteration: int | None = field(default=None, metadata={
+        "help": "Optimizer replies sampled per iteration; all are scored and the best K enter "
+                "the memory. None: K (the spec). More samples trade optimizer time for a "
+                "better K."})
+    optimizer_temperature: float = field(default=1.0, metadata={
+        "help": "Sampling temperature of the optimizer model."})
+    evidence_per_prompt: int = field(default=0, metadata={
+        "help": "Beyond the paper, for small task models that follow evidence rather than "
+                "instructions: each new prompt (Fermi mode) is scored and used with this many "
+                "optimization questions appended, answered the way the person answered. The "
+                "optimizer still sees and rewrites the instruction alone. 0: the prompt is the "
+                "optimizer's text, as in the spec."})
+    evidence_from: Literal["failures", "any"] = field(default="failures", metadata={
+        "help": "Which questions evidence_per_prompt appends. failures: the reference entry's "
+                "failure cases first (other questions fill up); any: a seeded sample of them "
+                "all."})
+    context_shots: int = field(default=0, metadata={
+        "help": "Beyond the paper (fermi+fewshot): the task model sees this many of the "
+                "person's past opinions most similar to each question (embeddings), answered, "
+                "between the prompt and the question, as the few-shot baseline shows them. 0: "
+                "no shots (the spec)."})
+    context_at_fit: bool = field(default=False, metadata={
+        "help": "With context_shots: prompts are also scored that way during optimization (an "
+                "optimization question is shown its most similar other opinions). Off: the "
+                "shots are added at prediction only; on 30 dev users this changed Fermi + "
+                "few-shot by -0.1 [-1.7, +1.3] points at 2.8x its time per user (README)."})
+    optimizer_max_tokens: int | None = field(default=None, metadata={
+        "help": "Reply budget in optimizer tokens. None: derived each iteration as the longest "
+                "prompt in memory plus optimizer_token_margin, so a rewrite as long as the "
+                "prompts it improves on fits. A reply that runs into the budget before its "
+                "closing bracket is rejected (cut_off)."})
+    optimizer_token_margin: int = field(default=40, metadata={
+        "help": "Tokens added to the longest prompt in memory for the derived reply budget."})
+    prime_bracket: bool = field(default=True, metadata={
+        "help": "Start the optimizer's reply with \"[\" (backends that render chat prompts to "
+                "text) and stop at \"]\": small models then keep the bracket format, and no "
+                "tokens are spent after the prompt. Off: plain chat messages, the reply parsed "
+                "as a whole."})
+    max_retries: int = field(default=2, metadata={
+        "help": "Extra optimizer calls per iteration to fill K."})
+    parse_fallback: Literal["whole_reply", "drop"] = field(default="whole_reply", metadata={
+        "help": "A reply with no bracketed prompt: its text stripped of boilerplate "
+                "(whole_reply) or nothing (drop)."})
+    max_prompt_chars: int = field(default=600, metadata={
+        "help": "Longer parsed prompts are dropped."})
+    min_prompt_chars: int = field(default=8, metadata={
+        "help": "Shorter parsed prompts count as empty."})
     # --- Retrieval-of-Prompt (inference)
-    rop_neighbors: int = 3                   # N~
-    # U_opi = optimization + demonstration parts. Correctness of each pool prompt is cached
-    # on all of U_opi (the demo split is scored once more at the end) when True, else only
-    # on the optimization part.
-    rop_include_demo: bool = True
-    embedder: str = "all-minilm-l6-v2"
-    seed: int = 0
-    preset: str = "custom"
+    rop_neighbors: int = field(default=3, metadata={
+        "help": "N~: Retrieval-of-Prompt answers a question with the pool prompt of the best "
+                "mean correctness on its N~ most similar past opinions."})
+    rop_include_demo: bool = field(default=True, metadata={
+        "help": "U_opi = optimization + demonstration parts. On: each pool prompt's "
+                "correctness is cached on all of U_opi (the demonstrations scored once more "
+                "at the end); off: on the optimization part only."})
+    embedder: str = field(default="all-minilm-l6-v2", metadata={
+        "help": "The sentence embedder's name (recorded with the config)."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the optimizer's samples and the evidence sample."})
+    preset: str = field(default="custom", metadata={
+        "help": "The preset the config came from (reports name it)."})
 
     def validate(self) -> None:
         positive = ("iterations", "num_candidates", "memory_size", "failure_case_cap",

@@ -25,14 +25,24 @@ from personalign.runtime.personalizer import FORMAT, FORMAT_VERSION, Personalize
 class MethodSettings(Config):
     """Knobs shared by the methods of one run; each method takes the ones it needs."""
 
-    seed: int = 0
-    preset: Literal["paper", "quick", "tiny"] = "quick"   # Fermi and OPRO
-    fermi: dict[str, Any] = field(default_factory=dict)    # FermiConfig overrides
-    fewshot_k: int = 3
-    retriever: Literal["embeddings", "bm25"] = "embeddings"
-    fspo_shots: int = 8
-    # fermi_transfer: RoP correctness measured again with the evaluating model, or reused
-    transfer_correctness: Literal["eval", "fit"] = "eval"
+    seed: int = field(default=0, metadata={
+        "help": "Seed of the protocol's split and of every method's sampling."})
+    preset: Literal["paper", "quick", "tiny"] = field(default="quick", metadata={
+        "help": "Fermi and OPRO preset: paper (T=10, K=4, L=5), quick (T=2, K=2) or tiny "
+                "(T=1, K=1, L=2)."})
+    fermi: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "FermiConfig overrides on top of the preset."})
+    fewshot_k: int = field(default=3, metadata={
+        "help": "Past opinions the few-shot baseline shows (and fermi+fewshot's context "
+                "shots)."})
+    retriever: Literal["embeddings", "bm25"] = field(default="embeddings", metadata={
+        "help": "How the few-shot baseline picks its past opinions."})
+    fspo_shots: int = field(default=8, metadata={
+        "help": "Preference pairs FSPO methods show."})
+    transfer_correctness: Literal["eval", "fit"] = field(default="eval", metadata={
+        "help": "fermi_transfer: RoP correctness of a transferred pool measured again with the "
+                "evaluating model on the user's past opinions (eval), or reused as measured "
+                "with the fitting model (fit)."})
 
     def validate(self) -> None:
         if self.fewshot_k < 1 or self.fspo_shots < 0:

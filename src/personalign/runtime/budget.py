@@ -30,12 +30,20 @@ class Limits(Config):
     each finish or stop on their own allowance, so a run may pass its limit by up to that.
     Limits are not run inputs: a rerun with raised limits continues the run."""
 
-    user_calls: int | None = None
-    user_tokens: int | None = None
-    user_seconds: float | None = None
-    run_calls: int | None = None
-    run_tokens: int | None = None
-    run_seconds: float | None = None
+    user_calls: int | None = field(default=None, metadata={
+        "help": "Stop a user after this many LLM calls over all of its saved units (a rerun "
+                "with a raised limit continues)."})
+    user_tokens: int | None = field(default=None, metadata={
+        "help": "Stop a user after this many LLM tokens (prompt + completion) over all of "
+                "its saved units."})
+    user_seconds: float | None = field(default=None, metadata={
+        "help": "Stop a user after this many seconds over all of its saved units."})
+    run_calls: int | None = field(default=None, metadata={
+        "help": "Stop the run after this many LLM calls over all users."})
+    run_tokens: int | None = field(default=None, metadata={
+        "help": "Stop the run after this many LLM tokens over all users."})
+    run_seconds: float | None = field(default=None, metadata={
+        "help": "Stop the run after this many seconds of this session."})
 
     def validate(self) -> None:
         for name, value in self.to_dict().items():

@@ -3,12 +3,16 @@
 A config is a dataclass that inherits :class:`Config`. Construction checks every ``Literal``
 field against its choices and turns nested dicts into their dataclasses; a class adds its own
 rules in ``validate``. ``from_dict`` and ``from_file`` (YAML or JSON) refuse unknown keys, and
-every problem is a :class:`ConfigError` naming the source and the field. The CLI builds its
-options from the same fields (``personalign.cli.config_options``) instead of listing them again.
+every problem is a :class:`ConfigError` naming the source and the field. A field documents
+itself in ``metadata={"help": ...}`` (as TRL's configs do), and the CLI builds its options, help
+included, from the same fields (``personalign.cli.config_options``) instead of listing them
+again. A field whose name starts with ``_`` is private: runtime state, not configuration, so
+``from_dict`` refuses it and ``to_dict`` leaves it out.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -36,6 +40,31 @@ def literal_choices(annotation: Any) -> tuple | None:
     return None
 
 
+def public_fields(cls_or_config) -> list[dataclasses.Field]:
+    """The configuration fields of a config: all but the private ones (``_name``)."""
+    return [f for f in dataclasses.fields(cls_or_config) if not f.name.startswith("_")]
+
+
+def field_help(f: dataclasses.Field) -> str | None:
+    """A field's documentation (``metadata={"help": ...}``), or None."""
+    return f.metadata.get("help")
+
+
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict``'s conversion of one value (a nested config: its ``to_dict``)."""
+    if isinstance(value, Config):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*[_plain(v) for v in value])
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return type(value)((_plain(k), _plain(v)) for k, v in value.items())
+    return copy.deepcopy(value)
+
+
 class Config:
     """Mixin for config dataclasses: checks, dict and file round trips, overrides."""
 
@@ -60,7 +89,7 @@ class Config:
     def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in public_fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: "
@@ -86,7 +115,9 @@ class Config:
         return cls.from_dict(data or {}, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The configuration fields as plain data (``dataclasses.asdict``, private ones left
+        out and never copied)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in public_fields(self)}
 
     def updated(self: C, **overrides: Any) -> C:
         """A checked copy with the given (non-None) fields replaced."""

@@ -70,19 +70,31 @@ class Answer:
 
 
 @dataclass
-class SharedModels:
+class SharedModels(Config):
     """The runtime models every method draws from, loaded once on first use and shared.
 
     ``task`` answers the questions, ``optimizer`` writes prompts (Fermi, OPRO), ``embedder``
     retrieves; ``scoring`` is how choices are read from the task model. Any spec
     :func:`~personalign.runtime.llm.factory.load_llm` takes works (an OpenAI-compatible server
-    included).
+    included). A checked config: a ``scoring`` outside its choices is a ``ConfigError``. The
+    defaults here are the one definition of the default models (the CLI and the benchmark
+    read them from these fields).
     """
 
-    task: str = embedded.DEFAULT_TASK
-    optimizer: str = embedded.DEFAULT_OPTIMIZER
-    embedder: str = embedded.DEFAULT_EMBEDDER
-    scoring: ScoringMethod = "letter"
+    task: str = field(default=embedded.DEFAULT_TASK, metadata={
+        "help": "The task model, which answers the questions: a load_llm spec (an embedded "
+                "model's name, a local folder, llamacpp:NAME, an OpenAI-compatible server)."})
+    optimizer: str = field(default=embedded.DEFAULT_OPTIMIZER, metadata={
+        "help": "The optimizer model, which writes Fermi's and OPRO's prompts (a load_llm "
+                "spec)."})
+    embedder: str = field(default=embedded.DEFAULT_EMBEDDER, metadata={
+        "help": "The sentence embedder that retrieves similar past opinions."})
+    scoring: ScoringMethod = field(default="letter", metadata={
+        "help": "How choices are read from the task model: letter (the option letter's "
+                "log-prob), text (the option text's summed log-likelihood), generate (an "
+                "answer sampled and parsed); the others correct a small model's prior "
+                "(runtime.llm.debias)."})
+    # Runtime state, not configuration (private: to_dict and from_dict leave it out).
     _loaded: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod

@@ -23,66 +23,93 @@ RUN_CONTROL_FIELDS = ("output_dir", "resume", "threads", "max_minutes", "sft_max
 
 @dataclass
 class LoraSettings(Config):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    # "all-linear" lets PEFT pick every linear layer except the output head.
-    target_modules: str | list[str] = "all-linear"
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: str | list[str] = field(default="all-linear", metadata={
+        "help": "Modules LoRA adapts; all-linear lets PEFT pick every linear layer except the "
+                "output head."})
 
 
 @dataclass
 class FSPOTrainConfig(Config):
     """Everything one FSPO training run needs. Unknown keys in a config file are an error."""
 
-    model: str = "smollm2-135m-instruct"
-    train_files: list[str] = field(default_factory=list)
-    # Episodes of users held out of training (implicit reward accuracy is logged on them).
-    eval_files: list[str] = field(default_factory=list)
-    # Optional explicit list of held-out user ids; training refuses records of these users.
-    eval_users: list[str] | None = None
-    output_dir: str = "runs/fspo"
+    model: str = field(default="smollm2-135m-instruct", metadata={
+        "help": "The policy model to train (an embedded model's name or a local folder)."})
+    train_files: list[str] = field(default_factory=list, metadata={
+        "help": "Training episodes (JSONL/parquet)."})
+    eval_files: list[str] = field(default_factory=list, metadata={
+        "help": "Episodes of users held out of training (implicit reward accuracy is logged "
+                "on them)."})
+    eval_users: list[str] | None = field(default=None, metadata={
+        "help": "Optional explicit list of held-out user ids; training refuses records of "
+                "these users."})
+    output_dir: str = field(default="runs/fspo", metadata={
+        "help": "Where checkpoints, metrics and final/ go."})
 
-    finetune: Literal["lora", "full"] = "lora"
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    finetune: Literal["lora", "full"] = field(default="lora", metadata={
+        "help": "LoRA adapters or full fine-tuning."})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={
+        "help": "LoRA settings (finetune lora)."})
 
-    # Stage 1: SFT on chosen AND rejected completions (completion-only loss). 0 skips it.
-    sft_steps: int = 20
-    sft_lr: float = 1e-4
-    # Stage 2: preference optimization against the SFT result as reference.
-    loss: Literal["ipo_sum", "ipo", "dpo"] = "ipo_sum"
-    beta: float = 0.01
-    steps: int = 100
-    lr: float = 1e-4
-    warmup_steps: int = 10
-    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    # Episodes per optimizer step (one episode = one prompt with a chosen/rejected pair).
-    grad_accum: int = 4
+    # Stage 1
+    sft_steps: int = field(default=20, metadata={
+        "help": "Stage 1: SFT steps on chosen AND rejected completions (completion-only "
+                "loss). 0 skips it."})
+    sft_lr: float = field(default=1e-4, metadata={"help": "Stage 1 learning rate."})
+    # Stage 2
+    loss: Literal["ipo_sum", "ipo", "dpo"] = field(default="ipo_sum", metadata={
+        "help": "Stage 2: the preference loss, optimized against the SFT result as "
+                "reference."})
+    beta: float = field(default=0.01, metadata={"help": "The preference loss's beta."})
+    steps: int = field(default=100, metadata={"help": "Stage 2 optimizer steps."})
+    lr: float = field(default=1e-4, metadata={"help": "Stage 2 learning rate."})
+    warmup_steps: int = field(default=10, metadata={"help": "Learning-rate warmup steps."})
+    optimizer: Literal["rmsprop", "adamw"] = field(default="rmsprop", metadata={
+        "help": "The torch optimizer."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Optimizer weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    grad_accum: int = field(default=4, metadata={
+        "help": "Episodes per optimizer step (one episode = one prompt with a chosen/rejected "
+                "pair)."})
 
-    max_prompt_tokens: int = 1024
-    max_completion_tokens: int = 128
-    seed: int = 0
-    # Wall-clock budget per stage in minutes (None: steps only). The run stops cleanly and
-    # saves when the budget is spent.
-    sft_max_minutes: float | None = None
-    max_minutes: float | None = None
-    # "wall" (elapsed time) or "cpu" (this process's CPU time: comparable on a shared machine).
-    budget_clock: Literal["wall", "cpu"] = "wall"
+    max_prompt_tokens: int = field(default=1024, metadata={
+        "help": "Prompt length cap in tokens: a longer prompt loses whole shots, oldest "
+                "first, then its start."})
+    max_completion_tokens: int = field(default=128, metadata={
+        "help": "Completion length cap in tokens (EOS included); longer ones are cut."})
+    seed: int = field(default=0, metadata={
+        "help": "Seed of torch (LoRA's init), the episode order and the validation users."})
+    sft_max_minutes: float | None = field(default=None, metadata={
+        "help": "Stage 1 budget in minutes (None: steps only); the stage stops cleanly and "
+                "saves when it is spent."})
+    max_minutes: float | None = field(default=None, metadata={
+        "help": "Stage 2 budget in minutes (None: steps only); the run stops cleanly and "
+                "saves when it is spent."})
+    budget_clock: Literal["wall", "cpu"] = field(default="wall", metadata={
+        "help": "What the minute budgets count: wall (elapsed time) or cpu (this process's CPU "
+                "time: comparable on a shared machine)."})
 
-    eval_every: int = 25
-    eval_max_pairs: int = 64
-    # Which step becomes final/ (beyond the paper: on a CPU budget the pair loss keeps falling
-    # after choice accuracy has peaked). With N > 0, N training users are held out of both
-    # stages; at every eval up to validation_max_questions of their episodes are answered
-    # (each option scored as the completion, as `fspo:` answers) and final/ is the stage 2
-    # step with the best choice accuracy (step 0, the SFT result, included). 0: the last step.
-    validation_users: int = 0
-    validation_max_questions: int = 64
-    save_every: int = 25
-    keep_checkpoints: int = 2
-    threads: int | None = None
-    resume: bool = True
+    eval_every: int = field(default=25, metadata={
+        "help": "Steps between evaluations on the held-out users."})
+    eval_max_pairs: int = field(default=64, metadata={
+        "help": "Held-out preference pairs per evaluation."})
+    validation_users: int = field(default=0, metadata={
+        "help": "Which step becomes final/ (beyond the paper: on a CPU budget the pair loss "
+                "keeps falling after choice accuracy has peaked). With N > 0, N training users "
+                "are held out of both stages; at every eval up to validation_max_questions of "
+                "their episodes are answered (each option scored as the completion, as fspo: "
+                "answers) and final/ is the stage 2 step with the best choice accuracy (step "
+                "0, the SFT result, included). 0: the last step."})
+    validation_max_questions: int = field(default=64, metadata={
+        "help": "Validation users' questions answered per evaluation."})
+    save_every: int = field(default=25, metadata={"help": "Steps between checkpoints."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Checkpoints kept."})
+    threads: int | None = field(default=None, metadata={
+        "help": "Torch threads (None: $PERSONALIGN_THREADS, else torch's default)."})
+    resume: bool = field(default=True, metadata={
+        "help": "Continue from the last checkpoint in output_dir."})
 
     def validate(self) -> None:
         if isinstance(self.train_files, str):
