@@ -20,7 +20,7 @@ from personalign.runtime.llm.cache import CallCache
 from personalign.runtime.llm.fake import FakeLLM
 from personalign.runtime.llm.openai_backend import OpenAILLM, ServerError
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
-from personalign.service.openai_server import (
+from personalign.serving.openai_server import (
     NextTokenLogprobs, create_openai_app, serve_in_thread,
 )
 

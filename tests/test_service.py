@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from personalign.runtime import settings
 from personalign.service.core import ServiceLimits
-from personalign.service.openai_server import serve_in_thread
+from personalign.serving.openai_server import serve_in_thread
 from personalign.service.store.models import Base
 from tests.service_helpers import ADMIN, CANARY, OPINIONS, PROMPT, each_database, make_app
 

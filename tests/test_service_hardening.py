@@ -20,7 +20,7 @@ from personalign.runtime.errors import ConfigError
 from personalign.service.app import ServiceConfig, create_app
 from personalign.service.core import ServiceLimits
 from personalign.service.jobs import FitQueue
-from personalign.service.openai_server import serve_in_thread
+from personalign.serving.openai_server import serve_in_thread
 from tests.service_helpers import ADMIN, OPINIONS, BagEmbedder, LogprobLLM, fake_models, make_app
 
 ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
@@ -202,7 +202,7 @@ def test_bad_text_and_numbers_are_4xx_and_the_connection_stays_usable(db):
 
 def test_the_log_keeps_no_user_id(db, caplog):
     app = make_app(db)
-    with caplog.at_level(logging.INFO, logger="personalign.service"), TestClient(app) as http:
+    with caplog.at_level(logging.INFO, logger="personalign"), TestClient(app) as http:
         key = new_user(http, "zebracanary42")
         http.get("/v1/users/zebracanary42/export", headers=bearer(key))
         http.delete("/v1/users/zebracanary42", headers=bearer(key))

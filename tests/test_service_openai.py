@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from personalign.service.openai_server import serve_in_thread
+from personalign.serving.openai_server import serve_in_thread
 from tests.service_helpers import ADMIN, OPINIONS, PROMPT, make_app
 
 ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
@@ -231,7 +231,7 @@ def test_the_bare_model_server_streams_as_the_service_does():
     """``personalign serve openai`` streams through the same code: the official client's
     chunks join to the plain answer, for chat and for completions."""
     from personalign.runtime.llm.fake import FakeLLM
-    from personalign.service.openai_server import create_openai_app
+    from personalign.serving.openai_server import create_openai_app
 
     llm = FakeLLM(responder=lambda text, i: "Trams run on rails through the city.",
                   model_id="bare")

@@ -25,6 +25,11 @@ FSPO_MODEL = typer.Option([], "--fspo-model", metavar="NAME=FOLDER",
                           "never name folders.")
 
 
+SERVE_METHOD = typer.Option(["fermi", "fspo"], "--method", metavar="NAME",
+                            help="A registered method fits may name (repeatable; default fermi "
+                            "and fspo).")
+
+
 def _fspo_models(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -36,22 +41,23 @@ def _fspo_models(pairs: list[str]) -> dict[str, str]:
 
 
 def _serve(host: str, port: int, task_model: str, optimizer_model: str,
-           database: str | None, admin_key_env: str, fspo_model: list[str]) -> None:
+           database: str | None, admin_key_env: str, fspo_model: list[str],
+           method: list[str]) -> None:
     import uvicorn
 
     from personalign.service.app import ServiceConfig, create_app
 
     config = ServiceConfig(task_model=task_model, optimizer_model=optimizer_model,
                            database=database, admin_key=os.environ.get(admin_key_env) or None,
-                           fspo_models=_fspo_models(fspo_model))
+                           fspo_models=_fspo_models(fspo_model), methods=tuple(method))
     application = create_app(config)
     # One line per request from the service itself (request id, route template, status):
     # uvicorn's access log would write each path, user ids included.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    service_log = logging.getLogger("personalign.service")
-    service_log.addHandler(handler)
-    service_log.setLevel(logging.INFO)
+    for name in ("personalign.service", "personalign.serving"):  # the domain, the requests
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
     typer.echo(f"personalign service on http://{host}:{port} (docs at /docs)")
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
@@ -59,18 +65,21 @@ def _serve(host: str, port: int, task_model: str, optimizer_model: str,
 @app.callback()
 def main(ctx: typer.Context, host: str = HOST, port: int = typer.Option(8080),
          task_model: str = TASK, optimizer_model: str = OPTIMIZER, database: str = DATABASE,
-         admin_key_env: str = ADMIN_ENV, fspo_model: list[str] = FSPO_MODEL) -> None:
+         admin_key_env: str = ADMIN_ENV, fspo_model: list[str] = FSPO_MODEL,
+         method: list[str] = SERVE_METHOD) -> None:
     """Personalization service (users, API keys, Fermi/FSPO fits, personalized OpenAI chat)."""
     if ctx.invoked_subcommand is None:
-        _serve(host, port, task_model, optimizer_model, database, admin_key_env, fspo_model)
+        _serve(host, port, task_model, optimizer_model, database, admin_key_env, fspo_model,
+               method)
 
 
 @app.command("api")
 def api(host: str = HOST, port: int = typer.Option(8080), task_model: str = TASK,
         optimizer_model: str = OPTIMIZER, database: str = DATABASE,
-        admin_key_env: str = ADMIN_ENV, fspo_model: list[str] = FSPO_MODEL) -> None:
+        admin_key_env: str = ADMIN_ENV, fspo_model: list[str] = FSPO_MODEL,
+        method: list[str] = SERVE_METHOD) -> None:
     """The same as `personalign serve`."""
-    _serve(host, port, task_model, optimizer_model, database, admin_key_env, fspo_model)
+    _serve(host, port, task_model, optimizer_model, database, admin_key_env, fspo_model, method)
 
 
 @app.command("openai")
@@ -79,7 +88,7 @@ def openai(model: list[str] = typer.Option([models.FAST_GENERATOR], "--model", "
            host: str = HOST, port: int = typer.Option(8000)) -> None:
     """OpenAI-compatible server (chat/completions with first-token log-probs) for bare models,
     without users or keys: keep it on loopback."""
-    from personalign.service.openai_server import serve_openai
+    from personalign.serving.openai_server import serve_openai
 
     typer.echo(f"OpenAI-compatible server on http://{host}:{port}/v1")
     serve_openai(model, host=host, port=port)

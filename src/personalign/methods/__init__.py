@@ -58,7 +58,25 @@ def _registry() -> dict[str, type[Personalizer]]:
 
     classes = (RandomChoice, Vanilla, Profile, FewShot, OPRO, FermiNoRoP, FermiPersonalizer,
                FermiFewShot, FermiTransfer, FSPO, Pooled, Oracle, *PEERS)
-    return {c.name: c for c in classes}
+    return {**{c.name: c for c in classes}, **_REGISTERED}
+
+
+#: methods added from outside the package (:func:`register`)
+_REGISTERED: dict[str, type[Personalizer]] = {}
+
+
+def register(method: type[Personalizer]) -> type[Personalizer]:
+    """Add a method (a :class:`Personalizer` subclass with its own ``name``) to the registry,
+    so that the benchmark, the projection and the service can build it by name; usable as a
+    class decorator. A built-in name cannot be taken."""
+    if not (isinstance(method, type) and issubclass(method, Personalizer)):
+        raise ConfigError(f"register takes a Personalizer subclass, got {method!r}")
+    if method.name in _registry() and _REGISTERED.get(method.name) is not method:
+        raise ConfigError(f"method name {method.name!r} is taken")
+    if not method.name or ":" in method.name or "," in method.name:
+        raise ConfigError(f"method name {method.name!r}: no ':' or ','")
+    _REGISTERED[method.name] = method
+    return method
 
 
 #: what ``--methods all`` runs: every method that needs no trained model (nor an extra: the

@@ -12,7 +12,7 @@ prompt: the user's profile text followed by the task instruction. A DSPy program
 chat adapter writes the prompt and parses the reply, falling back to its JSON adapter as it
 does by default. The task model (and, for GEPA's reflection and MIPROv2's proposals, the
 optimizer model) are the run's own LLM objects, served in this process on a loopback
-OpenAI-compatible endpoint (:mod:`personalign.service.openai_server`) that the fit or the
+OpenAI-compatible endpoint (:mod:`personalign.serving.openai_server`) that the fit or the
 prediction starts and stops itself: every token DSPy spends is counted by those LLM objects,
 per phase ``<peer>/score`` (the task model while optimizing), ``<peer>/optimize`` (the
 optimizer model) and ``<peer>/predict``, as Fermi's are, and the run's limits apply. Each fit
@@ -86,7 +86,7 @@ log = logging.getLogger(__name__)
 EXTRA = "personalign[peers]"
 DSPY_VERSION = "3.4.1"
 TASK_ALIAS, OPTIMIZER_ALIAS = "task", "optimizer"
-HTTP_LOGGER = "personalign.service.http"  # the server's request log
+HTTP_LOGGER = "personalign.serving.http"  # the server's request log
 ANSWER_DESC = "the letter of the answer choice this person would pick"
 # for projections: DSPy's chat framing of a call, a written instruction, an answer
 CHAT_OVERHEAD, ANSWER_TOKENS = 150, 15
@@ -197,7 +197,7 @@ class Loopback:
         self._serving = None
 
     def __enter__(self) -> "Loopback":
-        from personalign.service.openai_server import create_openai_app, serve_in_thread
+        from personalign.serving.openai_server import create_openai_app, serve_in_thread
 
         dspy = _dspy()
         task = self.models.task_llm

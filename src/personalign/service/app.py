@@ -40,8 +40,10 @@ from fastapi import FastAPI
 from personalign.runtime import models as embedded
 from personalign.runtime import settings
 from personalign.runtime.personalizer import SharedModels
-from personalign.service.core import ServiceLimits, PersonalizationService, UncachedModels
-from personalign.service.http import BodyLimit, install_errors
+from personalign.service.core import (
+    SERVED_METHODS, PersonalizationService, ServiceLimits, UncachedModels,
+)
+from personalign.serving.http import BodyLimit, install_errors
 from personalign.service.routes import keys, openai, users
 from personalign.service.store import Store, sqlite_url
 
@@ -56,6 +58,8 @@ class ServiceConfig:
     resume_jobs: bool = True
     #: FSPO models a fit may name (``fspo:NAME``): name -> model or run folder
     fspo_models: dict[str, str] = field(default_factory=dict)
+    #: registered methods a fit may name (each without an argument)
+    methods: tuple[str, ...] = SERVED_METHODS
 
     def database_url(self) -> str:
         if self.database:
@@ -75,7 +79,7 @@ def create_app(config: ServiceConfig | None = None, *, models: SharedModels | No
     models = models or UncachedModels(config.task_model, config.optimizer_model)
     store = Store(config.database_url())
     service = PersonalizationService(store, models, config.limits, config.admin_key,
-                                     config.fspo_models)
+                                     config.fspo_models, config.methods)
     if service.keys.admin_key_created:
         # Shown once; only its hash is stored.
         print(f"personalign: created the admin API key (shown once): "

@@ -2,10 +2,11 @@
 keys live in :mod:`.keys`, the fit queue and watched models in :mod:`.jobs`.
 
 It raises the project's errors (``DataError``, ``NotFoundError``, ...) and the service's own
-(:mod:`.errors`); only the HTTP layer (:mod:`.http`) maps them to status codes. Every user's
-method is fit on that user's data alone, through the method protocol (``build`` / ``fit`` /
-``saved`` / ``from_saved`` / ``system_prompt`` / ``respond``), so Fermi and FSPO are served
-alike.
+(:mod:`personalign.serving.errors`); only the HTTP layer (:mod:`personalign.serving.http`)
+maps them to status codes. Every user's method is fit on that user's data alone, through the
+method protocol (``build`` / ``check_data`` / ``fit`` / ``describe`` / ``saved`` /
+``from_saved`` / ``chat_plan``), so every served method (Fermi, FSPO, any registered one) is
+served alike.
 
 User data never enters the shared LLM call cache: the service's models run uncached
 (:class:`UncachedModels`), so deleting a user's rows, personalization and in-memory vectors
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import delete, func, select
 
-from personalign.methods import MethodSettings, build, from_saved
+from personalign.methods import MethodSettings, build, from_saved, method_class, split_spec
 from personalign.runtime.data.records import Opinion, PreferencePair, User
 from personalign.runtime.errors import (
     ConfigError,
@@ -35,10 +36,10 @@ from personalign.runtime.errors import (
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import Message, SamplingParams
 from personalign.runtime.personalizer import Personalizer, SharedModels, last_user_text
-from personalign.service.errors import AuthError, ConflictError, ForbiddenError, LimitError
+from personalign.serving.errors import AuthError, ConflictError, ForbiddenError, LimitError
 from personalign.service.jobs import Cancelled, FitQueue, UncachedModels, _Watch
 from personalign.service.keys import KeyRing, Principal, RateLimiter, key_dict
-from personalign.service.openai_format import Chat, finish_reason, streamed
+from personalign.serving.openai_format import Chat, finish_reason, streamed
 from personalign.service.store import Store
 from personalign.service.store.models import (
     ApiKeyRow,
@@ -75,6 +76,10 @@ class ServiceLimits:
     max_active_fits_per_user: int = 2  # queued or running; more is 429
 
 
+#: the methods a service serves unless its operator says otherwise
+SERVED_METHODS = ("fermi", "fspo")
+
+
 def check_user_id(user_id: str) -> str:
     if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):
         raise DataError("must be 1-128 characters from letters, digits, '_', '-', '.' "
@@ -86,10 +91,11 @@ class PersonalizationService:
     """Owns the store, the models (loaded once) and the background fit queue."""
 
     def __init__(self, store: Store, models: SharedModels, limits: ServiceLimits | None = None,
-                 admin_key: str | None = None, fspo_models: dict[str, str] | None = None):
+                 admin_key: str | None = None, fspo_models: dict[str, str] | None = None,
+                 methods: Sequence[str] = SERVED_METHODS):
         self.store = store
         self.models = models
-        self.methods = self._served_methods(fspo_models or {})
+        self.methods = self._served_methods(methods, fspo_models or {})
         self.limits = limits or ServiceLimits()
         self.rate = RateLimiter(self.limits.requests_per_minute)
         self._load_lock = threading.Lock()
@@ -191,11 +197,18 @@ class PersonalizationService:
             self.models.task_llm, self.models.optimizer_llm, self.models.embedding
         return self.models
 
-    def _served_methods(self, fspo_models: dict[str, str]) -> dict[str, str]:
-        """What a request may name as its method, and the spec each runs: Fermi, FSPO on the
-        base model, and each FSPO model the operator registered, by name (a request never
-        names a path or a URL). A registered model that does not load stops the start."""
-        served = {"fermi": "fermi", "fspo": "fspo"}
+    def _served_methods(self, methods: Sequence[str], fspo_models: dict[str, str]
+                        ) -> dict[str, str]:
+        """What a request may name as its method, and the spec each runs: the registered
+        methods the operator serves (Fermi and FSPO on the base model unless told), and each
+        FSPO model the operator registered, by name (a request never names a path or a URL).
+        An unknown method or a model that does not load stops the start."""
+        served = {}
+        for name in methods:
+            method_class(split_spec(name)[0])  # an unknown name stops the start
+            if split_spec(name)[1] is not None:
+                raise ConfigError(f"served method {name!r}: a name, no argument")
+            served[name] = name
         for name, folder in fspo_models.items():
             if not MODEL_NAME.fullmatch(name):
                 raise ConfigError(f"FSPO model name {name!r}: letters, digits, '_', '-', '.'")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from personalign.runtime.errors import ConfigError, NotFoundError
-from personalign.service.errors import AuthError, ConflictError, LimitError
+from personalign.serving.errors import AuthError, ConflictError, LimitError
 from personalign.service.store import Store
 from personalign.service.store.models import ApiKeyRow, now, user_row
 

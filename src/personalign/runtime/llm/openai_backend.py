@@ -1,5 +1,5 @@
 """OpenAI-compatible HTTP backend: vLLM, Ollama, llama.cpp's server, hosted providers, or the
-project's own server (``personalign.service.openai_server``).
+project's own server (``personalign.serving.openai_server``).
 
 Chat messages go to ``/chat/completions``, raw text to ``/completions``. Option scoring by
 "letter" reads the option letters' log-probs of the first generated token (``logprobs`` +

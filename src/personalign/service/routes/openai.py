@@ -10,11 +10,11 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 
 from personalign.runtime.errors import DataError
-from personalign.service import openai_format as fmt
+from personalign.serving import openai_format as fmt
 from personalign.service.core import PersonalizationService, Principal
-from personalign.service.http import request_id
+from personalign.serving.http import request_id
 from personalign.service.routes.deps import service_of, who
-from personalign.service.schemas import ChatIn, CompletionIn
+from personalign.serving.schemas import ChatIn, CompletionIn
 
 router = APIRouter(tags=["openai"])
 

@@ -10,7 +10,7 @@ from personalign.runtime.data.validate import require_options
 from personalign.runtime.errors import DataError
 from personalign.service.core import ServiceLimits, PersonalizationService, Principal
 from personalign.service.routes.deps import service_of, who
-from personalign.service.schemas import AnswerIn, FitIn, OpinionsIn, PairsIn, UserIn
+from personalign.serving.schemas import AnswerIn, FitIn, OpinionsIn, PairsIn, UserIn
 
 router = APIRouter(tags=["users"])
 

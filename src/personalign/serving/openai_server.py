@@ -25,8 +25,8 @@ from fastapi import Request
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.cache import cache_key
 from personalign.runtime.llm.types import Prompt, SamplingParams
-from personalign.service import openai_format as fmt
-from personalign.service.http import install_errors, request_id
+from personalign.serving import openai_format as fmt
+from personalign.serving.http import install_errors, request_id
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ class NextTokenLogprobs(Protocol):
 
 
 # Request bodies: the personalized service's, one input policy for both front ends.
-from personalign.service.schemas import ChatIn as ChatRequest  # noqa: E402
-from personalign.service.schemas import CompletionIn as CompletionRequest  # noqa: E402
+from personalign.serving.schemas import ChatIn as ChatRequest  # noqa: E402
+from personalign.serving.schemas import CompletionIn as CompletionRequest  # noqa: E402
 
 
 class _Served:

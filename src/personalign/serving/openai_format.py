@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from personalign.runtime.errors import PersonalignError
 from personalign.runtime.llm.base import LLM, Generation
 from personalign.runtime.llm.types import SamplingParams
-from personalign.service.http import error_body
+from personalign.serving.http import error_body
 
 log = logging.getLogger(__name__)
 

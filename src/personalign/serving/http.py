@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personalign.runtime.errors import ModelError, NotFoundError, PersonalignError
-from personalign.service.errors import AuthError, ConflictError, ForbiddenError, LimitError
+from personalign.serving.errors import AuthError, ConflictError, ForbiddenError, LimitError
 
-log = logging.getLogger("personalign.service.http")
+log = logging.getLogger("personalign.serving.http")
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None,
