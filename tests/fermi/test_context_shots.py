@@ -59,14 +59,14 @@ def test_shots_only_at_prediction_by_default(user, embedder):
     assert seen and all(text.count("Question:") == 1 for text in seen)
     seen.clear()
     questions = user.opinions[20:24]
-    details = fermi.predict_details(questions)
+    details = fermi.answers(questions)
     assert len(seen) == 4 and all(text.count("Question:") == 4 for text in seen)
     shown = {o.qid: o for o in user.opinions[:20]}
     for d, q in zip(details, questions):
         text, = [t for t in seen if t.endswith(question_block(q.question, q.options))]
         # the most similar past opinion sits last, next to the question
-        assert len(d["shots"]) == 3
-        assert text.split("\n\n")[-2] == answered_block(shown[d["shots"][0]])
+        assert len(d.shots) == 3
+        assert text.split("\n\n")[-2] == answered_block(shown[d.shots[0]])
 
 
 def test_context_opinions_round_trip(user, embedder, tmp_path):

@@ -100,12 +100,12 @@ def test_seeds_derive_from_seed_user_iteration(user, embedder):
 def test_predict_with_and_without_rop(user, embedder):
     fermi, task, _ = _fit(user, embedder, final_pool="memory")
     test = user.opinions[20:30]
-    with_rop = fermi.predict_details(test, use_rop=True)
-    without = fermi.predict_details(test, use_rop=False)
+    with_rop = fermi.answers(test, use_rop=True)
+    without = fermi.answers(test, use_rop=False)
     assert len(with_rop) == len(without) == 10
-    assert len({d["prompt_index"] for d in without}) == 1
-    assert all(d["choice"] in (0, 1, 2) for d in with_rop)
-    assert fermi.predict(test) == [d["choice"] for d in with_rop]
+    assert len({a.prompt_index for a in without}) == 1
+    assert all(a.choice in (0, 1, 2) for a in with_rop)
+    assert fermi.predict(test) == [a.choice for a in with_rop]
 
 
 def test_save_load_round_trips_exactly(user, embedder, tmp_path):

@@ -154,8 +154,42 @@ def _diff(after: dict, before: dict) -> dict:
             for k, v in after.items()}
 
 
+@dataclass
+class UnitResult:
+    """One method on one user (a unit): a row per answered question, what the fit did
+    (``Personalizer.fit_report``), the LLM usage the unit added by model, and its seconds.
+    Saved as :meth:`to_dict` in the unit's file."""
+
+    rows: list[dict[str, Any]]
+    fit: dict[str, Any]
+    usage: dict[str, dict]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "fit": self.fit, "usage": self.usage, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UnitResult":
+        return cls(data["rows"], data["fit"], data["usage"], data["seconds"])
+
+    @property
+    def spend(self) -> Spend:
+        return Spend.of_usage(self.usage, self.seconds)
+
+
+@dataclass
+class UserOutcome:
+    """What a worker did for one user: the units it has (run now or saved before), the limit
+    that stopped it (or None) and how many units it ran."""
+
+    user_id: str
+    results: dict[str, UnitResult]
+    stopped: str | None
+    ran: int
+
+
 def run_method(spec: str, split: UserSplit, models: SharedModels,
-               settings: MethodSettings, protocol: str = PROTOCOL) -> dict[str, Any]:
+               settings: MethodSettings, protocol: str = PROTOCOL) -> UnitResult:
     """Fit one method on one user's past opinions and answer their test questions."""
     start, before = time.perf_counter(), _usage(models)
     method = build(spec, models, settings).fit(split.train)
@@ -170,16 +204,18 @@ def run_method(spec: str, split: UserSplit, models: SharedModels,
         if a.prompt_index is not None:
             row["prompt_index"] = a.prompt_index
         rows.append(row)
-    return {"rows": rows, "fit": method.fit_report(),
-            "usage": _diff(_usage(models), before), "seconds": time.perf_counter() - start}
+    return UnitResult(rows, method.fit_report(), _diff(_usage(models), before),
+                      time.perf_counter() - start)
 
 
 def unit_name(split: UserSplit, spec: str) -> str:
     return f"{split.user_id}/{spec}"
 
 
-def unit_spend(result: dict[str, Any]) -> Spend:
-    return Spend.of_usage(result["usage"], result["seconds"])
+def load_unit(run: RunFolder, unit: str, inputs: Any) -> UnitResult | None:
+    """A unit saved before with these inputs, or None."""
+    saved = run.load(unit, inputs)
+    return None if saved is None else UnitResult.from_dict(saved)
 
 
 @dataclass
@@ -198,13 +234,13 @@ class UserJob:
     protocol: str = PROTOCOL
 
 
-def run_user(models: SharedModels, job: UserJob) -> dict[str, Any]:
+def run_user(models: SharedModels, job: UserJob) -> UserOutcome:
     """A worker's part: run a user's units in order, saving each as it finishes. A limit
     reached stops the user before or inside a unit (that unit is not saved)."""
     results, stopped, ran, spent = {}, None, 0, Spend()
     for spec in job.specs:
         unit, inputs = unit_name(job.split, spec), [job.split.rows(), job.identities[spec]]
-        result = job.run.load(unit, inputs)  # saved by a worker lost before it returned
+        result = load_unit(job.run, unit, inputs)  # saved by a worker lost before it returned
         if result is None:
             allowance = Allowance.remaining(job.limits, job.user_spent + spent,
                                             job.run_spent + spent, job.deadline)
@@ -217,11 +253,11 @@ def run_user(models: SharedModels, job: UserJob) -> dict[str, Any]:
             except BudgetExceeded as e:
                 stopped = e.reason
                 break
-            job.run.save(unit, result, inputs)
+            job.run.save(unit, result.to_dict(), inputs)
             ran += 1
-            spent = spent + unit_spend(result)
+            spent = spent + result.spend
         results[spec] = result
-    return {"user_id": job.split.user_id, "results": results, "stopped": stopped, "ran": ran}
+    return UserOutcome(job.split.user_id, results, stopped, ran)
 
 
 @dataclass
@@ -259,14 +295,14 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     wall = time.time()
     deadline = wall + cfg.limits.run_seconds if cfg.limits.run_seconds else None
     # What is done already, read here so that changed inputs stop the run before any work.
-    done: dict[str, dict[str, dict]] = {}
+    done: dict[str, dict[str, UnitResult]] = {}
     for split in splits:
         done[split.user_id] = {}
         for spec in cfg.methods:
-            result = run.load(unit_name(split, spec), [split.rows(), identities[spec]])
+            result = load_unit(run, unit_name(split, spec), [split.rows(), identities[spec]])
             if result is not None:
                 done[split.user_id][spec] = result
-    user_spent = {u: sum((unit_spend(r) for r in d.values()), Spend()) for u, d in done.items()}
+    user_spent = {u: sum((r.spend for r in d.values()), Spend()) for u, d in done.items()}
     run_spent = sum(user_spent.values(), Spend())
     stopped: dict[str, str] = {}
 
@@ -304,13 +340,13 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
     setup = (lambda: models) if in_memory else cfg.shared_models
     with make_executor(cfg.execution, setup) as executor:
         for _, out in executor.run(run_user, jobs(), on_wait=show_saved):
-            user = out["user_id"]
-            new = {s: r for s, r in out["results"].items() if s not in done[user]}
+            user = out.user_id
+            new = {s: r for s, r in out.results.items() if s not in done[user]}
             done[user].update(new)
-            run_spent = run_spent + sum((unit_spend(r) for r in new.values()), Spend())
-            if out["stopped"]:
-                stopped[user] = out["stopped"]
-            ran += out["ran"]
+            run_spent = run_spent + sum((r.spend for r in new.values()), Spend())
+            if out.stopped:
+                stopped[user] = out.stopped
+            ran += out.ran
             show_saved()
             bar.set_postfix(user=user)
     bar.close()
@@ -321,12 +357,12 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             continue  # stopped by a limit: in the report once every method is done
         records.append({
             "user_id": split.user_id, "n_test": len(split.test),
-            "rows": [row for r in per_method.values() for row in r["rows"]],
-            "fits": {s: r["fit"] for s, r in per_method.items() if r["fit"]},
-            "usage": sum_usage([r["usage"] for r in per_method.values()]),
-            "method_usage": {s: r["usage"] for s, r in per_method.items()},
-            "seconds": {s: round(r["seconds"], 2) for s, r in per_method.items()},
-            "wall_s": round(sum(r["seconds"] for r in per_method.values()), 2)})
+            "rows": [row for r in per_method.values() for row in r.rows],
+            "fits": {s: r.fit for s, r in per_method.items() if r.fit},
+            "usage": sum_usage([r.usage for r in per_method.values()]),
+            "method_usage": {s: r.usage for s, r in per_method.items()},
+            "seconds": {s: round(r.seconds, 2) for s, r in per_method.items()},
+            "wall_s": round(sum(r.seconds for r in per_method.values()), 2)})
     meta = {"protocol": cfg.protocol, "data": cfg.data,
             "methods": [{"spec": s, "label": label(s)} for s in cfg.methods],
             "models": models.identity(), "settings": asdict(cfg.settings), "seed": cfg.seed,

@@ -33,6 +33,7 @@ from personalign.runtime.data.splits import derive_seed, optimization_split
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import SamplingParams
+from personalign.runtime.personalizer import Answer
 from personalign.runtime.prompts import answered_block, choice_item, profile_prompt, shown
 from personalign.runtime.retrieval import retrieve
 from personalign.runtime.storage import atomic_write_json
@@ -417,8 +418,10 @@ class Fermi:
         sim = self.embedder.similarity(qs, self.train_questions)
         return rop.select_prompts(correctness, sim, self.config.rop_neighbors)
 
-    def predict_details(self, questions: Sequence[Any], use_rop: bool | None = None,
-                        phase: str | None = None) -> list[dict[str, Any]]:
+    def answers(self, questions: Sequence[Any], use_rop: bool | None = None,
+                phase: str | None = None) -> list[Answer]:
+        """Each question answered with its pool prompt (RoP's pick, or the best), with the
+        past opinions shown after it (``context_shots``)."""
         questions = [_as_question(q, f"question {i}") for i, q in enumerate(questions)]
         picks = self.select(questions, use_rop)
         llm = self._require(self.task_llm, "task")
@@ -428,13 +431,13 @@ class Fermi:
         ctx = llm.phase(phase) if phase else self._phase(llm, "predict")
         with ctx:
             results = llm.score_choices(items, method=self.config.scoring_method)
-        return [{"choice": r.choice, "prompt_index": p, "logprobs": r.logprobs, "raw": r.raw,
-                 "shots": [self.context_opinions[i].qid or self.context_opinions[i].question
-                           for i in idx]}
+        return [Answer(r.choice, r.logprobs, prompt=self.pool[p].prompt, prompt_index=p,
+                       shots=[self.context_opinions[i].qid or self.context_opinions[i].question
+                              for i in idx])
                 for r, p, idx in zip(results, picks, picked)]
 
     def predict(self, questions: Sequence[Any], use_rop: bool | None = None) -> list[int | None]:
-        return [d["choice"] for d in self.predict_details(questions, use_rop)]
+        return [a.choice for a in self.answers(questions, use_rop)]
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:

@@ -119,11 +119,8 @@ class FermiPersonalizer(Personalizer):
 
     def predict(self, questions: Sequence[Opinion]) -> list[Answer]:
         self._require_fitted()
-        details = self.estimator.predict_details(
-            check_questions(questions), use_rop=self.use_rop, phase=f"{self.name}/predict")
-        pool = self.estimator.pool
-        return [Answer(d["choice"], d["logprobs"], prompt=pool[d["prompt_index"]].prompt,
-                       shots=d["shots"], prompt_index=d["prompt_index"]) for d in details]
+        return self.estimator.answers(check_questions(questions), use_rop=self.use_rop,
+                                      phase=f"{self.name}/predict")
 
     def system_prompt(self, query: str) -> str | None:
         probe = Opinion(question=query, options=(), answer=0)
