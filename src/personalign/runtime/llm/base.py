@@ -215,7 +215,7 @@ class LLM(ABC):
         key = cache_key(self._identity(), "generate", prompt, params)
         usage_key = cache_key(self._identity(), "generate-usage", prompt, params)
         texts, used = self._cached([key, usage_key])
-        # a generator: the decorator's kind ends as it is created, so its counts name theirs
+        # a generator runs after the decorator has returned: its counts name their kind
         if texts is not None and used is not None:
             self._count("stream", cache_hits=1)
             usage.texts, usage.prompt_tokens, usage.completion_tokens = texts, *map(int, used)
