@@ -410,7 +410,7 @@ def test_concurrent_fits_observe_only_their_own_calls():
         watch = _Watch(job_id, cancelled[job_id], lambda job, **kw: updates.append(job))
         models = watch.models(shared)
         method = build("fermi", models, MethodSettings(preset="quick"))
-        watch.expect(method.config.iterations)
+        watch.expect(method.fit_rounds)
         try:
             with models.observing(watch):
                 method.fit(user)
