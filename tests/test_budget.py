@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ import pytest
 from personalign.bench.projection import project_run
 from personalign.bench.runner import BenchConfig, run_benchmark, select_users
 from personalign.methods import MethodSettings
-from personalign.runtime.budget import Allowance, BudgetExceeded, Limits, Spend
+from personalign.runtime.budget import Allowance, BudgetExceeded, Limits, Spend, watch
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.executor import ExecutorConfig
+from personalign.runtime.llm.fake import FakeLLM
+from personalign.runtime.personalizer import SharedModels
 
 from tests.fermi.conftest import make_user
 
@@ -49,6 +52,31 @@ def test_allowance_takes_the_tighter_bound_and_names_it():
     assert Allowance.remaining(Limits(), Spend(10**9, 10**9), Spend(), None).exhausted() is None
     with pytest.raises(ConfigError):
         Limits(user_calls=0)
+
+
+def test_watch_charges_calls_from_another_thread_and_models_loaded_inside():
+    # The DSPy peers' loopback server calls the models from its own thread.
+    task = FakeLLM(model_id="task")
+    models = SharedModels.of(task)
+    allowance = Allowance(calls=3, names={"calls": "user_calls 3"})
+    stopped = []
+
+    def serve() -> None:
+        try:
+            for prompt in ("a", "b", "c", "d"):
+                models.llm("fake:later").generate([prompt])  # loaded inside the block
+                task.generate([prompt])
+        except BudgetExceeded as e:  # raised in the thread whose call went over
+            stopped.append(e.reason)
+
+    with watch(models, allowance):
+        thread = threading.Thread(target=serve)
+        thread.start()
+        thread.join()
+    assert stopped == ["user_calls 3 reached"] and allowance.spent.calls == 4
+    task.generate(["after"])  # outside the block: not charged
+    assert allowance.spent.calls == 4
+    assert all(llm.observers == () for llm in models.loaded_llms().values())
 
 
 def test_projection_matches_what_the_fixed_prompts_spend(tmp_path):

@@ -5,6 +5,7 @@ without user ids. Models are fakes: the logic under test is the service's."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -16,10 +17,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from personalign.methods import MethodSettings, build
+from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.fake import FakeLLM
 from personalign.service.app import ServiceConfig, create_app
 from personalign.service.core import ServiceLimits
-from personalign.service.jobs import FitQueue
+from personalign.service.jobs import Cancelled, FitQueue, UncachedModels, _Watch
 from personalign.serving.openai_server import serve_in_thread
 from tests.service_helpers import ADMIN, OPINIONS, BagEmbedder, LogprobLLM, fake_models, make_app
 
@@ -374,6 +378,55 @@ def test_fits_are_served_round_robin_across_users():
     assert queue.wait_idle(10)
     assert order == ["a1", "b1", "c1", "a2", "b2", "a3"]
     queue.close()
+
+
+def test_concurrent_fits_observe_only_their_own_calls():
+    """Fits in threads on the same shared models: each job's observer counts its own optimizer
+    rounds only (not the other fit's, nor a chat's on the shared models), and a cancelled job
+    stops alone."""
+    met, first_rounds = threading.Barrier(2, timeout=20, action=lambda: chat()), []
+    unique = itertools.count()  # a new prompt each reply: no retries, one call a round
+
+    def write(text: str, i: int) -> str:
+        if i == 0 and len(first_rounds) < 2:  # both fits in their first round at once
+            first_rounds.append(text)
+            met.wait()
+        return f"[Answer as city person number {next(unique)}.]"
+
+    task, _, embedder = fake_models()
+    shared = UncachedModels.of(task, FakeLLM(responder=write, model_id="opt"), embedder)
+
+    def chat() -> None:  # on the shared models while both fits are in their block
+        shared.optimizer_llm.generate(["a chat"])
+        shared.task_llm.generate_one([{"role": "user", "content": "hi"}])
+
+    user = User("u", {}, tuple(Opinion(o["question"], tuple(o["options"]), o["answer"])
+                               for o in OPINIONS))
+    cancelled = {job: threading.Event() for job in "abc"}
+    cancelled["c"].set()
+    updates, outcome = [], {}
+
+    def fit(job_id: str) -> None:
+        watch = _Watch(job_id, cancelled[job_id], lambda job, **kw: updates.append(job))
+        models = watch.models(shared)
+        method = build("fermi", models, MethodSettings(preset="quick"))
+        watch.expect(method.fit_rounds)
+        try:
+            with models.observing(watch):
+                method.fit(user)
+            outcome[job_id] = watch.proposals
+        except Cancelled:
+            outcome[job_id] = "cancelled"
+
+    threads = [threading.Thread(target=fit, args=(job,)) for job in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(first_rounds) == 2
+    assert outcome == {"a": 2, "b": 2, "c": "cancelled"}  # quick: 2 rounds each
+    assert sorted(updates) == ["a", "a", "b", "b"]
+    assert all(llm.observers == () for llm in shared.loaded_llms().values())
 
 
 def test_a_user_past_the_limit_of_queued_fits_gets_429(db):

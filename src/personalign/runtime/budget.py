@@ -1,10 +1,11 @@
 """Hard limits on what a run may spend: LLM calls, tokens and wall time, per user and per run.
 
 A unit of work runs under an :class:`Allowance` (what is left of its user's and its run's
-limits). :func:`watch` makes every LLM of the shared models charge the allowance as it counts
-usage; the charge that goes over raises :class:`BudgetExceeded`, which ends the unit before it
-is saved. Units are atomic, so a stopped unit leaves nothing half-done: a rerun with a raised
-limit computes it again from the start and gets the same result.
+limits). :func:`watch` attaches an observer to every LLM of the shared models that charges
+the allowance as each call is counted; the charge that goes over raises
+:class:`BudgetExceeded`, which ends the unit before it is saved. Units are atomic, so a
+stopped unit leaves nothing half-done: a rerun with a raised limit computes it again from the
+start and gets the same result.
 
 ``BudgetExceeded`` is a ``BaseException`` (like ``KeyboardInterrupt``) so that a method's
 ``except Exception`` around an unreliable optimizer reply does not swallow it.
@@ -19,6 +20,7 @@ from typing import Iterator
 
 from personalign.runtime.config import Config
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.llm.base import CallObserver
 from personalign.runtime.llm.types import Usage
 
 
@@ -135,57 +137,20 @@ class Allowance:
             raise BudgetExceeded(f"{self.names['deadline']} reached")
 
 
-class GuardedUsage(Usage):
-    """An LLM's usage counters that also charge the current allowance (if any)."""
+class _Charging(CallObserver):
+    """Charges an allowance with what each observed call spent."""
 
-    allowance: Allowance | None = None
+    def __init__(self, allowance: Allowance):
+        self.allowance = allowance
 
-    @classmethod
-    def wrap(cls, usage: Usage) -> "GuardedUsage":
-        guarded = cls()
-        guarded.__dict__.update(usage.__dict__)  # same counts, same per-phase dict
-        return guarded
-
-    def add(self, calls: int = 0, cache_hits: int = 0, prompt_tokens: int = 0,
-            completion_tokens: int = 0, scored_items: int = 0, phase: str | None = None,
-            seconds: float = 0.0) -> None:
-        super().add(calls, cache_hits, prompt_tokens, completion_tokens, scored_items,
-                    phase, seconds)
-        if self.allowance is not None:
-            self.allowance.charge(calls, prompt_tokens + completion_tokens)
-
-
-def _guard(llm, allowance: Allowance | None):
-    if not isinstance(llm.usage, GuardedUsage):
-        llm.usage = GuardedUsage.wrap(llm.usage)
-    llm.usage.allowance = allowance
-    return llm
-
-
-class _GuardingDict(dict):
-    """The shared models' store of loaded models: an LLM loaded during a watched unit (an
-    FSPO adapter, the optimizer on first use) is guarded as it is stored."""
-
-    allowance: Allowance | None = None
-
-    def __setitem__(self, key, value) -> None:
-        if key != "embedder":
-            _guard(value, self.allowance)
-        super().__setitem__(key, value)
+    def after_call(self, llm, kind, spent: Usage) -> None:
+        self.allowance.charge(spent.calls, spent.prompt_tokens + spent.completion_tokens)
 
 
 @contextlib.contextmanager
 def watch(models, allowance: Allowance) -> Iterator[Allowance]:
     """Charge ``allowance`` for every LLM call of ``models`` (a ``SharedModels``) inside the
-    block; :class:`BudgetExceeded` is raised from the call that goes over."""
-    if not isinstance(models._loaded, _GuardingDict):
-        models._loaded = _GuardingDict(models._loaded)
-    models._loaded.allowance = allowance
-    for llm in models.loaded_llms().values():
-        _guard(llm, allowance)
-    try:
+    block, from whichever thread makes it (the DSPy peers' loopback server);
+    :class:`BudgetExceeded` is raised from the call that goes over."""
+    with models.observing(_Charging(allowance)):
         yield allowance
-    finally:
-        models._loaded.allowance = None
-        for llm in models.loaded_llms().values():
-            llm.usage.allowance = None

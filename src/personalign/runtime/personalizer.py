@@ -28,19 +28,20 @@ benchmark, the cost projection and the service use nothing else of a method:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from personalign.runtime import models as embedded
 from personalign.runtime.config import Config
 from personalign.runtime.cost import Cost, scored_questions
 from personalign.runtime.data.records import Opinion, User
 from personalign.runtime.errors import ConfigError, DataError
-from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.base import LLM, CallObserver
 from personalign.runtime.llm.types import Message, Prompt, SamplingParams, ScoringMethod
 from personalign.runtime.storage import atomic_write_json
 
@@ -122,6 +123,7 @@ class SharedModels(Config):
             from personalign.runtime.llm.factory import load_llm
 
             self._loaded[key] = load_llm(spec, **options)
+            self._loaded[key].observe(*getattr(self, "_observing", ()))
         return self._loaded[key]
 
     @property
@@ -151,6 +153,20 @@ class SharedModels(Config):
         a usage difference taken across the two comes out negative."""
         return {(llm.model_id if key[1] else key[0]): llm
                 for key, llm in self._loaded.items() if key != "embedder"}
+
+    @contextlib.contextmanager
+    def observing(self, observer: CallObserver) -> Iterator[None]:
+        """``observer`` sees every call of the LLMs loaded so far and of those loaded inside
+        the block (a fit's FSPO adapter, an optimizer on first use)."""
+        self._observing = (*getattr(self, "_observing", ()), observer)
+        for llm in self.loaded_llms().values():
+            llm.observe(observer)
+        try:
+            yield
+        finally:
+            self._observing = tuple(o for o in self._observing if o is not observer)
+            for llm in self.loaded_llms().values():
+                llm.unobserve(observer)
 
     def identity(self) -> dict[str, str]:
         return {"task": self.task, "optimizer": self.optimizer, "embedder": self.embedder,

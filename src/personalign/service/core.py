@@ -1,5 +1,5 @@
 """The personalization service's domain: users and their inputs, fit jobs, deletion, chat;
-keys live in :mod:`.keys`, the fit queue and watched models in :mod:`.jobs`.
+keys live in :mod:`.keys`, the fit queue and a fit's observed models in :mod:`.jobs`.
 
 It raises the project's errors (``DataError``, ``NotFoundError``, ...) and the service's own
 (:mod:`personalign.serving.errors`); only the HTTP layer (:mod:`personalign.serving.http`)
@@ -273,9 +273,11 @@ class PersonalizationService:
                 raise Cancelled()
             self._update(job_id, stage="fitting", progress=0.1)
             watch = _Watch(job_id, cancelled, self._update)
-            method = build(spec, watch.models(self.models), MethodSettings(preset=preset))
+            models = watch.models(self.models)
+            method = build(spec, models, MethodSettings(preset=preset))
             watch.expect(method.fit_rounds)
-            method.fit(user)
+            with models.observing(watch):
+                method.fit(user)
             method.models = self.models  # what is saved and served uses the real models
             held, saved = method.describe(), method.saved()
             summary: dict[str, Any] = {"method": method.name, "resumed": resumed}

@@ -1,6 +1,6 @@
 """Fit jobs in the background: one at a time, the waiting user served least recently first,
 and the models a job runs on (uncached: user data never enters the shared call cache),
-watched so that a deletion stops it at its next call."""
+observed so that a deletion stops it at its next call."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 from collections import deque
 from typing import Any, Callable
 
-from personalign.runtime.llm.base import LLM
+from personalign.runtime.llm.base import LLM, CallObserver
 from personalign.runtime.personalizer import SharedModels
 
 
@@ -22,6 +22,7 @@ class UncachedModels(SharedModels):
             from personalign.runtime.llm.factory import load_llm
 
             self._loaded[key] = load_llm(spec, cache=False, **options)
+            self._loaded[key].observe(*getattr(self, "_observing", ()))
         return self._loaded[key]
 
     @classmethod
@@ -97,34 +98,41 @@ class FitQueue:
             self._ready.notify_all()
 
 
-class _Watch:
-    """The models a fit job runs on: each model call first checks the job's cancel flag (a
-    deletion stops the fit at its next call) and counts toward the job's progress."""
+class _Watch(CallObserver):
+    """A fit job's observer: each model call first checks the job's cancel flag (a deletion
+    stops the fit at its next call) and counts toward the job's progress.
 
-    CALLS = ("generate", "generate_one", "score_choices", "loglikelihood")
+    It observes the fit's own views of the models (:meth:`models`), not the shared LLMs:
+    those also serve the chats and fits running beside it, which it must neither cancel nor
+    count, and telling them apart by thread would miss calls made from a helper thread (as
+    the DSPy peers' loopback server makes them)."""
 
     def __init__(self, job_id: str, cancelled: threading.Event, update):
         self.job_id, self.cancelled, self.update = job_id, cancelled, update
         self.iterations: int | None = None
         self.proposals = 0
         self.last = 0.0
+        self.optimizer: LLM | None = None
 
     def expect(self, iterations: int | None) -> None:
         self.iterations = iterations if isinstance(iterations, int) and iterations > 0 else None
 
     def models(self, models: SharedModels) -> SharedModels:
-        watched = UncachedModels.of(_Watched(models.task_llm, self, "task"),
-                                    _Watched(models.optimizer_llm, self, "optimizer"),
-                                    models.embedding, models.scoring)
+        """The fit's models: uncached views of every loaded LLM (same weights and counters)."""
+        task, optimizer = models.task_llm, models.optimizer_llm
+        views = {id(llm): llm.view() for key, llm in models._loaded.items() if key != "embedder"}
+        watched = UncachedModels.of(views[id(task)], views[id(optimizer)], models.embedding,
+                                    models.scoring)
         watched.embedder = models.embedder  # the identity a saved fit is checked against
-        for key, value in models._loaded.items():  # other models loaded so far are shared
-            watched._loaded.setdefault(key, value)
+        for key, value in models._loaded.items():  # the embedder is shared as it is
+            watched._loaded.setdefault(key, views.get(id(value), value))
+        self.optimizer = views[id(optimizer)]
         return watched
 
-    def before(self, role: str, name: str) -> None:
+    def before_call(self, llm: LLM, kind: str) -> None:
         if self.cancelled.is_set():
             raise Cancelled()
-        if role == "optimizer" and name == "generate":
+        if llm is self.optimizer and kind == "generate":
             self.proposals += 1
             if self.iterations:  # Fermi: one proposal round per iteration
                 progress = 0.1 + 0.85 * min(1.0, (self.proposals - 1) / self.iterations)
@@ -132,21 +140,3 @@ class _Watch:
                     self.last = progress
                     self.update(self.job_id, progress=round(progress, 3),
                                 stage=f"fitting (round {self.proposals} of {self.iterations})")
-
-
-class _Watched:
-    """An LLM seen through a :class:`_Watch` (everything else passes through)."""
-
-    def __init__(self, llm: LLM, watch: _Watch, role: str):
-        self._llm, self._watch, self._role = llm, watch, role
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._llm, name)
-        if name not in _Watch.CALLS:
-            return attr
-
-        def call(*args, **kwargs):
-            self._watch.before(self._role, name)
-            return attr(*args, **kwargs)
-
-        return call

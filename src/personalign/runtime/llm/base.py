@@ -1,18 +1,22 @@
 """The LLM interface: generate, score multiple-choice options, log-likelihood, with caching.
 
 Backends implement the underscore methods on cache misses; this class owns the cache, the usage
-counters (per phase) and the generic generate-and-parse scoring used where no log-probs exist.
+counters (per phase), the observers of its calls and the generic generate-and-parse scoring used
+where no log-probs exist.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import logging
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 from tqdm.auto import tqdm
 
@@ -28,6 +32,7 @@ from personalign.runtime.llm.types import (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
+CallKind = Literal["generate", "score", "loglikelihood", "stream"]
 
 ANSWER_INSTRUCTION = "Reply with the letter of one answer choice only."
 
@@ -47,6 +52,40 @@ class Generation:
     completion_tokens: int = 0
 
 
+class CallObserver:
+    """Sees the calls of the LLMs it is attached to (:meth:`LLM.observe`), from whichever
+    thread makes them. ``before_call`` runs as a public operation starts (one answered from
+    the cache included); ``after_call`` each time the operation's work is counted, with what
+    that spent (calls, cache hits, tokens): per backend call or batch, so a hook that raises
+    (a budget, a cancellation) ends the operation there."""
+
+    def before_call(self, llm: "LLM", kind: CallKind) -> None:
+        pass
+
+    def after_call(self, llm: "LLM", kind: CallKind, spent: Usage) -> None:
+        pass
+
+
+_attaching = threading.Lock()  # observers are attached and detached from any thread
+_calling = threading.local()   # the operation a thread is in: the kind of what it counts
+
+
+def _operation(kind: CallKind):
+    """A public operation: its observers hear of it first, and its counts are of ``kind``."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self: "LLM", *args, **kwargs):
+            for observer in self.observers:
+                observer.before_call(self, kind)
+            outer, _calling.kind = getattr(_calling, "kind", None), kind
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                _calling.kind = outer
+        return run
+    return wrap
+
+
 class LLM(ABC):
     """One model behind one backend. Subclasses set ``backend`` and ``model_id``."""
 
@@ -57,6 +96,7 @@ class LLM(ABC):
     # its choice is read from the assistant turn's first token (the bare letter). Base models
     # continue the raw text and the letter follows "Answer:" with a space.
     chat_scoring: bool = False
+    observers: tuple[CallObserver, ...] = ()
 
     def __init__(self, cache: CallCache | bool | None = True):
         if cache is True:
@@ -82,8 +122,33 @@ class LLM(ABC):
             if previous is not None:  # the outer phase's time excludes this block
                 self.usage.add(phase=previous, seconds=-elapsed)
 
-    def _count(self, **kw) -> None:
+    def observe(self, *observers: CallObserver) -> None:
+        """Report this model's calls to ``observers`` as well (each once)."""
+        with _attaching:
+            for observer in observers:
+                if all(o is not observer for o in self.observers):
+                    self.observers = (*self.observers, observer)
+
+    def unobserve(self, observer: CallObserver) -> None:
+        with _attaching:
+            self.observers = tuple(o for o in self.observers if o is not observer)
+
+    def view(self) -> "LLM":
+        """This model (backend, weights, cache, usage counters) as another object with its own
+        observers and phase: observers attached to it see only the calls made through it,
+        while others use the model beside it."""
+        view = copy.copy(self)
+        view.observers, view._phase = (), None
+        return view
+
+    def _count(self, kind: CallKind | None = None, **kw) -> None:
         self.usage.add(phase=self._phase, **kw)
+        if self.observers:
+            spent = Usage(**kw)
+            # outside any operation (a caller counting its own request): a generation
+            kind = kind or getattr(_calling, "kind", None) or "generate"
+            for observer in self.observers:
+                observer.after_call(self, kind, spent)
 
     def _identity(self) -> tuple[str, str]:
         return (self.backend, self.model_id)
@@ -98,6 +163,7 @@ class LLM(ABC):
             self.cache.set(key, value)
 
     # ------------------------------------------------------------------ public operations
+    @_operation("generate")
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams = SamplingParams(),
                  *, progress: bool = False) -> list[list[str]]:
         """``params.n`` texts for each prompt (chat messages or raw text)."""
@@ -117,6 +183,7 @@ class LLM(ABC):
         bar.close()
         return out
 
+    @_operation("generate")
     def generate_one(self, prompt: Prompt, params: SamplingParams = SamplingParams()
                      ) -> tuple[list[str], int, int]:
         """``generate`` for one prompt, with the tokens this request took: (texts,
@@ -136,6 +203,7 @@ class LLM(ABC):
         self._store(usage_key, [gen.prompt_tokens, gen.completion_tokens])
         return gen.texts, gen.prompt_tokens, gen.completion_tokens
 
+    @_operation("stream")
     def stream(self, prompt: Prompt, params: SamplingParams = SamplingParams(),
                usage: Generation | None = None) -> Iterator[str]:
         """One text for ``prompt`` (``params.n`` is taken as 1) in pieces, each given as soon
@@ -147,8 +215,9 @@ class LLM(ABC):
         key = cache_key(self._identity(), "generate", prompt, params)
         usage_key = cache_key(self._identity(), "generate-usage", prompt, params)
         texts, used = self._cached([key, usage_key])
+        # a generator runs after the decorator has returned: its counts name their kind
         if texts is not None and used is not None:
-            self._count(cache_hits=1)
+            self._count("stream", cache_hits=1)
             usage.texts, usage.prompt_tokens, usage.completion_tokens = texts, *map(int, used)
             yield texts[0]
             return
@@ -158,11 +227,12 @@ class LLM(ABC):
                 written.append(piece)
                 yield piece
         usage.texts = ["".join(written)]
-        self._count(calls=1, prompt_tokens=usage.prompt_tokens,
+        self._count("stream", calls=1, prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens)
         self._store(key, usage.texts)
         self._store(usage_key, [usage.prompt_tokens, usage.completion_tokens])
 
+    @_operation("score")
     def score_choices(self, items: Sequence[ChoiceItem], method: ScoringMethod | None = None,
                       *, progress: bool = False) -> list[ChoiceResult]:
         """Normalized per-option log-probs and the chosen option for every item."""
@@ -202,6 +272,7 @@ class LLM(ABC):
         self._count(scored_items=len(todo))
         return out  # type: ignore[return-value]
 
+    @_operation("loglikelihood")
     def loglikelihood(self, requests: Sequence[tuple[str, str]],
                       *, progress: bool = False) -> list[float]:
         """Summed log p(continuation | context) for each (context, continuation) pair."""
