@@ -117,14 +117,26 @@ class SharedModels(Config):
             shared._loaded["embedder"] = embedder
         return shared
 
+    #: whether models loaded here keep the shared call cache (a service's do not)
+    llm_cache: ClassVar[bool] = True
+
     def llm(self, spec: str, **options: Any) -> LLM:
         key = (spec, tuple(sorted(options.items())))
         if key not in self._loaded:
             from personalign.runtime.llm.factory import load_llm
 
-            self._loaded[key] = load_llm(spec, **options)
+            self._loaded[key] = load_llm(spec, **options) if self.llm_cache else \
+                load_llm(spec, cache=False, **options)
             self._loaded[key].observe(*getattr(self, "_observing", ()))
         return self._loaded[key]
+
+    def viewed(self) -> "SharedModels":
+        """The same models, each loaded LLM as a :meth:`~LLM.view` (same weights, counters
+        and cache; its own observers): for a caller that observes only its own calls."""
+        out = replace(self, _loaded={})
+        for key, value in self._loaded.items():
+            out._loaded[key] = value if key == "embedder" else value.view()
+        return out
 
     @property
     def task_llm(self) -> LLM:

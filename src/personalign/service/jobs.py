@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 from personalign.runtime.llm.base import LLM, CallObserver
 from personalign.runtime.personalizer import SharedModels
@@ -16,14 +16,7 @@ class UncachedModels(SharedModels):
     """Shared models whose LLMs run without the call cache: a cache entry derived from a
     user's text would outlive the user's deletion."""
 
-    def llm(self, spec: str, **options: Any) -> LLM:
-        key = (spec, tuple(sorted(options.items())))
-        if key not in self._loaded:
-            from personalign.runtime.llm.factory import load_llm
-
-            self._loaded[key] = load_llm(spec, cache=False, **options)
-            self._loaded[key].observe(*getattr(self, "_observing", ()))
-        return self._loaded[key]
+    llm_cache = False
 
     @classmethod
     def of(cls, task_llm: LLM, optimizer_llm: LLM | None = None, embedder=None,
@@ -119,14 +112,8 @@ class _Watch(CallObserver):
 
     def models(self, models: SharedModels) -> SharedModels:
         """The fit's models: uncached views of every loaded LLM (same weights and counters)."""
-        task, optimizer = models.task_llm, models.optimizer_llm
-        views = {id(llm): llm.view() for key, llm in models._loaded.items() if key != "embedder"}
-        watched = UncachedModels.of(views[id(task)], views[id(optimizer)], models.embedding,
-                                    models.scoring)
-        watched.embedder = models.embedder  # the identity a saved fit is checked against
-        for key, value in models._loaded.items():  # the embedder is shared as it is
-            watched._loaded.setdefault(key, views.get(id(value), value))
-        self.optimizer = views[id(optimizer)]
+        watched = models.viewed()
+        self.optimizer = watched.optimizer_llm
         return watched
 
     def before_call(self, llm: LLM, kind: str) -> None:
