@@ -76,7 +76,7 @@ def main() -> None:
 
     from personalign.runtime.llm.factory import prepare_llm
     from personalign.service.app import ServiceConfig, create_app
-    from personalign.service.openai_server import serve_in_thread
+    from personalign.serving.openai_server import serve_in_thread
 
     for spec in (args.task_model, args.optimizer_model):
         prepare_llm(spec)

