@@ -31,8 +31,8 @@ a fit that ends with the initial program, for whatever reason, counts as collaps
 fit whose pool is its initial prompt does.
 
 **Budget rule.** Each peer's optimizer gets at least the LLM calls Fermi spends per user at the
-same preset. :meth:`FermiPersonalizer.fit_calls` bounds those from above: every candidate prompt Fermi can
-score on every optimization opinion, ``(1 + T*S) * n_opt``, the pool scored on the
+same preset. ``FermiPersonalizer.fit_calls`` bounds those from above: every candidate prompt
+Fermi can score on every optimization opinion, ``(1 + T*S) * n_opt``, the pool scored on the
 demonstration opinions, ``P * n_demo``, and every optimizer call with all retries,
 ``T * (1 + max_retries)`` (T iterations, S samples per iteration, P pool prompts; 94 calls for
 20 opinions at ``quick``, 39 at ``tiny``, 702 at ``paper``). With B that bound (times
@@ -646,7 +646,8 @@ class DSPyBootstrap(DSPyPeer):
     def projected_calls(self, budget: int, n_opinions: int) -> tuple[int, int]:
         # the candidates' evaluations and their bootstrapping over the training part (all but
         # the zero-shot and labels-only programs), at most
-        train, val = optimization_split([None] * n_opinions, self.fermi_config.optimization_fraction)
+        train, val = optimization_split([None] * n_opinions,
+                                        self.fermi_config.optimization_fraction)
         n_val = len(val) or n_opinions
         n = self.candidate_programs(budget, n_val)
         return n_val * (3 + n) + len(train) * (1 + n), 0

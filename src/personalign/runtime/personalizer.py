@@ -235,7 +235,8 @@ class Personalizer(ABC):
         """An open-ended answer, as :meth:`chat_plan` says."""
         plan = self.chat_plan(messages)
         with plan.llm.phase(f"{self.name}/respond"):
-            return plan.llm.generate([plan.prompt], plan.sampling(SamplingParams(max_tokens=max_tokens)))[0][0]
+            params = plan.sampling(SamplingParams(max_tokens=max_tokens))
+            return plan.llm.generate([plan.prompt], params)[0][0]
 
     def system_prompt(self, query: str) -> str | None:
         """The personalized instruction applied to ``query`` (None: none)."""
