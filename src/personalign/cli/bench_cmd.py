@@ -16,8 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from personalign.cli.config_options import config_options
-from personalign.fermi.config import PRESETS, FermiConfig
-from personalign.methods import MethodSettings
+from personalign.methods import FERMI_PRESETS, FermiConfig, MethodSettings
 from personalign.runtime.budget import Limits
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.personalizer import SharedModels
@@ -100,7 +99,7 @@ def print_result(result, title: str) -> None:
                 flags={"task": ("--task-model",), "optimizer": ("--optimizer-model",)},
                 into="model_settings")
 @config_options(FermiConfig, only=tuple(FERMI_FLAGS), flags=FERMI_FLAGS,
-                defaults={name: "set by --preset" for name in PRESETS["paper"]},
+                defaults={name: "set by --preset" for name in FERMI_PRESETS["paper"]},
                 into="fermi_settings")
 @config_options(MethodSettings, into="method_settings")
 def opinionqa(

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# The settings' ``fermi`` overrides are FermiConfig fields (the CLI builds options from them).
+from personalign.fermi.config import PRESETS as FERMI_PRESETS
+from personalign.fermi.config import FermiConfig
 from personalign.runtime.config import Config
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.personalizer import FORMAT, FORMAT_VERSION, Personalizer, SharedModels
@@ -162,3 +165,8 @@ def from_saved(data: Any, models: SharedModels, source: str = "saved personalize
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"incomplete saved personalizer: {e}", path=str(path)) from None
     return method
+
+
+__all__ = ["DEFAULT_METHODS", "FERMI_PRESETS", "FermiConfig", "MethodSettings", "build",
+           "from_saved", "label", "load", "method_class", "method_names", "parse_specs",
+           "register", "split_spec"]
