@@ -14,7 +14,8 @@ Management (admin key, or the user's own key where noted)::
     POST   /v1/users/{id}/pairs            {"pairs": [{"prompt", "chosen", "rejected"}]}
     POST   /v1/users/{id}/fit              {"method": "fermi"|"fspo"|"fspo:NAME", "preset"}
                                            -> 202 a job, persisted in the store (NAME: an
-                                           FSPO model the operator registered; 429 past
+                                           FSPO model the operator registered; other
+                                           methods as served with --method; 429 past
                                            the user's limit of queued fits)
     GET    /v1/jobs/{job_id}               status, stage, progress, error, summary
     GET    /v1/users/{id}                  the learned personalization

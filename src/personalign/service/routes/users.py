@@ -72,8 +72,8 @@ def add_opinions(user_id: str, body: OpinionsIn, p: Principal = Depends(who),
 def add_pairs(user_id: str, body: PairsIn, p: Principal = Depends(who),
               service: PersonalizationService = Depends(service_of)) -> dict:
     service.allow(p, user_id)
-    pairs = [tuple(_text(getattr(pair, k), f"pairs[{i}].{k}", service.limits)
-                   for k in ("prompt", "chosen", "rejected"))
+    pairs = [tuple(_text(text, f"pairs[{i}].{k}", service.limits) for k, text in
+                   (("prompt", pair.prompt), ("chosen", pair.chosen), ("rejected", pair.rejected)))
              for i, pair in enumerate(body.pairs)]
     total = service.add_pairs(user_id, pairs)
     return {"user_id": user_id, "added": len(pairs), "pairs": total}
