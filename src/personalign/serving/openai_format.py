@@ -159,8 +159,9 @@ def sse(events: Iterator[dict], rid: str | None) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache"})
 
 
-def _applied(personalization: dict | None) -> dict:
-    """The chunk's ``personalization`` field, in the personalized service only."""
+def applied_field(personalization: dict | None) -> dict:
+    """A response's or chunk's ``personalization`` field, where something was applied (the
+    personalized service only)."""
     return {} if personalization is None else {"personalization": personalization}
 
 
@@ -189,7 +190,7 @@ def chat_chunks(cid: str, created: int, model: str, result, top_k: int | None,
         if first:
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                           "finish_reason": None, "logprobs": None}],
-                        **_applied(result.personalization))
+                        **applied_field(result.personalization))
         if piece is None:
             yield chunk([{"index": i, "delta": {}, "finish_reason": result.finish[i],
                           "logprobs": None}])
@@ -216,7 +217,7 @@ def streamed_completion(cid: str, created: int, model: str, result, k: int | Non
             continue
         yield chunk([{"index": 0, "text": piece, "finish_reason": None,
                       "logprobs": completion_logprobs(piece, result.top_logprobs, k) if first else None}],
-                    **_applied(result.personalization))
+                    **applied_field(result.personalization))
         first = False
     if include_usage:
         yield chunk([], usage=usage(result.prompt_tokens, result.completion_tokens))
@@ -235,6 +236,6 @@ def completion_chunks(cid: str, created: int, model: str, choices: list[dict], a
             yield chunk([{"index": c["index"], "text": piece,
                           "finish_reason": c["finish_reason"] if last else None,
                           "logprobs": c["logprobs"] if j == 0 else None}],
-                        personalization=applied)
+                        **applied_field(applied))
     if usage is not None:
         yield chunk([], usage=usage)

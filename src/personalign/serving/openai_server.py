@@ -16,20 +16,20 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 from fastapi import Request
 
+from personalign.runtime.errors import NotFoundError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.cache import cache_key
 from personalign.runtime.llm.types import Prompt, SamplingParams
 from personalign.serving import openai_format as fmt
-from personalign.serving.http import install_errors, request_id
+from personalign.serving.http import install_errors
+from personalign.serving.openai_routes import PATHS, openai_router
 
 log = logging.getLogger(__name__)
-
 
 
 @runtime_checkable
@@ -40,11 +40,6 @@ class NextTokenLogprobs(Protocol):
 
     def next_token_logprobs(self, prompt: Prompt, top_k: int = 20) -> list[tuple[str, float]]:
         ...
-
-
-# Request bodies: the personalized service's, one input policy for both front ends.
-from personalign.serving.schemas import ChatIn as ChatRequest  # noqa: E402
-from personalign.serving.schemas import CompletionIn as CompletionRequest  # noqa: E402
 
 
 class _Served:
@@ -97,99 +92,65 @@ def _prompt_text(prompt: Prompt) -> str:
     return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
 
 
-def _complete(model: _Served, prompt: Prompt, params: SamplingParams,
-              top: list[tuple[str, float]] | None) -> tuple[list[str], int, int]:
-    """Texts and token counts; a greedy one-token answer is the most likely next token, which
-    the log-prob pass already computed (letter scoring asks exactly this), so no generation."""
-    if top and params.max_tokens == 1 and params.temperature == 0:
-        return [top[0][0]] * params.n, model.llm.count_tokens(_prompt_text(prompt)), 1
-    return model.generate(prompt, params)
+class _Bare:
+    """The responder of one served model: no users, nothing applied; a completion prompt is
+    raw text."""
+
+    def __init__(self, model: _Served):
+        self.model = model
+
+    def check(self, texts: list[str]) -> None:
+        pass
+
+    def chat(self, messages, params: SamplingParams, top_logprobs: int | None,
+             stream: bool) -> fmt.Chat:
+        return self._answer(messages, params, top_logprobs, stream)
+
+    def complete(self, prompt: str, params: SamplingParams, top_logprobs: int | None,
+                 stream: bool) -> fmt.Chat:
+        return self._answer(prompt, params, top_logprobs, stream)
+
+    def _answer(self, prompt: Prompt, params: SamplingParams, k: int | None,
+                stream: bool) -> fmt.Chat:
+        model, llm = self.model, self.model.llm
+        top = model.top_logprobs(prompt, max(1, k)) if k is not None else None
+        if stream and params.n == 1:
+            return fmt.streamed(llm, prompt, params, fmt.Chat([], 0, 0, None, top))
+        if top and params.max_tokens == 1 and params.temperature == 0:
+            # a greedy one-token answer is the most likely next token, which the log-prob
+            # pass already computed (letter scoring asks exactly this): no generation
+            texts, used_in, used_out = [top[0][0]] * params.n, \
+                llm.count_tokens(_prompt_text(prompt)), 1
+        else:
+            texts, used_in, used_out = model.generate(prompt, params)
+        return fmt.Chat(texts, used_in, used_out, None, top,
+                        [fmt.finish_reason(llm, t, params) for t in texts])
 
 
 def create_openai_app(llms: dict[str, LLM], *, default_max_tokens: int = 256):
     """FastAPI app serving ``llms`` (name -> LLM) under the OpenAI API shape."""
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI
 
     served = {name: _Served(llm) for name, llm in llms.items()}
     created = int(time.time())
     app = FastAPI(title="personalign OpenAI-compatible server")
-    install_errors(app, lambda request: False)  # invalid bodies: 422, as before
+    install_errors(app, lambda request: request.url.path in PATHS)
 
-    def model_of(name: str) -> _Served:
+    def resolve(request: Request, caller: None, name: str) -> _Bare:
         if name not in served:
-            raise HTTPException(404, f"model {name!r} is not served here "
+            raise NotFoundError(f"model {name!r} is not served here "
                                 f"(served: {', '.join(served)})")
-        return served[name]
+        return _Bare(served[name])
 
-    @app.get("/v1/models")
-    def list_models() -> dict:
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": created,
-             "owned_by": f"personalign:{s.llm.backend}"} for name, s in served.items()]}
+    def models(request: Request, caller: None) -> list[dict]:
+        return [{"id": name, "object": "model", "created": created,
+                 "owned_by": f"personalign:{s.llm.backend}"} for name, s in served.items()]
 
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "models": list(served)}
 
-    @app.post("/v1/chat/completions")
-    def chat(body: ChatRequest, request: Request):
-        model = model_of(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        params = fmt.sampling(body, body.max_completion_tokens or body.max_tokens,
-                              default_max_tokens)
-        k = (body.top_logprobs or 0) if body.logprobs else None
-        top = model.top_logprobs(messages, max(1, k)) if k is not None else None
-        if body.stream:
-            if body.n != 1:
-                raise HTTPException(400, "stream with n > 1 is not supported by this server")
-            result = fmt.streamed(model.llm, messages, params, fmt.Chat([], 0, 0, None, top))
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return fmt.sse(fmt.chat_chunks(f"chatcmpl-{uuid.uuid4().hex[:24]}",
-                                           int(time.time()), body.model, result, k,
-                                           include_usage), request_id(request))
-        texts, used_in, used_out = _complete(model, messages, params, top)
-        choices = [{"index": i, "finish_reason": fmt.finish_reason(model.llm, text, params),
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": fmt.chat_logprobs(text, top, k)}
-                   for i, text in enumerate(texts)]
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
-                "created": int(time.time()), "model": body.model, "choices": choices,
-                "usage": fmt.usage(used_in, used_out)}
-
-    @app.post("/v1/completions")
-    def completions(body: CompletionRequest, request: Request):
-        model = model_of(body.model)
-        if body.echo:
-            raise HTTPException(400, "echo is not supported by this server")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        if not prompts:
-            raise HTTPException(400, "prompt is empty")
-        params = fmt.sampling(body, body.max_tokens, 16)
-        if body.stream:
-            if body.n != 1 or len(prompts) != 1:
-                raise HTTPException(400, "stream takes one prompt and n = 1 on this server")
-            top = model.top_logprobs(prompts[0], max(1, body.logprobs)) \
-                if body.logprobs is not None else None
-            result = fmt.streamed(model.llm, prompts[0], params, fmt.Chat([], 0, 0, None, top))
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return fmt.sse(fmt.streamed_completion(f"cmpl-{uuid.uuid4().hex[:24]}",
-                                                   int(time.time()), body.model, result,
-                                                   body.logprobs, include_usage),
-                           request_id(request))
-        choices, total_in, total_out = [], 0, 0
-        for prompt in prompts:
-            top = model.top_logprobs(prompt, max(1, body.logprobs)) \
-                if body.logprobs is not None else None
-            texts, used_in, used_out = _complete(model, prompt, params, top)
-            total_in, total_out = total_in + used_in, total_out + used_out
-            choices += [{"index": len(choices) + i, "text": text,
-                         "finish_reason": fmt.finish_reason(model.llm, text, params),
-                         "logprobs": fmt.completion_logprobs(text, top, body.logprobs)}
-                        for i, text in enumerate(texts)]
-        return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
-                "created": int(time.time()), "model": body.model, "choices": choices,
-                "usage": fmt.usage(total_in, total_out)}
-
+    app.include_router(openai_router(resolve, models, chat_max_tokens=default_max_tokens))
     return app
 
 
