@@ -127,7 +127,7 @@ class FSPO(Personalizer):
         """The preferred response to the last user message, in FSPO's raw-text format."""
         self._require_fitted()
         return ChatPlan(self.llm, self.prompt(last_user_text(messages)) + RESPONSE_HEADER,
-                        stop=("\n#",), applied={"shots": len(self.shots)})
+                        stop=("\n#",), applied={"shots": len(self.shots)}, strip=True)
 
     def describe(self) -> Personalization:
         self._require_fitted()

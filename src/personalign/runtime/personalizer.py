@@ -236,7 +236,7 @@ class Personalizer(ABC):
         plan = self.chat_plan(messages)
         with plan.llm.phase(f"{self.name}/respond"):
             params = plan.sampling(SamplingParams(max_tokens=max_tokens))
-            return plan.llm.generate([plan.prompt], params)[0][0]
+            return plan.finish(plan.llm.generate([plan.prompt], params)[0][0])
 
     def system_prompt(self, query: str) -> str | None:
         """The personalized instruction applied to ``query`` (None: none)."""
@@ -342,12 +342,18 @@ class Personalization:
 class ChatPlan:
     """How a method answers a chat: ``llm`` continues ``prompt`` (messages, or raw text for
     a model trained on raw text) until one of ``stop``; ``applied`` says what personalized it
-    (shown to the caller)."""
+    (shown to the caller). ``strip``: the whitespace around the text is the format's, not the
+    answer's (FSPO's sections), so an answer is whole before it is given (not streamed)."""
 
     llm: LLM
     prompt: Prompt
     stop: tuple[str, ...] = ()
     applied: dict[str, Any] = field(default_factory=dict)
+    strip: bool = False
+
+    def finish(self, text: str) -> str:
+        """A generated text as the answer."""
+        return text.strip() if self.strip else text
 
     def sampling(self, params: SamplingParams) -> SamplingParams:
         """``params`` with the plan's stops added."""

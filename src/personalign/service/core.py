@@ -448,11 +448,12 @@ class PersonalizationService:
         top = None
         if top_logprobs is not None and hasattr(llm, "next_token_logprobs"):  # the engine's
             top = llm.next_token_logprobs(plan.prompt, max(1, top_logprobs))
-        if stream and params.n == 1:
+        if stream and params.n == 1 and not plan.strip:
             return streamed(llm, plan.prompt, params, Chat([], 0, 0, applied, top))
         # Per-request usage comes with the texts, so requests run concurrently (a local
         # model serializes its own forwards; a remote server batches them).
         texts, used_in, used_out = llm.generate_one(plan.prompt, params)
+        texts = [plan.finish(t) for t in texts]
         return Chat(texts, used_in, used_out, applied, top,
                     [finish_reason(llm, t, params) for t in texts])
 
