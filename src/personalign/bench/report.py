@@ -276,6 +276,7 @@ def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[st
         return sum(u.get(key, 0) for r in records
                    for u in r["method_usage"].get(spec, {}).values()) / n
 
+    fermi = total("fermi", "prompt_tokens") + total("fermi", "completion_tokens")
     rows = []
     for spec in specs:
         tokens = total(spec, "prompt_tokens") + total(spec, "completion_tokens")
@@ -285,7 +286,6 @@ def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[st
                "completion tokens": f"{total(spec, 'completion_tokens'):.0f}",
                "seconds": f"{np.mean([r['seconds'].get(spec, 0.0) for r in records]):.1f}"}
         if "fermi" in specs:
-            fermi = total("fermi", "prompt_tokens") + total("fermi", "completion_tokens")
             row["tokens / Fermi's"] = f"{tokens / fermi:.2f}" if fermi else "-"
         if requested:  # what a method asked for, answered from the cache or not
             mine = [r["fits"].get(spec, {}).get("counts", {}).get("requested_tokens")

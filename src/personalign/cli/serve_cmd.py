@@ -25,9 +25,9 @@ FSPO_MODEL = typer.Option([], "--fspo-model", metavar="NAME=FOLDER",
                           "never name folders.")
 
 
-SERVE_METHOD = typer.Option(["fermi", "fspo"], "--method", metavar="NAME",
-                            help="A registered method fits may name (repeatable; default fermi "
-                            "and fspo).")
+SERVE_METHOD = typer.Option([], "--method", metavar="NAME",
+                            help="A registered method fits may name (repeatable; default: "
+                            "fermi and fspo).")
 
 
 def _fspo_models(pairs: list[str]) -> dict[str, str]:
@@ -49,7 +49,8 @@ def _serve(host: str, port: int, task_model: str, optimizer_model: str,
 
     config = ServiceConfig(task_model=task_model, optimizer_model=optimizer_model,
                            database=database, admin_key=os.environ.get(admin_key_env) or None,
-                           fspo_models=_fspo_models(fspo_model), methods=tuple(method))
+                           fspo_models=_fspo_models(fspo_model),
+                           **({"methods": tuple(method)} if method else {}))
     application = create_app(config)
     # One line per request from the service itself (request id, route template, status):
     # uvicorn's access log would write each path, user ids included.

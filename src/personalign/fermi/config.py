@@ -156,6 +156,19 @@ class FermiConfig(Config):
     def threshold(self) -> float:
         return float(self.tau[self.task_type])
 
+    @property
+    def replies_per_iteration(self) -> int:
+        """Optimizer replies sampled each iteration (``samples_per_iteration``, else K)."""
+        return self.samples_per_iteration or self.num_candidates
+
+    @property
+    def pool_size(self) -> int:
+        """Prompts in the final pool, at most: the last K (and the best one kept beside
+        them), or the memory's top L."""
+        if self.final_pool == "last_k":
+            return self.num_candidates + int(self.include_best)
+        return self.memory_size
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"iterations": 10, "num_candidates": 4, "memory_size": 5},

@@ -226,10 +226,6 @@ class Fermi:
             return False
         return llm.count_tokens(reply) >= max_tokens - max(4, max_tokens // 10)
 
-    @property
-    def samples_per_iteration(self) -> int:
-        return self.config.samples_per_iteration or self.config.num_candidates
-
     def _request(self, llm: LLM, meta_prompt: str) -> tuple[Any, tuple[str, ...], bool]:
         """What the optimizer is sent, its stop strings, and whether the reply continues an
         opened "[" (then it is whole when it stops)."""
@@ -251,7 +247,7 @@ class Fermi:
         request, stop, primed = self._request(llm, meta_prompt)
         accepted: list[str] = []
         for attempt in range(cfg.max_retries + 1):
-            need = self.samples_per_iteration - len(accepted)
+            need = self.config.replies_per_iteration - len(accepted)
             if need <= 0:
                 break
             if attempt:
@@ -294,7 +290,7 @@ class Fermi:
                     continue
                 seen.add(key)
                 accepted.append(text)
-        if len(accepted) < self.samples_per_iteration:
+        if len(accepted) < self.config.replies_per_iteration:
             result.failures["short_iterations"] += 1
         result.counts["accepted"] += len(accepted)
         return accepted

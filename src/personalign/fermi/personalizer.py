@@ -71,12 +71,9 @@ class FermiPersonalizer(Personalizer):
         ``n_opinions``, retries included; every scored item and every optimizer request is
         one call (the DSPy peers' budget)."""
         opt, demo = optimization_split([None] * n_opinions, config.optimization_fraction)
-        samples = config.samples_per_iteration or config.num_candidates
-        pool = (config.num_candidates + int(config.include_best)) \
-            if config.final_pool == "last_k" else config.memory_size
-        scored = (1 + config.iterations * samples) * len(opt)
+        scored = (1 + config.iterations * config.replies_per_iteration) * len(opt)
         if config.rop_include_demo and demo:
-            scored += pool * len(demo)
+            scored += config.pool_size * len(demo)
         return scored + config.iterations * (1 + config.max_retries)
 
     @classmethod
@@ -88,9 +85,9 @@ class FermiPersonalizer(Personalizer):
         cfg = cls.settings_config(settings)
         opt, demo = optimization_split(shots, cfg.optimization_fraction)
         opt_tokens = item_tokens(opt)
-        samples = cfg.samples_per_iteration or cfg.num_candidates
+        samples = cfg.replies_per_iteration
         prompts = 1 + cfg.iterations * samples
-        pool = cfg.num_candidates if cfg.final_pool == "last_k" else cfg.memory_size
+        pool = cfg.pool_size
         meta = (META_PROMPT_OVERHEAD + opt_tokens
                 + cfg.memory_size * PROMPT_TOKENS + cfg.failure_case_cap * 40)
         reply = cfg.optimizer_max_tokens or PROMPT_TOKENS + cfg.optimizer_token_margin

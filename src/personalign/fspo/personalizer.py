@@ -89,8 +89,7 @@ class FSPO(Personalizer):
 
     def check_data(self, user: Any) -> User:
         user = check_user(user)
-        if self.prompt_mode != "zero-shot" and self.n_shots and not (
-                user.pairs or any(len(op.options) >= 2 for op in user.opinions)):
+        if self.prompt_mode != "zero-shot" and self.n_shots and not self._pairs(user):
             raise DataError(f"user {user.user_id!r} has no preference pairs or opinions",
                             field="opinions")
         return user

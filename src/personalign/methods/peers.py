@@ -602,7 +602,7 @@ class DSPyMIPROv2(DSPyPeer):
 
     def candidates(self) -> int:
         cfg = self.fermi_config
-        return max(2, cfg.iterations * (cfg.samples_per_iteration or cfg.num_candidates) + 1)
+        return max(2, cfg.iterations * cfg.replies_per_iteration + 1)
 
     def _compile(self, dspy, lb, student, opinions, budget, counts):
         examples = [_example(dspy, o) for o in opinions]

@@ -22,7 +22,7 @@ from personalign.runtime.prompts import (
 from personalign.runtime.retrieval import retrieve
 
 
-class ScoredPrompt(Personalizer):
+class ScoredBaseline(Personalizer):
     """Answers every question through the task model's one scoring path."""
 
     def _score(self, items: Sequence[ChoiceItem]) -> list:
@@ -58,7 +58,7 @@ class RandomChoice(Personalizer):
         pass
 
 
-class FixedPrompt(ScoredPrompt):
+class FixedPrompt(ScoredBaseline):
     """One instruction for every question, from the user's profile or not."""
 
     def __init__(self, models: SharedModels):
@@ -112,7 +112,7 @@ class Profile(FixedPrompt):
         return scored_questions(f"{cls.name}/predict", test, PROMPT_TOKENS)
 
 
-class FewShot(ScoredPrompt):
+class FewShot(ScoredBaseline):
     """The k past opinions of the user most similar to the question, answered, in context."""
 
     name, label = "fewshot", "Few-shot"

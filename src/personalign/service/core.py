@@ -205,9 +205,9 @@ class PersonalizationService:
         An unknown method or a model that does not load stops the start."""
         served = {}
         for name in methods:
-            method_class(split_spec(name)[0])  # an unknown name stops the start
             if split_spec(name)[1] is not None:
                 raise ConfigError(f"served method {name!r}: a name, no argument")
+            method_class(name)  # an unknown name stops the start
             served[name] = name
         for name, folder in fspo_models.items():
             if not MODEL_NAME.fullmatch(name):

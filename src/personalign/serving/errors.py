@@ -1,5 +1,6 @@
-"""The service's own errors, beside the project's (``DataError``, ``NotFoundError``, ...): the
-domain raises them, and only the HTTP layer (:mod:`.http`) maps them to status codes."""
+"""The serving layer's own errors (keys, conflicts, limits), beside the project's
+(``DataError``, ``NotFoundError``, ...): the service raises them, and only the HTTP layer
+(:mod:`.http`) maps them to status codes."""
 
 from __future__ import annotations
 
