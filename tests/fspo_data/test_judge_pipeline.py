@@ -228,7 +228,8 @@ def test_pipeline_resumes_after_partial_labels(tmp_path):
 def test_budget_refuses_over_max_calls(tmp_path):
     cfg = SynthConfig(users=20, questions=20, generators=["fake"], judge_model="fake")
     b = plan_budget(cfg)
-    assert b["responses"] == 100 and b["judge"] == 20 * 40 * 2
+    # 20 questions x (5 steered responses + 1 listing of views)
+    assert b["responses"] == 120 and b["judge"] == 20 * 40 * 2
     with pytest.raises(ConfigError, match="max-calls"):
         SyntheticPipeline(cfg, llms={"fake": FakeLLM()}).run(tmp_path, max_calls=10)
     assert not (tmp_path / "users.jsonl").exists()
@@ -261,3 +262,28 @@ def test_pipeline_refuses_changed_files_and_force_recomputes(tmp_path):
     calls = llm.usage.calls
     SyntheticPipeline(cfg, llms={"fake": llm}, progress=False).run(out, force=True)
     assert llm.usage.calls == calls
+
+
+def test_views_follow_persona_steering():
+    """Each steered response keeps its persona's instruction and also takes one listed view."""
+    from personalign.fspo.data.synthetic import GeneratorSpec, Question, Steer, generate_responses
+
+    def responder(text, i):
+        if "points of view" in text:
+            return "1. Economic cost\n2. Moral duty\n- Practical effort"
+        return f"reply to: {text}"
+
+    llm = FakeLLM(responder=responder)
+    steers = [Steer("child", "Explain it to a five-year-old.", {"level": "child"}),
+              Steer("expert", "Explain it to a physics professor.", {"level": "expert"})]
+    out = generate_responses(Question("q1", "Why is the sky blue?"), steers,
+                             [GeneratorSpec(llm)], seed=3, views=3)
+    views = {"Economic cost", "Moral duty", "Practical effort"}
+    assert [r.meta["level"] for r in out] == ["child", "expert"]
+    for r, steer in zip(out, steers):
+        assert r.meta["view"] in views
+        assert steer.instruction in r.text and f"point of view: {r.meta['view']}" in r.text
+    # Without views the steer alone decides the response.
+    plain = generate_responses(Question("q1", "Why is the sky blue?"), steers,
+                               [GeneratorSpec(llm)], seed=3, views=0)
+    assert all("view" not in r.meta and "point of view" not in r.text for r in plain)

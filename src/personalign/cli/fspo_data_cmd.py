@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.models import DATA_GENERATOR
 from personalign.runtime.storage import atomic_write_json
 
 app = typer.Typer(no_args_is_help=True)
@@ -48,8 +49,9 @@ def synth(
     pairs_per_question: int = typer.Option(2, help="Pairs judged per user and question."),
     responses_per_question: int = typer.Option(4, help="Steered responses per question "
                                                "(non-ELIX)."),
-    views: int = typer.Option(0, help="> 0: view conditioning with this many views."),
-    generator: list[str] = typer.Option(["smollm2-135m-instruct"], help="Generator model "
+    views: int = typer.Option(4, help="Views listed per question; each steered response "
+                              "also takes one (0: persona steering only)."),
+    generator: list[str] = typer.Option([DATA_GENERATOR], help="Generator model "
                                         "spec (repeat for an ensemble)."),
     temperature: list[float] = typer.Option([0.8], help="One, or one per generator."),
     judge: str = typer.Option("smollm2-135m-instruct", help="Judge model spec."),

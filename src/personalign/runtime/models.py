@@ -212,6 +212,9 @@ EMBEDDED = {
 # on the Q4_K_M GGUF (26 tokens/s against the engine's 6).
 DEFAULT_TASK = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_OPTIMIZER = "llamacpp:qwen2.5-coder-1.5b-instruct"
+# Writes synthetic preference data's candidate responses: the small instruct model, decoded by
+# llama.cpp; it follows level and persona steers where SmolLM2-135M mostly does not.
+DATA_GENERATOR = "llamacpp:qwen2.5-coder-0.5b-instruct"
 # The small fast models: backends' own defaults, fast tests, FSPO's CPU policy.
 FAST_GENERATOR = "smollm2-135m-instruct"
 FAST_TASK = "gemma3-270m"

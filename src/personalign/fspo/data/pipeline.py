@@ -57,7 +57,7 @@ from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.data.validate import read_jsonl
 from personalign.runtime.errors import ConfigError, DataError
-from personalign.runtime.models import FAST_GENERATOR
+from personalign.runtime.models import DATA_GENERATOR, FAST_GENERATOR
 from personalign.runtime.runs import RunFolder, file_digest, model_identity
 from personalign.runtime.storage import atomic_write_json, safe_filename
 
@@ -74,9 +74,9 @@ class SynthConfig(Config):
     questions_file: str | None = None
     users_file: str | None = None
     responses_per_question: int = 4  # non-ELIX steering: users drawn per question
-    views: int = 0                   # > 0: view conditioning instead of persona steering
+    views: int = 4                   # views listed per question, one per steered response (0: none)
     pairs_per_question: int = 2      # pairs judged per user and question
-    generators: list[str] = field(default_factory=lambda: [FAST_GENERATOR])
+    generators: list[str] = field(default_factory=lambda: [DATA_GENERATOR])
     temperatures: list[float] = field(default_factory=lambda: [0.8])
     judge_model: str = FAST_GENERATOR
     judge_method: JudgeMethod = "letter"
@@ -90,8 +90,6 @@ class SynthConfig(Config):
             raise ConfigError("give one temperature, or one per generator")
 
     def responses_per(self, n_levels: int = 5) -> int:
-        if self.views:
-            return self.views
         return n_levels if self.domain == "elix" else self.responses_per_question
 
 
@@ -235,7 +233,7 @@ class SyntheticPipeline:
             gens = self.generators()
             with open(path, "a", encoding="utf-8") as f:
                 for q in tqdm(todo, desc="responses", disable=not self.progress):
-                    if self.cfg.domain == "elix" and not self.cfg.views and any(
+                    if self.cfg.domain == "elix" and any(
                             u.attributes.get("level") for u in users):
                         steers = elix_steers(users, q.qid, self.cfg.seed)
                     else:

@@ -2,8 +2,10 @@
 
 Diversity comes from (1) persona steering: one response per steering instruction (for ELIX:
 one per education level, each with a persona variant's style drawn per question); (2) view
-conditioning: the generator lists possible views of the question, then writes one response per
-view; (3) an ensemble of generators and temperatures, assigned round-robin to responses.
+conditioning after it, as FSPO's pipeline does: the generator lists possible views of the
+question, and each steered response also takes one of them (drawn per question and steer), so
+a view varies a response within its persona instead of replacing the persona; (3) an ensemble
+of generators and temperatures, assigned round-robin to responses.
 """
 
 from __future__ import annotations
@@ -181,7 +183,9 @@ def _response_prompt(question: str, instruction: str) -> list[dict[str, str]]:
 def _views_prompt(question: str, k: int) -> list[dict[str, str]]:
     return [{"role": "user", "content":
              f"List {k} different points of view someone could take when answering this "
-             f"question, one per line, each in a few words.\n\nQuestion: {question}"}]
+             f"question (for example a practical, a historical or a personal angle), one per "
+             f"line, each in two to six words. Do not answer the question.\n\n"
+             f"Question: {question}"}]
 
 
 def parse_views(text: str, k: int) -> list[str]:
@@ -212,21 +216,24 @@ def clean_response(text: str) -> str:
 def generate_responses(question: Question, steers: Sequence[Steer],
                        generators: Sequence[GeneratorSpec], seed: int = 0,
                        max_tokens: int = 160, views: int = 0) -> list[Response]:
-    """One response per steer (round-robin over generators); with ``views > 0``, the first
-    generator lists that many views and one response is written per view instead."""
-    jobs: list[tuple[str, dict[str, Any]]] = []
+    """One response per steer (round-robin over generators). With ``views > 0`` the first
+    generator lists that many views of the question first, and each steer's response also
+    takes one of them (drawn with a seed from (seed, question, steer))."""
+    listed: list[str] = []
     if views > 0:
         gen = generators[0]
         listing = gen.llm.generate([_views_prompt(question.text, views)], SamplingParams(
             temperature=gen.temperature, max_tokens=96, seed=derive_seed(seed, question.qid,
                                                                           "views"))
         )[0][0]
-        for view in parse_views(listing, views) or ["a balanced view"]:
-            jobs.append((f"Answer from this point of view: {view}", {"view": view}))
-    else:
-        jobs = [(s.instruction, {"steer": s.name, **s.meta}) for s in steers]
+        listed = parse_views(listing, views) or ["a balanced view"]
     out = []
-    for j, (instruction, meta) in enumerate(jobs):
+    for j, steer in enumerate(steers):
+        instruction, meta = steer.instruction, {"steer": steer.name, **steer.meta}
+        if listed:
+            view = random.Random(derive_seed(seed, question.qid, steer.name)).choice(listed)
+            instruction = f"{instruction} Answer from this point of view: {view}".strip()
+            meta["view"] = view
         gen = generators[j % len(generators)]
         params = SamplingParams(temperature=gen.temperature, max_tokens=max_tokens,
                                 seed=derive_seed(seed, question.qid, j))
