@@ -20,7 +20,7 @@ from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scrip
 
 FAKE_SPECS = ["random", "vanilla", "profile", "fewshot", "fewshot:bm25", "opro", "fermi_norop",
               "fermi", "fermi+fewshot", "fermi_transfer:fake-fit"]
-REAL_SPECS = ["fspo:base", "pooled:base", "oracle"]
+REAL_SPECS = ["fspo:base", "fspo:base:rat", "pooled:base", "oracle"]
 # the DSPy peers (extra personalign[peers]) on fakes that answer DSPy's chat format
 PEER_SPECS = ["dspy-gepa", "dspy-miprov2", "dspy-bootstrap"]
 
@@ -117,6 +117,8 @@ def test_contract_on_the_real_fspo_family(spec, tmp_path):
     method = check_contract(spec, _fake_models(), tmp_path, _fake_models("another-task"))
     # the user's shots are what the model is conditioned on (none for pooled)
     assert (len(method.shots) == 0) == (method.name == "pooled")
+    # rat: the answers (and the chat) followed a description the model wrote
+    assert (method.describe().description is not None) == (spec == "fspo:base:rat")
 
 
 def test_one_model_on_two_backends_stays_two_models():

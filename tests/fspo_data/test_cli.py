@@ -99,3 +99,24 @@ def test_opinionqa_description_variant_is_skipped(tmp_path):
     assert result.exit_code == 0, result.output
     assert "skipped the user-description variant" in result.output
     assert not (tmp_path / "ep").exists()
+
+
+def test_opinionqa_rejected_rule_option(tmp_path):
+    """--rejected reaches every pair's meta and the summary; the default is uniform-other."""
+    from personalign.fspo.data.opinionqa_prefs import DEFAULT_REJECTED
+
+    data = _users_file(tmp_path / "a.jsonl", "a", 5)
+    for rule, per_opinion in ((None, 1), ("every-other", 2), ("ordinal-farthest", 1)):
+        out = tmp_path / (rule or "default")
+        args = ["opinionqa", "--data", str(data), "--out", str(out), "--shots", "4",
+                "--passes", "1"] + (["--rejected", rule] if rule else [])
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["rejected_rule"] == (rule or DEFAULT_REJECTED)
+        pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+        assert {p["meta"]["rejected_rule"] for p in pairs} == {rule or DEFAULT_REJECTED}
+        assert summary["pairs"] == len(pairs) == 5 * 30 * per_opinion
+    bad = CliRunner().invoke(app, ["opinionqa", "--data", str(data), "--out",
+                                   str(tmp_path / "bad"), "--rejected", "nearest"])
+    assert bad.exit_code != 0 and "rejected-option rule" in str(bad.exception)

@@ -70,7 +70,13 @@ def test_reward_metrics():
 def test_completion_nll_ignores_prompt_and_padding():
     logps = torch.tensor([[-1.0, -3.0], [-2.0, -100.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    assert completion_nll(logps * mask, mask).item() == pytest.approx(2.0)
+    # sum (the reference's): per completion summed over its tokens, averaged over completions
+    assert completion_nll(logps * mask, mask).item() == pytest.approx((4.0 + 2.0) / 2)
+    assert completion_nll(logps * mask, mask, "sum").item() == pytest.approx(3.0)
+    # mean: over all completion tokens
+    assert completion_nll(logps * mask, mask, "mean").item() == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        completion_nll(logps, mask, "max")
 
 
 def test_drop_oldest_shots_keeps_question_and_renumbers():

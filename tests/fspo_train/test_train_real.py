@@ -58,6 +58,10 @@ def test_training_writes_metrics_checkpoints_and_final(trained):
     assert (final / "COMPLETE").exists() and (final / "adapter").exists()
     assert (final / "sft_adapter").exists()
     assert (out / "checkpoints").exists()
+    manifest = json.loads((final / "fspo_model.json").read_text())
+    # what inference repeats of the data (not OpinionQA pairs: no rejected-option rule)
+    assert (manifest["variant"], manifest["rejected_rule"], manifest["sft_targets"]) == \
+        ("default", None, "both")
     # The policy moved away from the reference (rewards are no longer all zero).
     last = [r for r in rows if r["split"] == "summary" and r["stage"] == "pref"][-1]
     assert last["eval_reward_margin"] != 0.0
@@ -274,3 +278,28 @@ def test_validation_users_choose_the_final_step(tmp_path):
     # final/ holds the chosen step's weights, not necessarily the last step's.
     weights = "adapter/adapter_model.safetensors"
     assert (final / weights).read_bytes() == (tmp_path / "best" / weights).read_bytes()
+
+
+def test_pref_ft_run_and_the_rejected_rule_in_its_manifest(tmp_path):
+    """Pref-FT alone (SFT on the chosen completions, no preference steps) on OpinionQA-made
+    episodes: final/ loads as a method and its manifest carries the data's rejected rule."""
+    from personalign.fspo.data.opinionqa_prefs import opinion_pairs
+    from personalign.fspo.personalizer import FSPO
+    from personalign.fspo.train.trainer import FSPOTrainer
+    from personalign.runtime.data.records import Opinion, User
+    from personalign.runtime.personalizer import SharedModels
+
+    ops = tuple(Opinion(f"{q}", (a, b, "Neither"), 0, qid=f"q{i}")
+                for i, (q, (a, b)) in enumerate(zip(QUESTIONS, ANSWERS)))
+    pairs = [p for u in ("u_a", "u_b") for op in ops
+             for p in opinion_pairs(User(u, {}, ops), op, rejected="every-other")]
+    episodes = [e.to_dict() for e in build_episodes(pairs, n_shots=1, passes=1, seed=0)][:2]
+    cfg = FSPOTrainConfig(output_dir=str(tmp_path), lora=LoraSettings(r=2, alpha=4),
+                          sft_steps=1, sft_targets="chosen", steps=0, grad_accum=1,
+                          sft_lr=1e-3, warmup_steps=0, eval_every=0, save_every=0, seed=0)
+    final = FSPOTrainer(cfg, train_records=episodes, eval_records=[], progress=False).fit()
+    manifest = json.loads((final / "fspo_model.json").read_text())
+    assert (manifest["rejected_rule"], manifest["sft_targets"]) == ("every-other", "chosen")
+    method = FSPO(SharedModels(), str(final), n_shots=2).fit(User("u_c", {}, ops))
+    assert len(method._pairs(User("u_c", {}, ops))) == 2 * len(ops)  # every-other again
+    assert len(method.predict(list(ops[:1]))[0].logprobs) == 3

@@ -16,7 +16,8 @@ model, from one engine pass over [chosen, rejected, every option]:
 
 Normalized log-probs suffice: every comparison above is a difference between two completions of
 one prompt, which normalization leaves unchanged. Models trained on the user-description variant
-write a description first: their options are scored after the description they generate.
+(asked as-is) and every model asked in mode ``rat`` answer after the user description they write
+themselves (``personalign.fspo.description``, the rule the ``fspo`` method uses too).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import final_question, query_options, transform_prompt
+from personalign.fspo.description import DESCRIPTION_HEADER, descriptions_for, with_description
 from personalign.fspo.personalizer import RESPONSE_HEADER
 from personalign.fspo.train.model import model_files
 from personalign.runtime.errors import ConfigError
@@ -49,7 +51,6 @@ class EpisodeModel:
     reference_name: str | None = None
 
 
-DESCRIPTION_HEADER = "## User Description\n"
 #: what every model's responses are judged against: the base model without the user's shots
 PLAIN_BASE = EpisodeModel("base-no-shots", "base", "zero-shot")
 
@@ -87,36 +88,36 @@ def has_reference(spec: str) -> bool:
 
 
 def _description_first(record: dict[str, Any], mode: str) -> bool:
-    """Episodes of the user-description variant, asked as-is: the model was trained to write
-    the user's description before its preferred response."""
+    """The model writes (or is given) the user's description before its response: asked
+    with FSPO's predicted-description step (rat), or an episode of the user-description
+    variant asked as-is (what the model was trained to do)."""
     meta = record.get("meta") or {}
-    return mode == "as-is" and meta.get("variant") == "user-description"
+    return mode == "rat" or (mode == "as-is" and meta.get("variant") == "user-description")
 
 
 def _score(llm: LLM, records, mode, descriptions, phase) -> list[list[float]]:
-    """Per record: log-probs of [chosen, rejected, every option]. A description-first model's
-    options are scored after the description it writes itself (greedy), as it would answer;
-    its chosen and rejected completions already hold their descriptions."""
+    """Per record: log-probs of [chosen, rejected, every option]. A description-first model
+    answers after the description it writes (``fspo.description``; ``descriptions`` are the
+    judge's and the oracle's, not given to it); completions that already hold their
+    descriptions (the variant's) follow the prompt."""
     prompts = [transform_prompt(rec, mode, descriptions) for rec in records]
+    held = [rec["chosen"].startswith(DESCRIPTION_HEADER) for rec in records]
     first = [i for i, rec in enumerate(records)
-             if _description_first(rec, mode) and query_options(rec)]
-    written: dict[int, str] = {}
-    if first:
-        params = SamplingParams(max_tokens=64, stop=("\n#",))
-        with llm.phase(f"{phase}/description"):
-            texts = llm.generate([prompts[i] + DESCRIPTION_HEADER for i in first], params)
-        written = {i: f"{DESCRIPTION_HEADER}{t[0].strip()}\n" for i, t in zip(first, texts)}
+             if _description_first(rec, mode) and (query_options(rec) or not held[i])]
+    texts = descriptions_for(llm, [prompts[i] for i in first], f"{phase}/description")
+    written = {i: with_description(prompts[i], t) for i, t in zip(first, texts)}
     items, parts = [], []
     for i, rec in enumerate(records):
         opts = query_options(rec)
         choices = tuple(f"{RESPONSE_HEADER}{o.strip()}\n" for o in opts[0]) if opts else ()
         pair = (rec["chosen"], rec["rejected"])
-        if i in written:  # normalized per item: each comparison stays within one item
+        if i in written and held[i]:  # normalized per item: each comparison stays within one
             items += [ChoiceItem(prefix=prompts[i], prompt="", options=pair),
-                      ChoiceItem(prefix=prompts[i] + written[i], prompt="", options=choices)]
+                      ChoiceItem(prefix=written[i], prompt="", options=choices)]
             parts.append(2)
         else:
-            items.append(ChoiceItem(prefix=prompts[i], prompt="", options=pair + choices))
+            items.append(ChoiceItem(prefix=written.get(i, prompts[i]), prompt="",
+                                    options=pair + choices))
             parts.append(1)
     with llm.phase(phase):
         results = iter(llm.score_choices(items, method="text"))

@@ -23,9 +23,9 @@ def project_run(specs: Sequence[str], splits: Sequence, settings: MethodSettings
     for spec in specs:
         phases: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "tokens": 0})
         for split in splits:
-            method = method_class(split_spec(spec)[0])
-            for phase, cost in method.project(split.train.opinions, split.test,
-                                              settings).items():
+            name, arg = split_spec(spec)
+            for phase, cost in method_class(name).project_spec(
+                    arg, split.train.opinions, split.test, settings).items():
                 phases[phase]["calls"] += cost.calls
                 phases[phase]["tokens"] += cost.tokens
         n = max(1, len(splits))

@@ -110,8 +110,8 @@ def opinionqa(
     user_ids: Optional[str] = typer.Option(None, help="Comma-separated user ids instead."),
     methods: str = typer.Option("all", help=escape(
         "all, or a comma list of method specs: random, vanilla, profile, fewshot[:bm25], opro, "
-        "fermi_norop, fermi, fermi+fewshot, fspo[:RUN|base], pooled:RUN, oracle[:RUN]; the DSPy "
-        "peers dspy-gepa, dspy-miprov2, dspy-bootstrap (extra personalign[peers]; budget: "
+        "fermi_norop, fermi, fermi+fewshot, fspo[:RUN|base][:rat], pooled:RUN, oracle[:RUN]; "
+        "the DSPy peers dspy-gepa, dspy-miprov2, dspy-bootstrap (extra personalign[peers]; budget: "
         "Fermi's calls at --preset).")),
     fermi: list[str] = typer.Option([], "--fermi", help="FIELD=VALUE: any FermiConfig field "
                                     "(repeatable), e.g. optimizer_strategy=continuation, "

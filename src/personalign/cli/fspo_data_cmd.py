@@ -163,6 +163,11 @@ def opinionqa(
                                              "(file order; a smaller evaluation)."),
     variant: str = typer.Option("default", help="default | preferred-only | user-description "
                                 "| oracle"),
+    rejected: str = typer.Option("uniform-other", "--rejected", help="Rejected-option rule: "
+                                 "uniform-other (one pair, a seeded uniform draw among the "
+                                 "other options; the default since issue 28) | every-other "
+                                 "(a pair per other option) | ordinal-farthest (the option "
+                                 "farthest on the answer scale: the rule before issue 28)."),
     seed: int = typer.Option(0),
     max_prompt_tokens: Optional[int] = typer.Option(None, help="Drop oldest shots above this."),
     token_model: Optional[str] = typer.Option(None, help="Count tokens with this model's "
@@ -174,21 +179,24 @@ def opinionqa(
     from personalign.fspo.data.episodes import (
         build_episodes, build_eval_episodes, episode_stats, split_users, write_records,
     )
-    from personalign.fspo.data.opinionqa_prefs import load_opinionqa_preferences
+    from personalign.fspo.data.opinionqa_prefs import check_rejected, load_opinionqa_preferences
 
+    check_rejected(rejected)
     if (data is None) == (train_data is None and test_data is None) or \
             (train_data is None) != (test_data is None):
         raise ConfigError("give --data FILE (split within it) or both --train-data FILE and "
                           "--test-data FILE")
     if data is not None:
-        res = load_opinionqa_preferences(data, seed=seed)
+        res = load_opinionqa_preferences(data, seed=seed, rejected=rejected)
         pairs, skipped_users, skipped_opinions = res.pairs, res.skipped_users, \
             res.skipped_opinions
         train_ids, test_ids = split_users([p.user_id for p in pairs], test_fraction, seed)
         files = {"data": str(data), "split": f"within the file, test fraction {test_fraction}"}
     else:
-        train_res = load_opinionqa_preferences(train_data, seed=seed)
-        test_res = load_opinionqa_preferences(test_data, seed=seed)
+        train_res = load_opinionqa_preferences(train_data, seed=seed,
+                                               rejected=rejected)
+        test_res = load_opinionqa_preferences(test_data, seed=seed,
+                                              rejected=rejected)
         train_ids = list(dict.fromkeys(p.user_id for p in train_res.pairs))
         test_ids = list(dict.fromkeys(p.user_id for p in test_res.pairs))
         both = set(train_ids) & set(test_ids)
@@ -222,7 +230,8 @@ def opinionqa(
     for p in pairs:
         rules[p.meta["rule"]] = rules.get(p.meta["rule"], 0) + 1
     summary = {"protocol": "opinionqa-preferences", **files, "seed": seed,
-               "shots": shots, "variant": variant, "users": len(train_ids) + len(test_ids),
+               "shots": shots, "variant": variant, "rejected_rule": rejected,
+               "users": len(train_ids) + len(test_ids),
                "skipped_users": skipped_users,
                "skipped_opinions": skipped_opinions, "pairs": len(pairs),
                "rejected_rule_counts": rules, "train_users": train_ids, "test_users": test_ids,

@@ -119,7 +119,8 @@ def _episode_models(specs: list[str], run: Path | None):
         target, _, mode = rest.partition(":")
         mode = mode or "as-is"
         if mode not in PROMPT_MODES:
-            raise ConfigError(f"--model {spec!r}: mode must be one of {PROMPT_MODES}")
+            raise ConfigError(f"--model {spec!r}: mode must be one of {', '.join(PROMPT_MODES)} "
+                              "(a model folder whose path contains ':' is not supported)")
         model_files(target)  # a wrong folder fails before any work
         models.append(EpisodeModel(name, target, mode))
     if not models:
@@ -167,7 +168,8 @@ def eval_cmd(
                                        "base model with the same shots, FSPO and SFT only."),
     model: list[str] | None = typer.Option(None, "--model", help="More models: NAME=TARGET"
                                               "[:MODE], TARGET = base | model or run folder, "
-                                              "MODE = as-is | zero-shot | oracle."),
+                                              "MODE = as-is | zero-shot | oracle | rat "
+                                              "(write the user's description, then answer)."),
     descriptions: Path | None = typer.Option(None, help="User descriptions: OpinionQA file "
                                                 "(profile text) or JSONL user_id/description."),
     judge: str | None = typer.Option(None, help="Judge LLM spec for win rates "

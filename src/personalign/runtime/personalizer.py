@@ -19,7 +19,8 @@ benchmark, the cost projection and the service use nothing else of a method:
 - ``describe()`` says what a fit holds (prompts, shots, model) as a :class:`Personalization`;
   ``fit_rounds`` how many optimizer rounds a fit makes (for progress), if it counts them.
 - ``project(shots, test, settings)`` projects its LLM calls and tokens per phase for one user
-  (:class:`~personalign.runtime.cost.Cost`) before a run.
+  (:class:`~personalign.runtime.cost.Cost`) before a run; ``project_spec(arg, ...)`` is what
+  the projection calls, for a method whose spec argument changes its cost (FSPO's ``:rat``).
 - ``save(path)`` / ``personalign.methods.load(path, models)``: answers after load equal those
   before; a fit saved with other models (task model, scoring) is refused at load.
 - Cost is counted by the LLMs' usage, per phase ``<method>/fit`` and ``<method>/predict``.
@@ -297,6 +298,12 @@ class Personalizer(ABC):
         per question."""
         return scored_questions(f"{cls.name}/predict", test)
 
+    @classmethod
+    def project_spec(cls, arg: str | None, shots: Sequence[Opinion], test: Sequence[Opinion],
+                     settings: Any) -> dict[str, Cost]:
+        """:meth:`project` for the spec ``name:arg``; by default the argument costs nothing."""
+        return cls.project(shots, test, settings)
+
     def score(self, questions: Sequence[Opinion]) -> float:
         """Mean accuracy on answered questions, through :meth:`predict`."""
         answers = self.predict(questions)
@@ -329,13 +336,15 @@ class ScoredPrompt:
 @dataclass(frozen=True)
 class Personalization:
     """What a fitted method holds: the prompts it chooses from, the shots it shows, the
-    model it answers with (None: not this kind of method)."""
+    model it answers with, the user description it answers after (None: not this kind of
+    method, or none yet)."""
 
     method: str
     prompts: tuple[ScoredPrompt, ...] | None = None
     collapsed: bool | None = None           # the optimizer's prompts all came out alike
     shots: int | None = None
     model: str | None = None
+    description: str | None = None          # the user description the last answer followed
 
 
 @dataclass(frozen=True)

@@ -414,6 +414,8 @@ class PersonalizationService:
             out["model"] = self._served_as(user_id)
         if held.shots is not None:
             out["shots"] = held.shots
+        if held.description is not None:
+            out["description"] = held.description
         return out
 
     def _served_as(self, user_id: str) -> str | None:

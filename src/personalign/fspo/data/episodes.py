@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 from personalign.fspo.data.serialization import (
     Shot,
     check_variant,
+    describe_first,
     serialize_completions,
     serialize_prompt,
 )
@@ -245,8 +246,10 @@ def episode_stats(episodes: Sequence[Episode]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- prompt modes
 #: how an evaluation asks an episode: as built (few-shot), without its shots (pooled
-#: training's baseline), or with the user's description first (oracle)
-PROMPT_MODES = ("as-is", "zero-shot", "oracle")
+#: training's baseline), with the user's description first (oracle), or asked to write the
+#: user's description before answering (rat: FSPO's predicted description,
+#: :mod:`personalign.fspo.description`)
+PROMPT_MODES = ("as-is", "zero-shot", "oracle", "rat")
 QUESTION_MARK = "## Question\n"
 
 
@@ -271,6 +274,8 @@ def transform_prompt(record: dict[str, Any], mode: str,
             raise DataError(f"no description for user {record['user_id']!r} (oracle mode)",
                             field="user_id")
         return f"# User Description\n{description}\n\n{prompt}"
+    if mode == "rat":
+        return describe_first(prompt)
     raise ConfigError(f"unknown prompt mode {mode!r}; known: {', '.join(PROMPT_MODES)}")
 
 

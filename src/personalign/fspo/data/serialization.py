@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from personalign.runtime.errors import ConfigError
+from personalign.runtime.errors import ConfigError, DataError
 
 VARIANTS = ("default", "preferred-only", "user-description", "oracle")
 
@@ -105,6 +105,19 @@ def serialize_prompt(shots: Sequence[Shot], question: str, variant: str = "defau
             raise ConfigError("the oracle variant needs the user's description")
         text = f"# User Description\n{user_description}\n\n" + text
     return text
+
+
+def describe_first(prompt: str) -> str:
+    """An episode prompt with the user-description variant's task line (the model is asked
+    to describe the user, then answer): ``serialize_prompt``'s user-description prompt of the
+    same shots and question."""
+    at = prompt.rfind("# Task\n")
+    if at < 0:
+        raise DataError("episode prompt has no '# Task' section", field="prompt")
+    start = at + len("# Task\n")
+    end = prompt.find("\n", start) % (len(prompt) + 1)  # no newline: to the end
+    shots = "# Example " in prompt[:at]
+    return prompt[:start] + task_line("user-description", int(shots)) + prompt[end:]
 
 
 def response_header(variant: str) -> str:

@@ -55,8 +55,20 @@ class FSPOTrainConfig(Config):
 
     # Stage 1
     sft_steps: int = field(default=20, metadata={
-        "help": "Stage 1: SFT steps on chosen AND rejected completions (completion-only "
+        "help": "Stage 1: SFT steps on the completions sft_targets names (completion-only "
                 "loss). 0 skips it."})
+    sft_targets: Literal["both", "chosen"] = field(default="both", metadata={
+        "help": "What stage 1 trains on: both (FSPO's recipe: chosen AND rejected "
+                "completions) or chosen (few-shot Pref-FT, the paper's baseline: the preferred "
+                "responses only; with steps 0 the run is Pref-FT alone)."})
+    sft_reduction: Literal["sum", "mean"] = field(default="sum", metadata={
+        "help": "Stage 1 loss per completion: sum (the reference code's: negative "
+                "log-likelihood summed over its tokens, averaged over completions; the default "
+                "since issue 28) or mean (over all completion tokens; the earlier default). "
+                "sum scales the gradient by about the completion length T: with plain SGD that "
+                "is a T times larger learning rate; RMSprop and AdamW divide it out (the lr "
+                "carries over), but long completions then weigh more and max_grad_norm clips "
+                "T times sooner."})
     sft_lr: float = field(default=1e-4, metadata={"help": "Stage 1 learning rate."})
     # Stage 2
     loss: Literal["ipo_sum", "ipo", "dpo"] = field(default="ipo_sum", metadata={
@@ -122,6 +134,8 @@ class FSPOTrainConfig(Config):
                      "eval_max_pairs", "validation_users", "validation_max_questions"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.sft_targets == "chosen" and self.sft_steps == 0:
+            raise ConfigError("sft_targets chosen (Pref-FT) needs sft_steps > 0")
         if self.grad_accum < 1:
             raise ConfigError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.max_prompt_tokens < 16 or self.max_completion_tokens < 1:

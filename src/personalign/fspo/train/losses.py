@@ -74,6 +74,14 @@ def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
             "reward_rejected": rejected_rewards.float().mean().item()}
 
 
-def completion_nll(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Completion-only SFT loss: mean negative log-likelihood over the masked tokens."""
-    return -(token_logps * mask).sum() / mask.sum().clamp(min=1)
+def completion_nll(token_logps: torch.Tensor, mask: torch.Tensor,
+                   reduction: str = "sum") -> torch.Tensor:
+    """Completion-only SFT loss of completions (rows) of one prompt: ``sum``, the negative
+    log-likelihood summed over each completion's masked tokens and averaged over completions
+    (the reference code's); ``mean``, averaged over all masked tokens."""
+    nll = -(token_logps * mask).sum()
+    if reduction == "sum":
+        return nll / token_logps.shape[0]
+    if reduction == "mean":
+        return nll / mask.sum().clamp(min=1)
+    raise ValueError(f"unknown reduction {reduction!r}")

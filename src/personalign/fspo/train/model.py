@@ -41,18 +41,27 @@ def write_manifest(folder: Path, **fields: Any) -> None:
     atomic_write_json(Path(folder) / MANIFEST, fields, indent=2)
 
 
-def model_files(spec: str) -> tuple[str, list[str]]:
-    """(base model, adapter folders in merge order) of ``base``, a model folder written by
-    the FSPO trainer, or a training run folder (its ``final/``)."""
+def read_manifest(spec: str) -> dict[str, Any]:
+    """The manifest of a model folder written by the FSPO trainer, or of a training run
+    folder (its ``final/``), with ``folder`` added; ``{}`` for ``base``."""
     if spec == "base":
-        return embedded.FAST_GENERATOR, []
+        return {}
     folder = Path(spec)
     if not (folder / MANIFEST).exists() and (folder / "final" / MANIFEST).exists():
         folder = folder / "final"
     if not (folder / MANIFEST).exists():
         raise ModelError(f"{spec}: no {MANIFEST} here or in final/ (not an FSPO model or run); "
                          "use base for the untrained model")
-    m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    return {**json.loads((folder / MANIFEST).read_text(encoding="utf-8")), "folder": str(folder)}
+
+
+def model_files(spec: str) -> tuple[str, list[str]]:
+    """(base model, adapter folders in merge order) of ``base``, a model folder written by
+    the FSPO trainer, or a training run folder (its ``final/``)."""
+    if spec == "base":
+        return embedded.FAST_GENERATOR, []
+    m = read_manifest(spec)
+    folder = Path(m["folder"])
     if m.get("finetune") == "full":
         return str(folder / m["model"]), []
     return m["base"], [str(folder / m[k]) for k in ("sft_adapter", "adapter") if m.get(k)]

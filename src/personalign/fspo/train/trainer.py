@@ -1,4 +1,5 @@
-"""FSPO training: stage 1 SFT on chosen and rejected completions, stage 2 summed IPO (or DPO).
+"""FSPO training: stage 1 SFT on chosen and rejected completions (``sft_targets``: chosen only
+is the few-shot Pref-FT baseline), stage 2 summed IPO (or DPO).
 
 Why a compact torch loop and not TRL's DPOTrainer/SFTTrainer:
 - FSPO's loss is IPO on log-probs SUMMED over response tokens. TRL 1.16's ``loss_type="ipo"``
@@ -43,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import query_options
+from personalign.fspo.data.opinionqa_prefs import records_rejected_rule
 from personalign.fspo.data.serialization import response_header
 from personalign.fspo.train.config import FSPOTrainConfig
 from personalign.fspo.train.data import load_episodes
@@ -233,10 +235,12 @@ class FSPOTrainer:
 
     # ---- one example --------------------------------------------------------------------
     def _sft_loss(self, example: EncodedExample) -> tuple[torch.Tensor, dict]:
-        token_logps, mask = completion_token_logps(self.model, example.prompt_ids,
-                                                   example.completion_ids,
+        # Pref-FT trains on the first completion (the chosen) only
+        completions = example.completion_ids[:1] if self.config.sft_targets == "chosen" \
+            else example.completion_ids
+        token_logps, mask = completion_token_logps(self.model, example.prompt_ids, completions,
                                                    self.tokenizer.pad_token_id)
-        return completion_nll(token_logps, mask), {}
+        return completion_nll(token_logps, mask, self.config.sft_reduction), {}
 
     def _pref_loss(self, example: EncodedExample) -> tuple[torch.Tensor, dict]:
         pad = self.tokenizer.pad_token_id
@@ -483,7 +487,7 @@ class FSPOTrainer:
                     shutil.copytree(self.out / "sft" / "adapter", tmp / "sft_adapter")
                     sft_adapter = "sft_adapter"
                 write_manifest(tmp, finetune="lora", base=cfg.model, sft_adapter=sft_adapter,
-                               adapter="adapter", stage=stage, variant=self._variant())
+                               adapter="adapter", stage=stage, **self._data_fields())
             else:
                 if best is not None:
                     shutil.copytree(best / "model", tmp / "model")
@@ -497,15 +501,19 @@ class FSPOTrainer:
                     else:
                         fields["reference_model"] = cfg.model
                 write_manifest(tmp, finetune="full", model="model", stage=stage,
-                               variant=self._variant(), **fields)
+                               **self._data_fields(), **fields)
                 if stage == "sft":
                     self._sft_in_memory = True
             (tmp / COMPLETE).write_text("")
 
-    def _variant(self) -> str:
-        """The episodes' serialization variant (the data side records it in meta)."""
+    def _data_fields(self) -> dict[str, Any]:
+        """What inference must repeat of the training data: the episodes' serialization
+        variant and, for OpinionQA data, the rejected-option rule of its pairs (None where
+        the data does not tell); and what stage 1 trained on."""
         from collections import Counter
 
         counts = Counter((r.get("meta") or {}).get("variant", "default")
                          for r in self.train_records)
-        return counts.most_common(1)[0][0]
+        return {"variant": counts.most_common(1)[0][0],
+                "rejected_rule": records_rejected_rule(self.train_records),
+                "sft_targets": self.config.sft_targets if self.config.sft_steps else None}
