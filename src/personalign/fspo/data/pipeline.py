@@ -37,7 +37,9 @@ from typing import Any, Callable, Literal, Sequence
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import write_jsonl
-from personalign.fspo.data.judge import Consistency, JudgeMethod, PairJob, PairwiseJudge
+from personalign.fspo.data.judge import (
+    DEFAULT_CONSISTENCY, DEFAULT_JUDGE, Consistency, JudgeMethod, PairJob, PairwiseJudge,
+)
 from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
     GeneratorSpec,
@@ -78,9 +80,9 @@ class SynthConfig(Config):
     pairs_per_question: int = 2      # pairs judged per user and question
     generators: list[str] = field(default_factory=lambda: [FAST_GENERATOR])
     temperatures: list[float] = field(default_factory=lambda: [0.8])
-    judge_model: str = FAST_GENERATOR
+    judge_model: str = DEFAULT_JUDGE
     judge_method: JudgeMethod = "letter"
-    consistency: Consistency = "strict"
+    consistency: Consistency = DEFAULT_CONSISTENCY
     max_tokens: int = 160
     refine: RefineConfig = field(default_factory=RefineConfig)
     seed: int = 0
