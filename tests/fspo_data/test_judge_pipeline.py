@@ -92,7 +92,7 @@ def test_win_rate_judges_both_orders_with_the_users_description():
     wr = win_rate(FakeLLM(chooser=prefers_good, model_id="judge-x"), items)
     assert (wr.scores, wr.mean, wr.n, wr.judge) == ([1.0, 0.0], 0.5, 2, "judge-x")
     assert wr.as_dict() == {"win_rate": 0.5, "se": pytest.approx(0.5), "n": 2, "ties": 0,
-                            "judge_consistent": 1.0, "consistency": "strict",
+                            "judge_consistent": 1.0, "consistency": "calibrated",
                             "judge": "judge-x"}
     # A judge that always says (A) is order-inconsistent: every item is a tie.
     always_a = win_rate(FakeLLM(chooser=lambda item: 0), items)
@@ -104,7 +104,7 @@ def test_win_rate_judges_both_orders_with_the_users_description():
         return 0 if "good" in _responses(item.prefix + item.prompt)[0] or "meh" in \
             item.prompt else 1
 
-    strict = win_rate(FakeLLM(chooser=leans_a), items)
+    strict = win_rate(FakeLLM(chooser=leans_a), items, consistency="strict")
     assert strict.scores == [1.0, 0.5] and strict.consistent == 0.5 and strict.ties == 1
     # calibrated: FakeLLM's margins are all equal, so removing its bias (a quarter of one
     # margin toward "A") moves no verdict

@@ -65,7 +65,7 @@ def test_win_rate_against_each_models_own_base_over_all_records(tmp_path, monkey
     for name in ("base", "small", "big"):
         row = dict(zip(head, lines[name]))
         assert row["n"] == str(len(records)) and row["judge"] == "judge"
-        assert row["calibration"] == "strict"
+        assert row["calibration"] == "calibrated"  # the default
         # the judge sides with the shots in both orders: every item won, none a tie
         assert row["Win rate"] == "1.000" and row["ties"] == "0"
         assert row["judge order-consistent"] == "1.00"

@@ -238,7 +238,7 @@ def eval_cmd(
 
     With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
     reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,
-    oracle=base:oracle with --descriptions)."""
+    oracle=base:oracle, with the descriptions the data carries or --descriptions)."""
     from personalign.bench.preferences import evaluate_episodes
     from personalign.fspo.train.data import load_episodes
     from personalign.runtime.settings import configure_threads

@@ -51,8 +51,11 @@ Domain = Literal["opinionqa", "elix", "reviews", "roleplay"]
 #: judge before it, answered "A" whatever the order (every win rate a tie); this one decides
 #: (``personalign fspo judge-check``).
 DEFAULT_JUDGE = f"llamacpp:{DEFAULT_TASK}"
-#: Order consistency of the default judge, chosen on known pairs (``fspo judge-check``).
-DEFAULT_CONSISTENCY: Consistency = "strict"
+#: Order consistency by default, chosen on known pairs (``fspo judge-check``, Qwen 1.5B): its
+#: margins are small beside its lean toward "A" (log-odds +0.3), so "strict" left 83% of the
+#: synthetic pairs tied (accuracy 0.58); "calibrated" decided half of them, 92% rightly
+#: (accuracy 0.71). On OpinionQA pairs both sat at chance (0.50 / 0.48, s.e. 0.06).
+DEFAULT_CONSISTENCY: Consistency = "calibrated"
 
 #: What each domain rewards (fspo.md "Synthetic data"); the synthetic users carry the same text.
 OPINIONQA_GUIDELINES = ("Prefer the answer this person would most likely give in an opinion "
