@@ -168,8 +168,9 @@ def _fake_pipeline_llm():
 
 
 def test_pipeline_end_to_end_fake(tmp_path):
+    # strict: the labels below are worked out with the plain two-order rule
     cfg = SynthConfig(domain="elix", users=10, questions=6, pairs_per_question=3,
-                      generators=["fake"], judge_model="fake",
+                      generators=["fake"], judge_model="fake", consistency="strict",
                       refine=RefineConfig(rounds=1, max_traits=1))
     llm = _fake_pipeline_llm()
     budgets = []

@@ -256,8 +256,8 @@ class SyntheticPipeline:
                                                                                 Response]]:
         """``pairs_per_question`` distinct response pairs of a question, drawn (and oriented)
         with a seed from (seed, question). Every user judges the same pairs, as in the
-        released ELIX/Reviews data (one pair, several scorers), and the judge encodes each
-        pair once for all users."""
+        released ELIX/Reviews data (one pair, several scorers); the judge's shared prefix is
+        the user's description (``fspo.data.judge``)."""
         combos = list(itertools.combinations(range(len(rs)), 2))
         rng = random.Random(derive_seed(self.cfg.seed, q.qid, "pairs"))
         rng.shuffle(combos)
