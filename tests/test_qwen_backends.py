@@ -43,10 +43,8 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def llamacpp():
-    from personalign.runtime.llm.llamacpp_backend import LlamaCppLLM
-
-    return LlamaCppLLM(MODEL, cache=False, n_ctx=2048)
+def llamacpp(qwen_llamacpp):
+    return qwen_llamacpp
 
 
 def _items(dev_data_path) -> list[ChoiceItem]:

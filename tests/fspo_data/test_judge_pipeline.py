@@ -40,7 +40,7 @@ def test_decide_both_orders():
 
 def _responses(full):
     a = full.split("Response A:\n")[1].split("\n\nResponse B:")[0]
-    b = full.split("Response B:\n")[1].split("\n\nUser description:")[0]
+    b = full.split("Response B:\n")[1].split("\n\nScoring guidelines:")[0]
     return a, b
 
 
@@ -63,10 +63,11 @@ def test_judge_asks_both_orders_and_drops_inconsistent():
     assert [j.label for j in out] == [0, 1, None]
     assert out[0].p_x > 0.5 and out[1].p_x < 0.5 and out[2].p_x == pytest.approx(0.5)
     xy, yx = PairwiseJudge.items("D", "G", jobs[0])
-    assert "Ignore the length" in xy.prefix and xy.prompt.endswith("Answer:")
-    assert "Response A:\napple pie" in xy.prefix and "Response A:\nbanana" in yx.prefix
-    # The pair is the shared prefix; the user's description follows it.
-    assert xy.prompt.startswith("User description: D\nScoring guidelines: G\n")
+    assert "not better for being longer" in xy.prompt and xy.prompt.endswith("Answer:")
+    assert "Response A:\napple pie" in xy.prompt and "Response A:\nbanana" in yx.prompt
+    # The user's description is the shared prefix; the pair and the guidelines follow it.
+    assert xy.prefix == yx.prefix == "User description: D\n\n"
+    assert "Scoring guidelines: G\n" in xy.prompt
     assert xy.options == ("A", "B")
     with pytest.raises(ConfigError):
         PairwiseJudge(llm, method="vote")
@@ -81,7 +82,7 @@ def test_judge_generate_method_parses_answers():
 def test_win_rate_judges_both_orders_with_the_users_description():
     def prefers_good(item):
         a, _ = _responses(item.prefix + item.prompt)
-        assert "User description: likes good things" in item.prompt
+        assert "User description: likes good things" in item.prefix
         return 0 if "good" in a else 1
 
     items = [{"question": "q", "description": "likes good things", "response": "good one",
@@ -90,11 +91,26 @@ def test_win_rate_judges_both_orders_with_the_users_description():
               "baseline": "good"}]
     wr = win_rate(FakeLLM(chooser=prefers_good, model_id="judge-x"), items)
     assert (wr.scores, wr.mean, wr.n, wr.judge) == ([1.0, 0.0], 0.5, 2, "judge-x")
-    assert wr.as_dict() == {"win_rate": 0.5, "se": pytest.approx(0.5), "n": 2,
+    assert wr.as_dict() == {"win_rate": 0.5, "se": pytest.approx(0.5), "n": 2, "ties": 0,
+                            "judge_consistent": 1.0, "consistency": "calibrated",
                             "judge": "judge-x"}
     # A judge that always says (A) is order-inconsistent: every item is a tie.
     always_a = win_rate(FakeLLM(chooser=lambda item: 0), items)
     assert always_a.scores == [0.5, 0.5] and always_a.se == 0.0
+    assert always_a.ties == 2 and always_a.consistent == 0.0
+    # A judge that sees "good" only when it is shown first, else says "A": the first item
+    # decided, the second order-inconsistent (a tie), and that is what is reported.
+    def leans_a(item):
+        return 0 if "good" in _responses(item.prefix + item.prompt)[0] or "meh" in \
+            item.prompt else 1
+
+    strict = win_rate(FakeLLM(chooser=leans_a), items, consistency="strict")
+    assert strict.scores == [1.0, 0.5] and strict.consistent == 0.5 and strict.ties == 1
+    # calibrated: FakeLLM's margins are all equal, so removing its bias (a quarter of one
+    # margin toward "A") moves no verdict
+    calibrated = win_rate(FakeLLM(chooser=leans_a), items, consistency="calibrated")
+    assert calibrated.scores == [1.0, 0.5] and calibrated.consistent == 0.5
+    assert calibrated.as_dict()["consistency"] == "calibrated"
     with pytest.raises(DataError):
         win_rate(FakeLLM(), [])
 
@@ -152,8 +168,9 @@ def _fake_pipeline_llm():
 
 
 def test_pipeline_end_to_end_fake(tmp_path):
+    # strict: the labels below are worked out with the plain two-order rule
     cfg = SynthConfig(domain="elix", users=10, questions=6, pairs_per_question=3,
-                      generators=["fake"], judge_model="fake",
+                      generators=["fake"], judge_model="fake", consistency="strict",
                       refine=RefineConfig(rounds=1, max_traits=1))
     llm = _fake_pipeline_llm()
     budgets = []

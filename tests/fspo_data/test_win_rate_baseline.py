@@ -1,8 +1,10 @@
-"""The win rate FSPO reports: every model against the plain base model without shots, over
-every test record (not the first model, not the first 20 records)."""
+"""The win rate FSPO reports: every model against its own base model without shots, over
+every test record (not the first model, not the first 20 records), with the judge's order
+consistency beside it."""
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import personalign.bench.preferences as prefs
@@ -12,7 +14,7 @@ from personalign.runtime.llm.fake import FakeLLM
 from tests.fspo_data.test_cli import _users_file
 
 
-def test_win_rate_against_the_plain_base_model_over_all_records(tmp_path, monkeypatch):
+def test_win_rate_against_each_models_own_base_over_all_records(tmp_path, monkeypatch):
     data = _users_file(tmp_path / "a.jsonl", "a", 6)
     out = tmp_path / "ep"
     result = CliRunner().invoke(app, ["opinionqa", "--data", str(data), "--out", str(out),
@@ -39,20 +41,40 @@ def test_win_rate_against_the_plain_base_model_over_all_records(tmp_path, monkey
     monkeypatch.setattr(prefs, "completion_llm", fake_llm)
     monkeypatch.setattr(prefs, "model_identity", lambda spec: spec)
     monkeypatch.setattr(prefs, "has_reference", lambda spec: False)
-    models = [prefs.EpisodeModel("base", "base"), prefs.EpisodeModel("other", "other-model")]
-    judge = FakeLLM(model_id="judge")
+    # "base" and "small-run" were trained from model-s, "big-run" from model-b
+    bases = {"base": "model-s", "small-run": "model-s", "big-run": "model-b"}
+    monkeypatch.setattr(prefs, "base_model", lambda spec: bases.get(spec, spec))
+    monkeypatch.setattr(prefs, "model_files", lambda spec: (bases.get(spec, spec),
+                                                            [spec] if spec in bases else []))
+    models = [prefs.EpisodeModel("base", "base"), prefs.EpisodeModel("small", "small-run"),
+              prefs.EpisodeModel("big", "big-run")]
+    # the judge prefers whichever response was written with the shots, in either position
+    judge = FakeLLM(model_id="judge", chooser=lambda item: 0 if "Response A:\nwith shots"
+                    in item.prompt else 1)
     summary = prefs.evaluate_episodes(models, records, tmp_path / "report",
                                       protocol="opinionqa-preferences", judge=judge,
                                       gen_max_tokens=4, progress=False)
     readme = (tmp_path / "report" / "README.md").read_text()
     table = readme.split("## Win rate")[1].split("\n## ")[0]
-    # both models, the base with shots included, against the base without shots, n = all
-    assert table.count("| base-no-shots |") == 2
-    assert f"| {len(records)} |" in table
-    # the baseline's prompts carry no shots; the with-shots base's do
-    plain = [p for p in asked["base"] if "Example" not in p]
-    assert len(plain) == len(records) and len(asked["base"]) == 2 * len(records)
-    assert {m["method"] for m in summary["per_method"]} == {"base", "other"}
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+             for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    # every model against its own base without shots, n = every record
+    assert lines["base"][1] == lines["small"][1] == "base-no-shots (model-s)"
+    assert lines["big"][1] == "base-no-shots (model-b)"
+    head = lines["Model"]
+    for name in ("base", "small", "big"):
+        row = dict(zip(head, lines[name]))
+        assert row["n"] == str(len(records)) and row["judge"] == "judge"
+        assert row["calibration"] == "calibrated"  # the default
+        # the judge sides with the shots in both orders: every item won, none a tie
+        assert row["Win rate"] == "1.000" and row["ties"] == "0"
+        assert row["judge order-consistent"] == "1.00"
+    # each base generated once, without shots, with the same token budget as its models
+    for base in ("model-s", "model-b"):
+        assert len(asked[base]) == len(records)
+        assert all("Example" not in p for p in asked[base])
+    assert all("Example" in p for p in asked["base"])
+    assert {m["method"] for m in summary["per_method"]} == {"base", "small", "big"}
 
 
 def test_description_first_model_scores_options_after_its_own_description(monkeypatch):
@@ -88,3 +110,30 @@ def test_description_first_model_scores_options_after_its_own_description(monkey
     seen.clear()
     prefs._score(llm, records, "zero-shot", {}, "x")
     assert len(seen) == 2 and all("The user farms" not in it.prefix for it in seen)
+
+
+def test_each_model_is_compared_with_the_model_it_was_trained_from(tmp_path):
+    from personalign.fspo.train.model import MANIFEST, base_model, model_files
+    from personalign.runtime.errors import ModelError
+    from personalign.runtime.models import FAST_GENERATOR
+
+    def folder(name: str, manifest: dict):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / MANIFEST).write_text(json.dumps(manifest))
+        return str(tmp_path / name)
+
+    lora = folder("lora", {"finetune": "lora", "base": "qwen2.5-coder-0.5b-instruct",
+                           "sft_adapter": "sft_adapter", "adapter": "adapter"})
+    full = folder("full", {"finetune": "full", "model": "model", "base": "gemma3-270m"})
+    old = folder("old", {"finetune": "full", "model": "model", "reference_model": "gemma3-270m"})
+    bare = folder("bare", {"finetune": "full", "model": "model"})
+    assert base_model(lora) == "qwen2.5-coder-0.5b-instruct"
+    assert base_model(full) == base_model(old) == "gemma3-270m"
+    assert base_model("base") == FAST_GENERATOR
+    assert base_model("gemma3-270m") == "gemma3-270m"  # a base is its own base
+    assert model_files("gemma3-270m") == ("gemma3-270m", [])
+    with pytest.raises(ModelError, match="names no base model"):
+        base_model(bare)
+    baseline = prefs.baseline_of(prefs.EpisodeModel("fspo", lora))
+    assert baseline == prefs.EpisodeModel("base-no-shots (qwen2.5-coder-0.5b-instruct)",
+                                          "qwen2.5-coder-0.5b-instruct", "zero-shot")

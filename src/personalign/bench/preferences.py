@@ -10,9 +10,11 @@ model, from one engine pass over [chosen, rejected, every option]:
   the reference pass is also reported as a model of its own ("sft-only");
 - ``correct`` (choice accuracy, where the episode carries the question's options and answer):
   the option the model would most likely write as the preferred response;
-- win rate against the plain base model (no shots, FSPO's baseline) over every test record:
-  greedy responses judged in both orders with the user's description
-  (``fspo.data.judge.win_rate``).
+- win rate against the model's own base (the model it was trained from, without adapters or
+  shots: FSPO's baseline) over every test record: greedy responses of both, prompted the same
+  way (FSPO's raw-text format) with the same token budget, judged in both orders with the
+  user's description and the domain's guidelines (``fspo.data.judge.win_rate``); the judge's
+  order consistency on those items is reported beside each win rate.
 
 Normalized log-probs suffice: every comparison above is a difference between two completions of
 one prompt, which normalization leaves unchanged. Models trained on the user-description variant
@@ -30,9 +32,10 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import final_question, query_options, transform_prompt
+from personalign.fspo.data.judge import DEFAULT_CONSISTENCY, Consistency
 from personalign.fspo.description import DESCRIPTION_HEADER, descriptions_for, with_description
 from personalign.fspo.personalizer import RESPONSE_HEADER
-from personalign.fspo.train.model import model_files
+from personalign.fspo.train.model import base_model, model_files
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.base import LLM
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
@@ -51,23 +54,31 @@ class EpisodeModel:
     reference_name: str | None = None
 
 
-#: what every model's responses are judged against: the base model without the user's shots
-PLAIN_BASE = EpisodeModel("base-no-shots", "base", "zero-shot")
+def baseline_of(m: EpisodeModel) -> EpisodeModel:
+    """What ``m``'s responses are judged against: the model it was trained from, without
+    adapters and without the user's shots (each trained model against its own base)."""
+    base = base_model(m.model)
+    return EpisodeModel(f"base-no-shots ({Path(base).name})", base, "zero-shot")
 
 
 def _generations(run: RunFolder, shared: SharedModels, m: EpisodeModel,
                  records: Sequence[dict[str, Any]], descriptions: dict[str, str],
-                 max_tokens: int) -> list[str]:
-    """``m``'s greedy responses to the records' questions (a resumable unit)."""
-    unit = f"{m.name}/generations"
+                 max_tokens: int, unit: str | None = None) -> list[str]:
+    """``m``'s greedy responses to the records' questions (a resumable unit); a
+    description-first model answers after the description it writes, as it is scored."""
+    unit = unit or f"{m.name}/generations"
     inputs = [list(records), [model_identity(m.model), m.mode], descriptions]
     gens = run.load(unit, inputs)
     if gens is None:
         llm = completion_llm(shared, m.model)
+        prompts = [transform_prompt(r, m.mode, descriptions) for r in records]
+        first = [i for i, r in enumerate(records) if _description_first(r, m.mode)]
+        written = descriptions_for(llm, [prompts[i] for i in first], f"{m.name}/description")
+        for i, text in zip(first, written):
+            prompts[i] = with_description(prompts[i], text)
         params = SamplingParams(max_tokens=max_tokens, stop=("\n#",))
         with llm.phase(f"{m.name}/generate"):
-            texts = llm.generate([transform_prompt(r, m.mode, descriptions) + RESPONSE_HEADER
-                                  for r in records], params)
+            texts = llm.generate([p + RESPONSE_HEADER for p in prompts], params)
         gens = {"texts": [t[0].strip() for t in texts]}
         run.save(unit, gens, inputs)
     return gens["texts"]
@@ -145,15 +156,58 @@ def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> 
     return rows
 
 
+def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeModel],
+               records: Sequence[dict[str, Any]], descriptions: dict[str, str], judge: LLM,
+               consistency: Consistency, guidelines: str, max_tokens: int) -> str:
+    """Each model's win rate against its own base (:func:`baseline_of`), one resumable unit
+    per model; the markdown table (win rate, s.e., n, ties, the judge's order consistency)."""
+    from personalign.fspo.data.judge import win_rate
+
+    questions = [final_question(r["prompt"]) for r in records]
+    users_descriptions = [descriptions.get(r["user_id"], "") for r in records]
+    table = []
+    for m in models:
+        baseline = baseline_of(m)
+        if (model_files(m.model), m.mode) == (model_files(baseline.model), baseline.mode):
+            continue  # the baseline itself
+        texts = _generations(run, shared, m, records, descriptions, max_tokens)
+        against = _generations(run, shared, baseline, records, descriptions, max_tokens,
+                               unit=f"baseline/{baseline.model}/generations")
+        unit = f"{m.name}/win-rate"
+        inputs = [texts, against, questions, users_descriptions, guidelines, consistency,
+                  getattr(judge, "model_id", str(judge))]
+        w = run.load(unit, inputs)
+        if w is None:
+            items = [{"question": q, "description": d, "response": t, "baseline": b}
+                     for q, d, t, b in zip(questions, users_descriptions, texts, against)]
+            result = win_rate(judge, items, consistency=consistency, guidelines=guidelines)
+            w = result.as_dict() | {"scores": result.scores}
+            run.save(unit, w, inputs)
+        table.append({"Model": m.name, "against": baseline.name,
+                      "Win rate": f"{w['win_rate']:.3f}", "s.e.": f"{w['se']:.3f}",
+                      "n": w["n"], "ties": w["ties"],
+                      "judge order-consistent": f"{w['judge_consistent']:.2f}",
+                      "judge": w["judge"], "calibration": w["consistency"]})
+    if not table:
+        return ""
+    import pandas as pd
+
+    from personalign.bench.report import markdown
+
+    return markdown(pd.DataFrame(table))
+
+
 def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str, Any]],
                       out: str | Path, *, protocol: str, beta: float = 0.01,
                       descriptions: dict[str, str] | None = None, judge: LLM | None = None,
-                      win_max_items: int | None = None, gen_max_tokens: int = 96,
-                      shared: SharedModels | None = None, force: bool = False,
-                      progress: bool = True, meta: dict[str, Any] | None = None) -> dict:
+                      judge_consistency: Consistency = DEFAULT_CONSISTENCY,
+                      guidelines: str = "", win_max_items: int | None = None,
+                      gen_max_tokens: int = 96, shared: SharedModels | None = None,
+                      force: bool = False, progress: bool = True,
+                      meta: dict[str, Any] | None = None) -> dict:
     """Evaluate every model on the records (one unit per model and user, resumable) and write
     the report; returns the report's summary."""
-    from personalign.bench.report import markdown, sum_usage, write_report
+    from personalign.bench.report import sum_usage, write_report
 
     if not models:
         raise ConfigError("nothing to evaluate: no models")
@@ -169,8 +223,6 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
     names = [m.name for m in models] + [m.reference_name for m in models
                                         if m.reference_name and has_reference(m.model)]
     per_user: dict[str, dict[str, dict]] = {u: {} for u in by_user}
-    generations: dict[str, list[str]] = {}
-    win_records = list(records if win_max_items is None else records[:win_max_items])
     bar = tqdm(total=len(models) * len(by_user), desc="models x users", disable=not progress)
     for m in models:
         identity = [model_identity(m.model), m.mode]
@@ -200,29 +252,11 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
                 run.save(unit, result, inputs)
             per_user[user_id][m.name] = result
             bar.update(1)
-        if judge is not None and win_records and (m.model, m.mode) != (
-                PLAIN_BASE.model, PLAIN_BASE.mode):
-            generations[m.name] = _generations(run, shared, m, win_records, descriptions,
-                                               gen_max_tokens)
     bar.close()
-    win_md = ""
-    if judge is not None and generations:
-        from personalign.fspo.data.judge import win_rate
-
-        baseline = _generations(run, shared, PLAIN_BASE, win_records, descriptions,
-                                gen_max_tokens)
-        table = []
-        for name, texts in generations.items():
-            items = [{"question": final_question(r["prompt"]),
-                      "description": descriptions.get(r["user_id"], ""), "response": t,
-                      "baseline": b} for r, t, b in zip(win_records, texts, baseline)]
-            w = win_rate(judge, items)
-            table.append({"Model": name, "against": PLAIN_BASE.name,
-                          "Win rate": f"{w.mean:.3f}", "s.e.": f"{w.se:.3f}", "n": w.n,
-                          "judge": w.judge})
-        import pandas as pd
-
-        win_md = markdown(pd.DataFrame(table))
+    win_records = list(records if win_max_items is None else records[:win_max_items])
+    win_md = _win_rates(run, shared, models, win_records, descriptions, judge,
+                        judge_consistency, guidelines, gen_max_tokens) \
+        if judge is not None and win_records else ""
     user_records = []
     for user_id, results in per_user.items():
         rows = [row for r in results.values() for rs in r["rows"].values() for row in rs]

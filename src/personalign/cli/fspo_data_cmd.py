@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from personalign.fspo.data.judge import DEFAULT_CONSISTENCY, DEFAULT_JUDGE
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.models import DATA_GENERATOR
 from personalign.runtime.storage import atomic_write_json
@@ -54,11 +55,12 @@ def synth(
     generator: list[str] = typer.Option([DATA_GENERATOR], help="Generator model "
                                         "spec (repeat for an ensemble)."),
     temperature: list[float] = typer.Option([0.8], help="One, or one per generator."),
-    judge: str = typer.Option("smollm2-135m-instruct", help="Judge model spec."),
+    judge: str = typer.Option(DEFAULT_JUDGE, help="Judge model spec (default: Qwen 1.5B "
+                              "Instruct on llama.cpp, checked by `fspo judge-check`)."),
     judge_method: str = typer.Option("letter", help="letter (one scored pass per order) | "
                                      "generate (written answer, parsed)."),
-    consistency: str = typer.Option("strict", help="strict | calibrated (remove the judge's "
-                                    "position bias before the two-order test)."),
+    consistency: str = typer.Option(DEFAULT_CONSISTENCY, help="strict | calibrated (remove "
+                                    "the judge's position bias before the two-order test)."),
     max_tokens: int = typer.Option(160, help="Max tokens per response."),
     refine_rounds: int = typer.Option(1, help="Persona refinement rounds (0: none)."),
     refine_traits: int = typer.Option(2, help="Traits added per user and round."),

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from personalign.cli.config_options import config_options
+from personalign.fspo.data.judge import (
+    DEFAULT_CONSISTENCY, DEFAULT_JUDGE, Consistency, domain_guidelines,
+)
 from personalign.fspo.train.config import FSPOTrainConfig
 from personalign.runtime.errors import ConfigError, DataError
 
@@ -98,6 +102,45 @@ def _descriptions(path: Path | None) -> dict[str, str]:
     return out
 
 
+def _pair_descriptions(path: Path) -> dict[str, str]:
+    """user_id -> user_description of a preference pairs file (rows without one skipped)."""
+    from personalign.runtime.data.preferences import load_preferences
+
+    return {p.user_id: p.user_description for p in load_preferences(path)
+            if p.user_description}
+
+
+def _found_descriptions(records: list[dict], episodes: list[Path], loo_pairs: Path | None
+                        ) -> dict[str, str]:
+    """The users' descriptions where the data carries them: the episodes' own
+    ``user_description``, the pairs they were built from (``fspo-data opinionqa`` writes
+    pairs.jsonl beside them; ``fspo-data episodes`` names its pairs file in summary.json), or
+    the leave-one-out pairs."""
+    found = {r["user_id"]: r.get("user_description") or (r.get("meta") or {}).get(
+        "user_description") for r in records}
+    found = {u: d for u, d in found.items() if d}
+    sources = [loo_pairs] if loo_pairs is not None else []
+    for folder in dict.fromkeys(p.parent for p in episodes):
+        summary = folder / "summary.json"
+        named = json.loads(summary.read_text(encoding="utf-8")).get("pairs_file") \
+            if summary.is_file() else None
+        sources += [folder / "pairs.jsonl"] + ([Path(named)] if named else [])
+    users = {r["user_id"] for r in records}
+    for path in sources:
+        if path.is_file() and len(found) < len(users):
+            found = _pair_descriptions(path) | found
+    return {u: d for u, d in found.items() if u in users}
+
+
+def _domain(protocol: str, records: list[dict]) -> str | None:
+    """The domain whose guidelines the judge gets: OpinionQA's for its protocol, else the one
+    the episodes' pairs name (synthetic data records it), else none."""
+    if protocol.startswith("opinionqa"):
+        return "opinionqa"
+    domains = {((r.get("meta") or {}).get("query_meta") or {}).get("domain") for r in records}
+    return domains.pop() if len(domains) == 1 and None not in domains else None
+
+
 def _episode_models(specs: list[str], run: Path | None):
     from personalign.bench.preferences import EpisodeModel
     from personalign.fspo.data.episodes import PROMPT_MODES
@@ -171,9 +214,17 @@ def eval_cmd(
                                               "MODE = as-is | zero-shot | oracle | rat "
                                               "(write the user's description, then answer)."),
     descriptions: Path | None = typer.Option(None, help="User descriptions: OpinionQA file "
-                                                "(profile text) or JSONL user_id/description."),
-    judge: str | None = typer.Option(None, help="Judge LLM spec for win rates "
-                                        "(e.g. smollm2-135m-instruct, openai:MODEL@URL)."),
+                                                "(profile text) or JSONL user_id/description "
+                                                "(default: those the episodes' pairs carry)."),
+    win_rate: bool = typer.Option(False, "--win-rate", help="Win rates against each model's "
+                                  "own base, judged by the default judge."),
+    judge: str | None = typer.Option(None, help="Judge LLM spec for win rates (implies "
+                                        "--win-rate; default: Qwen 1.5B Instruct on llama.cpp; "
+                                        "e.g. openai:MODEL@URL)."),
+    judge_consistency: str = typer.Option(DEFAULT_CONSISTENCY, help="strict | calibrated "
+                                          "(remove the judge's position bias first)."),
+    domain: str | None = typer.Option(None, help="Whose guidelines the judge gets: opinionqa "
+                                      "| elix | reviews | roleplay (default: from the data)."),
     win_max_items: int | None = typer.Option(None, help="Judge only the first N records "
                                              "(default: every test record)."),
     max_users: int | None = typer.Option(None),
@@ -183,13 +234,13 @@ def eval_cmd(
     protocol: str = typer.Option("opinionqa-preferences"),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
 ):
-    """Reward, log-prob and choice accuracy (and with --judge the win rate against the plain
-    base model without shots, over every record) of each model on held-out users' episodes,
-    in the benchmark's report format.
+    """Reward, log-prob and choice accuracy (and with --win-rate the win rate against each
+    model's own base without shots, over every record, with the judge's order consistency) of
+    each model on held-out users' episodes, in the benchmark's report format.
 
     With --run: the base model with the same shots, FSPO, and the SFT-only model (FSPO's
     reference pass); more models with --model (e.g. pooled=RUN/final:zero-shot,
-    oracle=base:oracle with --descriptions)."""
+    oracle=base:oracle, with the descriptions the data carries or --descriptions)."""
     from personalign.bench.preferences import evaluate_episodes
     from personalign.fspo.train.data import load_episodes
     from personalign.runtime.settings import configure_threads
@@ -203,16 +254,28 @@ def eval_cmd(
         raise ConfigError("pass --episodes FILE or --loo-pairs FILE --loo-users ...")
     records = _select(records, max_users, max_per_user)
     models = _episode_models(list(model or []), run)
+    if judge_consistency not in get_args(Consistency):
+        raise ConfigError(f"--judge-consistency must be one of {get_args(Consistency)}")
+    domain = domain or _domain(protocol, records)
+    guidelines = domain_guidelines(domain)
+    found = _found_descriptions(records, list(episodes or []), loo_pairs)
+    found |= _descriptions(descriptions)  # --descriptions overrides what the data carries
     judge_llm = None
-    if judge:
+    if win_rate or judge:
         from personalign.runtime.llm.factory import load_llm
 
-        judge_llm = load_llm(judge)
+        judge_llm = load_llm(judge or DEFAULT_JUDGE)
+        missing = len({r["user_id"] for r in records} - set(found))
+        if missing:
+            console.print(f"[yellow]{missing} user(s) have no description:[/] the judge "
+                          "sees none for them (pass --descriptions)")
     source = ", ".join(str(p) for p in episodes or []) or f"{loo_pairs} (leave-one-out)"
     summary = evaluate_episodes(models, records, out, protocol=protocol, beta=beta,
-                                descriptions=_descriptions(descriptions), judge=judge_llm,
+                                descriptions=found, judge=judge_llm,
+                                judge_consistency=judge_consistency, guidelines=guidelines,
                                 win_max_items=win_max_items, force=force,
-                                meta={"data": source, "run": str(run) if run else None})
+                                meta={"data": source, "run": str(run) if run else None,
+                                      "judge_domain": domain})
     table = Table("method", "choice acc.", "log-prob acc.", "reward acc.",
                   title=f"{protocol}: {len({r['user_id'] for r in records})} held-out users "
                         "(macro over users)")
@@ -221,3 +284,49 @@ def eval_cmd(
                                     ("accuracy", "logp_accuracy", "reward_accuracy")))
     console.print(table)
     console.print(f"report: {out}/README.md")
+
+
+@app.command("judge-check")
+def judge_check_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder (judge_check.md/.json)."),
+    data: Path | None = typer.Option(None, "--data", help="OpinionQA file (e.g. dev.jsonl): "
+                                     "its users' answers as known pairs."),
+    users: int = typer.Option(8, help="OpinionQA users (file order)."),
+    per_user: int = typer.Option(5, help="OpinionQA pairs per user."),
+    synthetic: bool = typer.Option(True, "--synthetic/--no-synthetic",
+                                   help="The packaged synthetic known pairs."),
+    synthetic_limit: int | None = typer.Option(None, help="Only the first N synthetic pairs."),
+    judge: str | None = typer.Option(None, help="Judge LLM spec (default: the project's "
+                                     "judge, Qwen 1.5B Instruct on llama.cpp)."),
+    threads: int | None = typer.Option(None),
+):
+    """The judge's accuracy, order consistency and tie rate on pairs whose answer is known,
+    with position calibration off and on: how far its win rates can be trusted."""
+    from personalign.fspo.data.judge_check import (
+        check_judge, opinionqa_known_pairs, synthetic_known_pairs, table_markdown,
+    )
+    from personalign.runtime.llm.factory import load_llm
+    from personalign.runtime.settings import configure_threads
+    from personalign.runtime.storage import atomic_write_json, atomic_write_text
+
+    configure_threads(threads)
+    pairs = opinionqa_known_pairs(data, users, per_user) if data is not None else []
+    if synthetic:
+        pairs += synthetic_known_pairs(synthetic_limit)
+    if not pairs:
+        raise ConfigError("nothing to check: pass --data FILE and/or keep --synthetic")
+    spec = judge or DEFAULT_JUDGE
+    start = time.perf_counter()
+    result = check_judge(load_llm(spec), pairs)
+    wall = time.perf_counter() - start
+    result.update(spec=spec, data=str(data) if data else None, wall_s=round(wall, 1),
+                  s_per_pair=round(wall / len(pairs), 2))
+    md = table_markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "judge_check.json", result, indent=2)
+    atomic_write_text(out / "judge_check.md", f"# Judge check: {spec}\n\n{len(pairs)} known "
+                      f"pairs, each judged in both orders; {wall:.0f} s "
+                      f"({wall / len(pairs):.1f} s a pair).\n\n{md}\n")
+    console.print(md)
+    console.print(f"report: {out}/judge_check.md ({wall:.0f} s, {wall / len(pairs):.1f} s a "
+                  "pair)")

@@ -1,7 +1,7 @@
 """Pairwise preference judge conditioned on a user's description and scoring guidelines.
 
-Every pair (x, y) is asked in BOTH orders (A=x, B=y and A=y, B=x). The judge is told to ignore
-length. Two ways to ask (``method``):
+Every pair (x, y) is asked in BOTH orders (A=x, B=y and A=y, B=x). The judge is told that a
+longer response is not better for being longer. Two ways to ask (``method``):
 
 - ``"letter"`` (default, cheap): one forward pass per order scoring the letters "A"/"B"
   (``LLM.score_choices`` with options ("A", "B")).
@@ -17,9 +17,10 @@ Order consistency (``consistency``):
   (SmolLM2-135M: log-odds of "A" of +1 to +2 whatever the order, so "strict" drops nearly
   every pair).
 
-The pair (question, Response A, Response B) is the ``ChoiceItem.prefix`` and the user's
-description and guidelines follow it, so every user judging the same pair shares one encoded
-prefix on backends with prefix caching.
+The user's description is the ``ChoiceItem.prefix``; the question, both responses, the
+guidelines and "Answer with A or B" follow it, so one user's pairs share one encoded prefix on
+backends with prefix caching. An instruct judge (the default, Qwen 1.5B Instruct on llama.cpp)
+reads it all as its chat turn and answers with the letter.
 
 ``p_x`` = the mean over both orders of the probability that x is preferred; label entropy is
 H(p_x) in nats.
@@ -35,27 +36,57 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from personalign.fspo.data.users import ELIX_GUIDELINES, REVIEW_GUIDELINES, ROLEPLAY_GUIDELINES
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.metrics import standard_error
+from personalign.runtime.models import DEFAULT_TASK
 
 JudgeMethod = Literal["letter", "generate"]
 Consistency = Literal["strict", "calibrated"]
+Domain = Literal["opinionqa", "elix", "reviews", "roleplay"]
 
-# The pair (question and both responses) comes first, so every user judging the same pair
-# shares one prefix: fast backends encode it once for all users (``ChoiceItem.prefix``).
-JUDGE_PREFIX = (
-    "You are deciding which of two responses a specific user would prefer. Ignore the length "
-    "of the responses: a longer response is not better because it is longer.\n\n"
-    "Question: {question}\n\n"
-    "Response A:\n{a}\n\n"
-    "Response B:\n{b}\n\n")
+#: The judge of win rates (``fspo eval``) and synthetic labels (``fspo-data synth``): Qwen2.5
+#: Coder 1.5B Instruct on llama.cpp, prompted through its chat template. SmolLM2-135M, the
+#: judge before it, answered "A" whatever the order (every win rate a tie); this one decides
+#: (``personalign fspo judge-check``).
+DEFAULT_JUDGE = f"llamacpp:{DEFAULT_TASK}"
+#: Order consistency by default, chosen on known pairs (``fspo judge-check``, Qwen 1.5B): its
+#: margins are small beside its lean toward "A" (log-odds +0.3), so "strict" left 83% of the
+#: synthetic pairs tied (accuracy 0.58); "calibrated" decided half of them, 92% rightly
+#: (accuracy 0.71). On OpinionQA pairs both sat at chance (0.50 / 0.48, s.e. 0.06).
+DEFAULT_CONSISTENCY: Consistency = "calibrated"
+
+#: What each domain rewards (fspo.md "Synthetic data"); the synthetic users carry the same text.
+OPINIONQA_GUIDELINES = ("Prefer the answer this person would most likely give in an opinion "
+                        "survey, judging from their background (age, region, education, "
+                        "income, politics, religion). Ignore how well either answer is "
+                        "written.")
+GUIDELINES: dict[str, str] = {"opinionqa": OPINIONQA_GUIDELINES, "elix": ELIX_GUIDELINES,
+                              "reviews": REVIEW_GUIDELINES, "roleplay": ROLEPLAY_GUIDELINES}
+
+
+def domain_guidelines(domain: str | None) -> str:
+    """The scoring guidelines of ``domain`` ("" for none)."""
+    if domain is None:
+        return ""
+    if domain not in GUIDELINES:
+        raise ConfigError(f"unknown domain {domain!r}; known: {', '.join(GUIDELINES)}")
+    return GUIDELINES[domain]
+
+
+# The user's description comes first (Qwen 1.5B decided known pairs more often so than with it
+# after the responses), and is the ``ChoiceItem.prefix``: one user's pairs share its encoding.
+# An instruct judge reads prefix + prompt as its user turn and answers with the letter.
+JUDGE_PREFIX = "User description: {description}\n\n"
 
 JUDGE_PROMPT = (
-    "User description: {description}\n"
+    "This user asked:\n{question}\n\n"
+    "Response A:\n{a}\n\n"
+    "Response B:\n{b}\n\n"
     "Scoring guidelines: {guidelines}\n"
-    "Judge only by this user's preferences, not by length.\n"
-    "Which response would this user prefer?\n(A) Response A\n(B) Response B\nAnswer:")
+    "A longer response is not better for being longer.\n"
+    "Which response would this user prefer? Answer with A or B.\nAnswer:")
 
 OPTIONS = ("A", "B")
 
@@ -133,13 +164,11 @@ class PairwiseJudge:
     @staticmethod
     def items(description: str, guidelines: str, job: PairJob) -> tuple[ChoiceItem, ChoiceItem]:
         """The two orders of one pair for one user (A=x first, then A=y)."""
-        user = JUDGE_PROMPT.format(description=description.strip(),
-                                   guidelines=guidelines.strip() or "none")
-        xy = ChoiceItem(user, OPTIONS, JUDGE_PREFIX.format(question=job.question, a=job.x,
-                                                           b=job.y))
-        yx = ChoiceItem(user, OPTIONS, JUDGE_PREFIX.format(question=job.question, a=job.y,
-                                                           b=job.x))
-        return xy, yx
+        prefix = JUDGE_PREFIX.format(description=description.strip() or "not described")
+        guidelines = guidelines.strip() or "none"
+        return tuple(ChoiceItem(JUDGE_PROMPT.format(question=job.question, a=a, b=b,
+                                                    guidelines=guidelines), OPTIONS, prefix)
+                     for a, b in ((job.x, job.y), (job.y, job.x)))
 
     @staticmethod
     def calls(n_pairs: int) -> int:
@@ -207,31 +236,42 @@ def _sigmoid(z: float) -> float:
 
 @dataclass
 class WinRate:
-    """How often responses beat a baseline's: per-item scores, their mean and standard error."""
+    """How often responses beat a baseline's: per-item scores, their mean and standard error,
+    and how far the judge can be trusted on these items (``consistent``: the share it judged
+    the same way in both orders before any calibration; ``ties``: items scored 0.5)."""
 
     mean: float
     se: float
     n: int
     scores: list[float]
     judge: str
+    consistency: Consistency = "strict"
+    consistent: float = math.nan
+    ties: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"win_rate": self.mean, "se": self.se, "n": self.n, "judge": self.judge}
+        return {"win_rate": self.mean, "se": self.se, "n": self.n, "ties": self.ties,
+                "judge_consistent": self.consistent, "consistency": self.consistency,
+                "judge": self.judge}
 
 
-def win_rate(judge_llm, items: Sequence[Mapping[str, str]],
-             method: JudgeMethod = "letter") -> WinRate:
+def win_rate(judge_llm, items: Sequence[Mapping[str, str]], method: JudgeMethod = "letter",
+             consistency: Consistency = DEFAULT_CONSISTENCY, guidelines: str = "") -> WinRate:
     """Win rate of ``response`` over ``baseline`` for each item (question, description,
-    response, baseline), asked in both orders with the user's description: two wins 1, two
-    losses 0, anything else (order-inconsistent, a tie, an unparsed answer) 0.5."""
+    response, baseline), asked in both orders with the user's description and ``guidelines``:
+    two wins 1, two losses 0, anything else (order-inconsistent, a tie, an unparsed answer)
+    0.5. ``calibrated``: the judge's position bias is its mean log-odds of "A" over all the
+    items (one comparison), not per user: a few items per user would estimate it poorly."""
     if not items:
         raise DataError("no items to judge")
-    judge = PairwiseJudge(judge_llm, method)
-    requests = [(it["description"], "", PairJob(it["question"], it["response"], it["baseline"]))
-                for it in items]
-    scores = []
-    for logodds_xy, logodds_yx, valid, _, _ in judge.score(requests):
-        label = decide(logodds_xy, logodds_yx) if valid else None
-        scores.append(0.5 if label is None else 1.0 - label)  # label 0: the response won
+    judge = PairwiseJudge(judge_llm, method, consistency)
+    requests = [(it["description"], guidelines,
+                 PairJob(it["question"], it["response"], it["baseline"])) for it in items]
+    outcomes = judge.score(requests)
+    judgments = judge.finalize(outcomes)
+    scores = [0.5 if j.label is None else 1.0 - j.label for j in judgments]  # 0: response won
+    raw_consistent = [o[2] and decide(o[0], o[1]) is not None for o in outcomes]
     return WinRate(sum(scores) / len(scores), standard_error(scores), len(scores), scores,
-                   getattr(judge_llm, "model_id", str(judge_llm)))
+                   getattr(judge_llm, "model_id", str(judge_llm)), consistency,
+                   sum(raw_consistent) / len(raw_consistent),
+                   sum(1 for x in scores if x == 0.5))

@@ -37,7 +37,9 @@ from typing import Any, Callable, Literal, Sequence
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import write_jsonl
-from personalign.fspo.data.judge import Consistency, JudgeMethod, PairJob, PairwiseJudge
+from personalign.fspo.data.judge import (
+    DEFAULT_CONSISTENCY, DEFAULT_JUDGE, Consistency, JudgeMethod, PairJob, PairwiseJudge,
+)
 from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
     GeneratorSpec,
@@ -57,7 +59,7 @@ from personalign.runtime.data.records import PreferencePair
 from personalign.runtime.data.splits import derive_seed
 from personalign.runtime.data.validate import read_jsonl
 from personalign.runtime.errors import ConfigError, DataError
-from personalign.runtime.models import DATA_GENERATOR, FAST_GENERATOR
+from personalign.runtime.models import DATA_GENERATOR
 from personalign.runtime.runs import RunFolder, file_digest, model_identity
 from personalign.runtime.storage import atomic_write_json, safe_filename
 
@@ -78,9 +80,9 @@ class SynthConfig(Config):
     pairs_per_question: int = 2      # pairs judged per user and question
     generators: list[str] = field(default_factory=lambda: [DATA_GENERATOR])
     temperatures: list[float] = field(default_factory=lambda: [0.8])
-    judge_model: str = FAST_GENERATOR
+    judge_model: str = DEFAULT_JUDGE
     judge_method: JudgeMethod = "letter"
-    consistency: Consistency = "strict"
+    consistency: Consistency = DEFAULT_CONSISTENCY
     max_tokens: int = 160
     refine: RefineConfig = field(default_factory=RefineConfig)
     seed: int = 0
@@ -252,8 +254,8 @@ class SyntheticPipeline:
                                                                                 Response]]:
         """``pairs_per_question`` distinct response pairs of a question, drawn (and oriented)
         with a seed from (seed, question). Every user judges the same pairs, as in the
-        released ELIX/Reviews data (one pair, several scorers), and the judge encodes each
-        pair once for all users."""
+        released ELIX/Reviews data (one pair, several scorers); the judge's shared prefix is
+        the user's description (``fspo.data.judge``)."""
         combos = list(itertools.combinations(range(len(rs)), 2))
         rng = random.Random(derive_seed(self.cfg.seed, q.qid, "pairs"))
         rng.shuffle(combos)

@@ -43,8 +43,9 @@ def write_manifest(folder: Path, **fields: Any) -> None:
 
 def read_manifest(spec: str) -> dict[str, Any]:
     """The manifest of a model folder written by the FSPO trainer, or of a training run
-    folder (its ``final/``), with ``folder`` added; ``{}`` for ``base``."""
-    if spec == "base":
+    folder (its ``final/``), with ``folder`` added; ``{}`` for ``base`` and for a plain model
+    (an embedded model's name or a model folder without a manifest)."""
+    if spec == "base" or _plain_model(spec):
         return {}
     folder = Path(spec)
     if not (folder / MANIFEST).exists() and (folder / "final" / MANIFEST).exists():
@@ -56,12 +57,36 @@ def read_manifest(spec: str) -> dict[str, Any]:
 
 
 def model_files(spec: str) -> tuple[str, list[str]]:
-    """(base model, adapter folders in merge order) of ``base``, a model folder written by
-    the FSPO trainer, or a training run folder (its ``final/``)."""
+    """(base model, adapter folders in merge order) of ``base``, a plain model, a model folder
+    written by the FSPO trainer, or a training run folder (its ``final/``)."""
     if spec == "base":
         return embedded.FAST_GENERATOR, []
+    if _plain_model(spec):
+        return spec, []
     m = read_manifest(spec)
     folder = Path(m["folder"])
     if m.get("finetune") == "full":
         return str(folder / m["model"]), []
     return m["base"], [str(folder / m[k]) for k in ("sft_adapter", "adapter") if m.get(k)]
+
+
+def _plain_model(spec: str) -> bool:
+    """An embedded model's name or a model folder (weights, no FSPO manifest): a base model."""
+    folder = Path(spec)
+    return spec in embedded.EMBEDDED or ((folder / "config.json").exists()
+                                         and not (folder / MANIFEST).exists())
+
+
+def base_model(spec: str) -> str:
+    """The model ``spec`` was trained from, without any adapter: what its win rate is measured
+    against. A full fine-tune names it in its manifest (``base``; older folders:
+    ``reference_model``)."""
+    base, adapters = model_files(spec)
+    if adapters or spec == "base" or _plain_model(spec):
+        return base
+    folder = Path(base).parent
+    m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    if not (m.get("base") or m.get("reference_model")):
+        raise ModelError(f"{spec}: its {MANIFEST} names no base model (a full fine-tune "
+                         "written before the manifest recorded it); retrain or add \"base\"")
+    return m.get("base") or m["reference_model"]

@@ -500,7 +500,7 @@ class FSPOTrainer:
                         fields["reference"] = "../sft/model"
                     else:
                         fields["reference_model"] = cfg.model
-                write_manifest(tmp, finetune="full", model="model", stage=stage,
+                write_manifest(tmp, finetune="full", model="model", base=cfg.model, stage=stage,
                                **self._data_fields(), **fields)
                 if stage == "sft":
                     self._sft_in_memory = True
