@@ -272,3 +272,20 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
     if win_md:
         report_meta["sections"] = [("Win rate (both orders, ties 0.5)", win_md)]
     return write_report(out, user_records, report_meta)
+
+
+def judge_check_markdown(result: dict[str, Any]) -> str:
+    """The readable table of :func:`personalign.fspo.data.judge_check.check_judge`'s result."""
+    import pandas as pd
+
+    from personalign.bench.report import markdown
+
+    def f(x, digits=3):
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    return markdown(pd.DataFrame([{
+        "pairs": r["source"], "calibration": "on" if r["consistency"] == "calibrated"
+        else "off", "n": r["n"], "accuracy": f(r["accuracy"]), "s.e.": f(r["se"]),
+        "order-consistent": f(r["decided"]), "ties": f(r["ties"]),
+        "accuracy on decided": f(r["accuracy_on_decided"]), "P(chosen)": f(r["p_chosen"]),
+        "bias log-odds A": f(r["position_bias"], 2)} for r in result["table"]]))

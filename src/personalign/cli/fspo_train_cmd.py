@@ -302,8 +302,9 @@ def judge_check_cmd(
 ):
     """The judge's accuracy, order consistency and tie rate on pairs whose answer is known,
     with position calibration off and on: how far its win rates can be trusted."""
+    from personalign.bench.preferences import judge_check_markdown
     from personalign.fspo.data.judge_check import (
-        check_judge, opinionqa_known_pairs, synthetic_known_pairs, table_markdown,
+        check_judge, opinionqa_known_pairs, synthetic_known_pairs,
     )
     from personalign.runtime.llm.factory import load_llm
     from personalign.runtime.settings import configure_threads
@@ -321,7 +322,7 @@ def judge_check_cmd(
     wall = time.perf_counter() - start
     result.update(spec=spec, data=str(data) if data else None, wall_s=round(wall, 1),
                   s_per_pair=round(wall / len(pairs), 2))
-    md = table_markdown(result)
+    md = judge_check_markdown(result)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "judge_check.json", result, indent=2)
     atomic_write_text(out / "judge_check.md", f"# Judge check: {spec}\n\n{len(pairs)} known "

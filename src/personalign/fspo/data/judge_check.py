@@ -108,20 +108,3 @@ def check_judge(judge_llm, pairs: Sequence[KnownPair], method: JudgeMethod = "le
             "table": rows,
             "pairs": [asdict(p) | {"logodds_chosen_first": o[0], "logodds_rejected_first": o[1]}
                       for p, o in zip(pairs, outcomes)]}
-
-
-def table_markdown(result: dict[str, Any]) -> str:
-    """The readable table of :func:`check_judge`'s result."""
-    import pandas as pd
-
-    from personalign.bench.report import markdown
-
-    def f(x, digits=3):
-        return "-" if x is None else f"{x:.{digits}f}"
-
-    return markdown(pd.DataFrame([{
-        "pairs": r["source"], "calibration": "on" if r["consistency"] == "calibrated"
-        else "off", "n": r["n"], "accuracy": f(r["accuracy"]), "s.e.": f(r["se"]),
-        "order-consistent": f(r["decided"]), "ties": f(r["ties"]),
-        "accuracy on decided": f(r["accuracy_on_decided"]), "P(chosen)": f(r["p_chosen"]),
-        "bias log-odds A": f(r["position_bias"], 2)} for r in result["table"]]))
