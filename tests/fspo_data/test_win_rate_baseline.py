@@ -137,3 +137,25 @@ def test_each_model_is_compared_with_the_model_it_was_trained_from(tmp_path):
     baseline = prefs.baseline_of(prefs.EpisodeModel("fspo", lora))
     assert baseline == prefs.EpisodeModel("base-no-shots (qwen2.5-coder-0.5b-instruct)",
                                           "qwen2.5-coder-0.5b-instruct", "zero-shot")
+
+
+def test_a_training_run_folder_is_not_taken_for_a_plain_model(tmp_path):
+    """A run folder holds the run's config.json beside final/: it names its final model, not
+    a base model folder (a plain model folder has weights beside its config)."""
+    from personalign.fspo.train.model import MANIFEST, model_files, read_manifest
+
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "smollm2-135m-instruct"}))
+    (run / "final" / MANIFEST).write_text(json.dumps(
+        {"finetune": "lora", "base": "smollm2-135m-instruct", "sft_adapter": "sft_adapter",
+         "adapter": "adapter", "rejected_rule": "uniform-other"}))
+    assert model_files(str(run)) == ("smollm2-135m-instruct",
+                                     [str(run / "final" / "sft_adapter"),
+                                      str(run / "final" / "adapter")])
+    assert read_manifest(str(run))["rejected_rule"] == "uniform-other"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text("{}")
+    (plain / "model.safetensors").write_bytes(b"")
+    assert model_files(str(plain)) == (str(plain), []) and read_manifest(str(plain)) == {}

@@ -71,10 +71,13 @@ def model_files(spec: str) -> tuple[str, list[str]]:
 
 
 def _plain_model(spec: str) -> bool:
-    """An embedded model's name or a model folder (weights, no FSPO manifest): a base model."""
+    """An embedded model's name or a model folder (its config and weights, no FSPO manifest):
+    a base model. A training run folder also holds a config.json (the run's), not weights."""
     folder = Path(spec)
-    return spec in embedded.EMBEDDED or ((folder / "config.json").exists()
-                                         and not (folder / MANIFEST).exists())
+    if spec in embedded.EMBEDDED:
+        return True
+    weights = any(folder.glob("*.safetensors")) or (folder / "pytorch_model.bin").exists()
+    return (folder / "config.json").exists() and weights and not (folder / MANIFEST).exists()
 
 
 def base_model(spec: str) -> str:
