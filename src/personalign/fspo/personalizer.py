@@ -21,6 +21,7 @@ prefix shared by all of a user's questions, each option scored as FSPO's complet
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar, Literal, Sequence
 
 from personalign.fspo.data.episodes import select_shots
@@ -110,7 +111,7 @@ class FSPO(Personalizer):
         where there is one); every answer then reads it too."""
         costs = cls.project(shots, test, settings)
         model, rat = cls.parse_arg(arg)
-        if not (rat or cls._variant_describes(model)):
+        if not (rat or cls._variant_describes(read_manifest(model))):
             return costs
         predict = costs[f"{cls.name}/predict"]
         extra = DESCRIPTION_TOKENS * len(test)
@@ -119,14 +120,18 @@ class FSPO(Personalizer):
         return costs
 
     @classmethod
-    def _variant_describes(cls, model: str) -> bool:
+    def _variant_describes(cls, manifest: dict[str, Any]) -> bool:
         """Whether the model was trained to describe the user first (and is asked so)."""
-        return cls.prompt_mode != "oracle" and \
-            read_manifest(model).get("variant") == "user-description"
+        return cls.prompt_mode != "oracle" and manifest.get("variant") == "user-description"
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        """The model's manifest, read once (every question's prompt consults it)."""
+        return read_manifest(self.model)
 
     @property
     def describes_first(self) -> bool:
-        return self.rat or self._variant_describes(self.model)
+        return self.rat or self._variant_describes(self.manifest)
 
     @property
     def llm(self) -> LLM:
@@ -137,7 +142,7 @@ class FSPO(Personalizer):
         rejected-option rule."""
         if user.pairs:
             return list(user.pairs)
-        rule = read_manifest(self.model).get("rejected_rule") or LEGACY_REJECTED
+        rule = self.manifest.get("rejected_rule") or LEGACY_REJECTED
         return [p for op in user.opinions if len(op.options) >= 2
                 for p in opinion_pairs(user, op, self.seed, rule)]
 
