@@ -115,6 +115,11 @@ class Judgment:
         return self.label is not None
 
     @property
+    def win(self) -> float:
+        """x's result: 1 won, 0 lost, 0.5 a tie (order-inconsistent or unparsed)."""
+        return 0.5 if self.label is None else 1.0 - self.label
+
+    @property
     def entropy(self) -> float:
         return binary_entropy(self.p_x)
 
@@ -269,7 +274,7 @@ def win_rate(judge_llm, items: Sequence[Mapping[str, str]], method: JudgeMethod 
                  PairJob(it["question"], it["response"], it["baseline"])) for it in items]
     outcomes = judge.score(requests)
     judgments = judge.finalize(outcomes)
-    scores = [0.5 if j.label is None else 1.0 - j.label for j in judgments]  # 0: response won
+    scores = [j.win for j in judgments]  # x: the response
     raw_consistent = [o[2] and decide(o[0], o[1]) is not None for o in outcomes]
     return WinRate(sum(scores) / len(scores), standard_error(scores), len(scores), scores,
                    getattr(judge_llm, "model_id", str(judge_llm)), consistency,

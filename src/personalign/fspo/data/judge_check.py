@@ -79,7 +79,7 @@ def opinionqa_known_pairs(path: str | Path, users: int = 8, per_user: int = 5,
 def _metrics(outcomes: Sequence[tuple], judge: PairwiseJudge) -> dict[str, Any]:
     """Metrics of one source's outcomes (x = chosen) under ``judge.consistency``."""
     judgments = judge.finalize(outcomes)
-    scores = [0.5 if j.label is None else 1.0 - j.label for j in judgments]
+    scores = [j.win for j in judgments]  # x: the chosen side
     decided = [s for s in scores if s != 0.5]
     return {"n": len(scores), "accuracy": sum(scores) / len(scores),
             "se": standard_error(scores), "decided": len(decided) / len(scores),
