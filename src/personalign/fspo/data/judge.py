@@ -40,7 +40,7 @@ from personalign.fspo.data.users import ELIX_GUIDELINES, REVIEW_GUIDELINES, ROLE
 from personalign.runtime.errors import ConfigError, DataError
 from personalign.runtime.llm.types import ChoiceItem
 from personalign.runtime.metrics import standard_error
-from personalign.runtime.models import DEFAULT_TASK
+from personalign.runtime.models import DEFAULT_MODEL
 
 JudgeMethod = Literal["letter", "generate"]
 Consistency = Literal["strict", "calibrated"]
@@ -50,7 +50,7 @@ Domain = Literal["opinionqa", "elix", "reviews", "roleplay"]
 #: Coder 1.5B Instruct on llama.cpp, prompted through its chat template. SmolLM2-135M, the
 #: judge before it, answered "A" whatever the order (every win rate a tie); this one decides
 #: (``personalign fspo judge-check``).
-DEFAULT_JUDGE = f"llamacpp:{DEFAULT_TASK}"
+DEFAULT_JUDGE = f"llamacpp:{DEFAULT_MODEL}"
 #: Order consistency by default, chosen on known pairs (``fspo judge-check``, Qwen 1.5B): its
 #: margins are small beside its lean toward "A" (log-odds +0.3), so "strict" left 83% of the
 #: synthetic pairs tied (accuracy 0.58); "calibrated" decided half of them, 92% rightly
