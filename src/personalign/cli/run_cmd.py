@@ -32,8 +32,9 @@ def register(app: typer.Typer) -> None:
         from personalign.runtime import models
         from personalign.runtime.llm.factory import prepare_llm
 
-        with console.status("preparing the models (once: the GGUF assembled and checked, "
-                            "its weights dequantized for the scoring engine) ..."):
+        with console.status("preparing the models (once: the GGUF assembled and checked; "
+                            "on a CPU with native bfloat16 its weights dequantized for the "
+                            "scoring engine) ..."):
             for spec in (models.DEFAULT_TASK, models.DEFAULT_OPTIMIZER,
                          models.DEFAULT_EMBEDDER):
                 prepare_llm(spec)
