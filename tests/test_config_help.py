@@ -116,7 +116,9 @@ def test_bench_defaults_are_unchanged(monkeypatch, data, tmp_path):
         settings=MethodSettings(seed=0, preset="quick", fermi={}, fewshot_k=3,
                                 retriever="embeddings", fspo_shots=8,
                                 transfer_correctness="eval"),
-        task_model="qwen2.5-coder-1.5b-instruct",
+        # the engine scores where the CPU computes bfloat16 natively, else llama.cpp
+        task_model=("qwen2.5-coder-1.5b-instruct" if embedded.native_bfloat16()
+                    else "llamacpp:qwen2.5-coder-1.5b-instruct"),
         optimizer_model="llamacpp:qwen2.5-coder-1.5b-instruct", embedder="all-minilm-l6-v2",
         scoring="letter", execution=ExecutorConfig(kind="local", workers=1),
         limits=Limits(None, None, None, None, None, None))
