@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The llama.cpp extra (`make install` runs this): llama-cpp-python is a source build (5.5
+# The llama.cpp extra (`make install` runs this): llama-cpp-python is a source build (5.5-7
 # minutes on 2 cores), so it is built once into a wheel kept in a cache folder and installed
 # from there on every later run (seconds).
 #   .ci/llamacpp.sh [PYTHON] [--build-only]   (default: .venv/bin/python)
