@@ -11,6 +11,7 @@ import pytest
 from personalign.bench.runner import BenchConfig, run_benchmark, select_users, split_user
 from personalign.methods import MethodSettings, parse_specs
 from personalign.runtime.errors import ConfigError
+from personalign.runtime.models import machine
 from personalign.runtime.personalizer import SharedModels
 
 from tests.fermi.conftest import BagEmbedder, keyword_task_llm, make_user, scripted_optimizer
@@ -104,6 +105,23 @@ def test_resume_runs_only_missing_units(tmp_path):
     res4, models4 = _run(tmp_path, users, 3, methods="vanilla,profile,fewshot")
     assert models4.task_llm.usage.calls == 0
     assert res4.summary["per_method_md"] == res3.summary["per_method_md"]
+
+
+def test_units_say_which_machine_computed_them(tmp_path):
+    users = [make_user(f"u{i}", 40) for i in range(2)]
+    res, _ = _run(tmp_path, users, 2, methods="vanilla")
+    units = sorted((res.out / "units").glob("*.json"))
+    assert len(units) == 2
+    assert {json.loads(u.read_text())["record"]["machine"] for u in units} == {machine()}
+    # a unit saved before machines were recorded still loads, and the report says so
+    old = json.loads(units[0].read_text())
+    del old["record"]["machine"]
+    units[0].write_text(json.dumps(old))
+    res2, models2 = _run(tmp_path, users, 2, methods="vanilla")
+    assert models2.task_llm.usage.calls == 0
+    readme = (res2.out / "README.md").read_text()
+    note = next(line for line in readme.splitlines() if "Units computed on: " in line)
+    assert f"{machine()} (1)" in note and "not recorded (1)" in note
 
 
 def test_changed_inputs_stop_or_recompute(tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -41,6 +42,7 @@ from personalign.runtime.errors import ConfigError
 from personalign.runtime.executor import ExecutorConfig, make_executor
 from personalign.runtime.llm.factory import prepare_llm
 from personalign.runtime.llm.types import ScoringMethod
+from personalign.runtime.models import machine
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
@@ -164,13 +166,16 @@ class UnitResult:
     fit: dict[str, Any]
     usage: dict[str, dict]
     seconds: float
+    machine: str | None = None  # runtime.models.machine(); None in units saved before it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "fit": self.fit, "usage": self.usage, "seconds": self.seconds}
+        return {"rows": self.rows, "fit": self.fit, "usage": self.usage, "seconds": self.seconds,
+                "machine": self.machine}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UnitResult":
-        return cls(data["rows"], data["fit"], data["usage"], data["seconds"])
+        return cls(data["rows"], data["fit"], data["usage"], data["seconds"],
+                   data.get("machine"))
 
     @property
     def spend(self) -> Spend:
@@ -205,7 +210,7 @@ def run_method(spec: str, split: UserSplit, models: SharedModels,
             row["prompt_index"] = a.prompt_index
         rows.append(row)
     return UnitResult(rows, method.fit_report(), _diff(_usage(models), before),
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, machine())
 
 
 def unit_name(split: UserSplit, spec: str) -> str:
@@ -362,7 +367,8 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             "usage": sum_usage([r.usage for r in per_method.values()]),
             "method_usage": {s: r.usage for s, r in per_method.items()},
             "seconds": {s: round(r.seconds, 2) for s, r in per_method.items()},
-            "wall_s": round(sum(r.seconds for r in per_method.values()), 2)})
+            "wall_s": round(sum(r.seconds for r in per_method.values()), 2),
+            "machines": [r.machine or "not recorded" for r in per_method.values()]})
     meta = {"protocol": cfg.protocol, "data": cfg.data,
             "methods": [{"spec": s, "label": label(s)} for s in cfg.methods],
             "models": models.identity(), "settings": asdict(cfg.settings), "seed": cfg.seed,
@@ -378,9 +384,16 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                       + (" (smaller T and K than the paper)"
                          if cfg.settings.preset != "paper" else "") + "."]
             + [note for note in (method_class(split_spec(s)[0]).report_note(cfg.settings)
-                                 for s in cfg.methods) if note]}
+                                 for s in cfg.methods) if note]
+            + ([machines_note([m for r in records for m in r["machines"]])] if records else [])}
     summary = write_report(cfg.out, records, meta)
     return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
+
+
+def machines_note(machines: list[str]) -> str:
+    """Where the report's units were computed (a resumed run may span machines)."""
+    return "Units computed on: " + "; ".join(
+        f"{name} ({n})" for name, n in Counter(machines).most_common()) + "."
 
 
 #: what the main job runs: the baselines, Fermi, and Fermi with retrieved opinions

@@ -218,6 +218,22 @@ def native_bfloat16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
 
 
+@functools.cache
+def machine() -> str:
+    """The CPU a result was computed on, as saved with each benchmark unit: a run resumed on
+    another machine, or spread over Ray nodes, says which units ran where (the engine's dtype
+    follows :func:`native_bfloat16`, and a run's fingerprint does not hold it)."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    name = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    isa = "avx512" if re.search(r"\bavx512f\b", cpuinfo) else \
+        "avx2" if re.search(r"\bavx2\b", cpuinfo) else "other"
+    bf16 = "native bfloat16" if native_bfloat16() else "no native bfloat16"
+    return f"{name.group(1).strip() if name else 'unknown CPU'} ({isa}, {bf16})"
+
+
 # What methods run on unless told otherwise (load_llm specs): Qwen2.5-Coder 1.5B Instruct as
 # task and optimizer model, each role on the backend measured fastest for it on 2 cores
 # (benchmarks/qwen_backends.py, README "Models"). Text is decoded by llama.cpp on the Q4_K_M
