@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from personalign.fermi.memory import Candidate, Memory
-from personalign.fermi.parsing import parse_prompt
+from personalign.fermi.parsing import parse_continuation, parse_prompt
 from personalign.fermi.rop import best_prompt, select_prompts
 from personalign.fermi.tasks import is_misaligned, sample_score
 
@@ -56,6 +56,18 @@ def test_parse_prompt(reply, text, how):
 def test_parse_prompt_without_fallback():
     assert parse_prompt("no brackets at all", fallback="drop").text is None
     assert parse_prompt("[kept]", fallback="drop").text == "kept"
+
+
+@pytest.mark.parametrize("reply,text,how", [
+    (" Answer as a cautious voter would.\nscore: 50", "Answer as a cautious voter would.", "line"),
+    # seen from Qwen 1.5B: the next field on the text's own line
+    ("I have a boyfriend, not a husband. score: 44", "I have a boyfriend, not a husband.", "line"),
+    ("Keep the score: it matters.", "Keep the score: it matters.", "line"),
+    ("score: 40", None, "none"),
+])
+def test_parse_continuation(reply, text, how):
+    parsed = parse_continuation(reply)
+    assert (parsed.text, parsed.how) == (text, how)
 
 
 def test_rop_selects_prompt_best_on_neighbours():

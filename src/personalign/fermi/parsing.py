@@ -67,7 +67,12 @@ def parse_prompt(reply: str, fallback: str = "whole_reply") -> Parsed:
     return Parsed(None, "none")
 
 
+# The list form's next field, which a model may write on the text's own line.
+_SCORE_FIELD = re.compile(r"\s*\bscore:\s*\d+(?:\.\d+)?\s*%?\s*$", re.IGNORECASE)
+
+
 def parse_continuation(reply: str) -> Parsed:
-    """A continued "text:" line: the line itself, cleaned (``how`` "line" or "none")."""
-    text = _clean((reply or "").strip().split("\n", 1)[0])
+    """A continued "text:" line: the line itself without a trailing "score: N", cleaned
+    (``how`` "line" or "none")."""
+    text = _clean(_SCORE_FIELD.sub("", (reply or "").strip().split("\n", 1)[0]))
     return Parsed(text or None, "line" if text else "none")
