@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from personalign.bench.report import top_share
 from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
 
 
@@ -49,13 +50,12 @@ def main() -> None:
     print(f"{len(users)} users in every run; reference: {ref_label}\n")
     print("| method | accuracy [95% CI] | minus reference [95% CI] | answers differ | top letter |")
     print("|---|---|---|---|---|")
-    for label, frame in loaded:
+    for i, (label, frame) in enumerate(loaded):
         frame = frame.loc[users]
         acc = frame.groupby(level=0)["correct"].mean().reindex(users)
         mean, lo, hi = mean_ci(acc.to_numpy())
-        letters = frame["choice"].dropna().astype(int).map(lambda i: chr(65 + i))
-        top = letters.value_counts(normalize=True)
-        if label == ref_label:
+        letter, share = top_share(frame["choice"].dropna().tolist())
+        if i == 0:
             diff, differs = "-", "-"
         else:
             d, dlo, dhi = paired_bootstrap_ci(acc.to_numpy(), ref_acc.to_numpy())
@@ -63,7 +63,7 @@ def main() -> None:
             shared = frame.index.intersection(ref.index)
             differs = f"{100 * (frame.loc[shared, 'choice'] != ref.loc[shared, 'choice']).mean():.0f}%"
         print(f"| {label} | {100 * mean:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | {diff} | "
-              f"{differs} | {top.index[0]} {100 * top.iloc[0]:.0f}% |")
+              f"{differs} | {letter} {100 * share:.0f}% |")
 
 
 if __name__ == "__main__":

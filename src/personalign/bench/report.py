@@ -68,7 +68,8 @@ def _letter(i) -> str:
     return chr(ord("A") + int(i))
 
 
-def _top_share(values: Sequence) -> tuple[str, float]:
+def top_share(values: Sequence) -> tuple[str, float]:
+    """The most frequent answer letter among choice indices (None skipped) and its share."""
     counts = pd.Series([v for v in values if v is not None]).value_counts()
     if counts.empty:
         return "", float("nan")
@@ -125,7 +126,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
             key = _key(m)
             row.update({key: mean, f"{key}_ci_low": lo, f"{key}_ci_high": hi})
         row["users"] = int(accuracy[spec].notna().sum()) if spec in accuracy else 0
-        row["top_letter"], row["top_letter_share"] = _top_share(mine["choice"].tolist())
+        row["top_letter"], row["top_letter_share"] = top_share(mine["choice"].tolist())
         if vanilla is not None and spec != "vanilla" and len(mine):
             theirs = vanilla.reindex(mine.set_index(["user_id", "qid"]).index).to_numpy()
             answered = mine["choice"].notna().to_numpy()
@@ -138,8 +139,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         table.append(row)
     per_method = pd.DataFrame(table)
     _write_csv(out / "per_method.csv", per_method)
-    gold_letter, gold_share = _top_share(frame.drop_duplicates(["user_id", "qid"])["answer"]
-                                         .tolist() if len(frame) else [])
+    gold_letter, gold_share = top_share(frame.drop_duplicates(["user_id", "qid"])["answer"]
+                                        .tolist() if len(frame) else [])
     md_rows = []
     for r in table:
         cells = {"Method": r["label"]}

@@ -385,12 +385,12 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                          if cfg.settings.preset != "paper" else "") + "."]
             + [note for note in (method_class(split_spec(s)[0]).report_note(cfg.settings)
                                  for s in cfg.methods) if note]
-            + ([machines_note([m for r in records for m in r["machines"]])] if records else [])}
+            + ([_machines_note([m for r in records for m in r["machines"]])] if records else [])}
     summary = write_report(cfg.out, records, meta)
     return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
 
 
-def machines_note(machines: list[str]) -> str:
+def _machines_note(machines: list[str]) -> str:
     """Where the report's units were computed (a resumed run may span machines)."""
     return "Units computed on: " + "; ".join(
         f"{name} ({n})" for name, n in Counter(machines).most_common()) + "."

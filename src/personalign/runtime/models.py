@@ -208,25 +208,24 @@ EMBEDDED = {
 
 
 @functools.cache
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX). Without it torch's
     bfloat16 matmuls run through a slow path (and oneDNN refuses to pack the weights)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", _cpuinfo()) is not None
 
 
-@functools.cache
 def machine() -> str:
     """The CPU a result was computed on, as saved with each benchmark unit: a run resumed on
     another machine, or spread over Ray nodes, says which units ran where (the engine's dtype
     follows :func:`native_bfloat16`, and a run's fingerprint does not hold it)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
+    cpuinfo = _cpuinfo()
     name = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
     isa = "avx512" if re.search(r"\bavx512f\b", cpuinfo) else \
         "avx2" if re.search(r"\bavx2\b", cpuinfo) else "other"
