@@ -9,7 +9,8 @@
 # Users come in waves (the first 4 eligible users in every variant, then the first 8, ...), so
 # a run stopped early leaves every variant measured on the same users; each run resumes. The
 # models are named, not left to the CPU-dependent defaults, so the runs are the same on every
-# machine. The pool variants (best, memory) reuse base's fits from the call cache.
+# machine. The pool variants (last_k, best) reuse base's fits from the call cache. The default
+# pool is the memory's top L since these runs measured it (README); before that, base was last_k.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PERSONALIGN=${PERSONALIGN:-.venv/bin/personalign}
@@ -23,8 +24,8 @@ COMMON=(--data ../shared/data/opinionqa/dev.jsonl --preset quick --workers 2 --t
 # name | arguments (the methods and the lever)
 VARIANTS=(
   "base|--methods vanilla,profile,fewshot,fermi,fermi+fewshot"
-  "best|--methods fermi --fermi include_best=true"
-  "memory|--methods fermi --final-pool memory"
+  "last_k|--methods fermi --final-pool last_k"
+  "best|--methods fermi --final-pool last_k --fermi include_best=true"
   "continuation|--methods fermi --fermi optimizer_strategy=continuation"
   "letter-pride|--methods vanilla,fermi --scoring letter-pride"
   "budget320|--methods fermi --fermi optimizer_max_tokens=320"

@@ -140,6 +140,23 @@ def test_changed_inputs_stop_or_recompute(tmp_path):
     assert len(res.records) == 2
 
 
+def test_a_changed_default_is_a_changed_input(tmp_path, monkeypatch):
+    """The run's settings hold the overrides, not the defaults: a Fermi default changed in
+    the code must still stop a resumed run (and recompute Fermi only, with force)."""
+    from personalign.fermi import config as fermi_config
+
+    users = [make_user(f"u{i}", 40) for i in range(2)]
+    _run(tmp_path, users, 2, methods="vanilla,fewshot,fermi")
+    tiny = {**fermi_config.PRESETS["tiny"], "final_pool": "last_k"}
+    monkeypatch.setitem(fermi_config.PRESETS, "tiny", tiny)
+    with pytest.raises(ConfigError, match="u0/fermi"):
+        _run(tmp_path, users, 2, methods="vanilla,fewshot,fermi")
+    res, models = _run(tmp_path, users, 2, methods="vanilla,fewshot,fermi", force=True)
+    assert set(models.task_llm.usage.by_phase) >= {"fermi/predict"}
+    assert not {p for p in models.task_llm.usage.by_phase if not p.startswith("fermi/")}
+    assert {r["fits"]["fermi"]["pool_source"] for r in res.records} == {"last_k"}
+
+
 @pytest.mark.skipif(not DEV.exists(), reason="shared OpinionQA dev data not present")
 def test_dev_users_split():
     from personalign.runtime.data.opinionqa import load_opinionqa

@@ -50,8 +50,10 @@ LONG = _words(240, "long")  # 60 fake tokens: longer than the initial prompt by 
 
 
 def _fit(user, embedder, opt, **cfg):
+    # last_k: the pool is what the optimizer generated, which these tests are about
     fermi = Fermi(FermiConfig(**{"iterations": 1, "num_candidates": 2, "max_retries": 0,
-                                 **cfg}), keyword_task_llm(), opt, embedder)
+                                 "final_pool": "last_k", **cfg}), keyword_task_llm(), opt,
+                  embedder)
     return fermi.fit(user.opinions[:20], user.profile, user_id=user.user_id)
 
 

@@ -35,8 +35,9 @@ def test_fit_runs_t_iterations_and_counts_failures(user, embedder):
     assert f["no_brackets_fallback"] > 0 and f["unclosed_bracket"] > 0 and f["empty"] > 0
     assert f["cut_off"] == 0  # short unclosed replies ended before the budget: kept
     assert res.counts["prompts_scored"] == 1 + res.counts["accepted"]
-    # final pool: last K accepted prompts, correctness cached on all 20 opinions
-    assert len(fermi.pool) == 2
+    # final pool (the default, memory): the memory's top L, correctness cached on all 20
+    assert [p.prompt for p in fermi.pool] == [c.prompt for c in fermi.memory.ranked()]
+    assert len(fermi.pool) == fermi.config.memory_size
     assert all(len(p.correctness) == 20 for p in fermi.pool)
     assert len(fermi.train_questions) == 20
     # the optimizer saw the Fermi meta-prompt with failure cases and <INS> demos
@@ -48,7 +49,7 @@ def test_fit_runs_t_iterations_and_counts_failures(user, embedder):
 
 
 def test_a_pool_of_one_prompt_is_not_scored_on_the_demo_part(user, embedder):
-    fermi, task, _ = _fit(user, embedder, num_candidates=1)
+    fermi, task, _ = _fit(user, embedder, num_candidates=1, final_pool="last_k")
     assert len(fermi.pool) == 1
     # nothing to choose between: correctness stays on the 16 optimization questions
     assert len(fermi.pool[0].correctness) == len(fermi.train_questions) == 16
@@ -158,7 +159,8 @@ def test_version_1_files_still_load(user, embedder, tmp_path):
     loaded = Fermi.load(path, task_llm=task, embedder=embedder)
     assert loaded.fit_task_model is None
     assert loaded.config.optimizer_max_tokens == 64
-    assert loaded.result.collapsed is False and loaded.result.pool_source == "last_k"
+    assert loaded.result.collapsed is False
+    assert loaded.result.pool_source == fermi.config.final_pool  # from its config
     assert loaded.result.failures["cut_off"] == 0
     assert loaded.pool == fermi.pool
     assert loaded.to_dict()["version"] == 3
@@ -181,7 +183,7 @@ def test_config_validation_and_presets():
     assert q.preset == "quick" and q.iterations < 10
     cfg = FermiConfig()
     assert cfg.tau == {"choice": 1.0, "tag": 1.0, "rating": 1.0, "title": 0.2}
-    assert cfg.reference_entry == "best" and cfg.final_pool == "last_k"
+    assert cfg.reference_entry == "best" and cfg.final_pool == "memory"
     assert FermiConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError):
         FermiConfig(final_pool="everything")
@@ -219,7 +221,8 @@ def test_primed_optimizer_replies(user, embedder):
     replies = iter(["Answer like a rural voter", "x" * 700, "Answer like a city voter"] * 5)
     opt = Renderer(responder=lambda t, i: next(replies))
     fermi = Fermi(FermiConfig(iterations=1, num_candidates=3, max_retries=0,
-                              optimizer_max_tokens=64), keyword_task_llm(), opt, embedder)
+                              optimizer_max_tokens=64, final_pool="last_k"),
+                  keyword_task_llm(), opt, embedder)
     fermi.fit(user.opinions[:20], user.profile)
     assert params_seen[0].stop == ("]",)
     # 700 chars ~ 175 fake tokens: past the budget without "]", rejected as cut off

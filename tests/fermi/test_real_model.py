@@ -40,7 +40,7 @@ def models():
 def test_fermi_tiny_end_to_end(models, tmp_path):
     task, opt, embedder = models
     ops = [Opinion(q, o, i % len(o), qid=f"q{i}") for i, (q, o) in enumerate(QUESTIONS)]
-    cfg = preset("tiny", seed=1)
+    cfg = preset("tiny", seed=1, final_pool="last_k")  # one rewrite: the pool
     fermi = Fermi(cfg, task, opt, embedder)
     fermi.fit(ops[:8], {"AGE": "65+", "POLPARTY": "Republican", "CREGION": "South"},
               user_id="synthetic")

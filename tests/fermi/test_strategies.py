@@ -64,7 +64,7 @@ def test_evidence_appends_the_reference_misses_and_the_optimizer_sees_the_instru
     opt = FakeLLM(responder=lambda text, i: f"[Answer as voter {len(text)}-{i}.]",
                   model_id="opt")
     fermi = Fermi(FermiConfig(iterations=2, num_candidates=2, max_retries=0,
-                              evidence_per_prompt=3),
+                              evidence_per_prompt=3, final_pool="last_k"),  # rewrites only
                   keyword_task_llm(), opt, embedder)
     opinions = user.opinions[:20]
     fermi.fit(opinions, user.profile, user_id=user.user_id)

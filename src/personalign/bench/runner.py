@@ -43,7 +43,7 @@ from personalign.runtime.executor import ExecutorConfig, make_executor
 from personalign.runtime.llm.factory import prepare_llm
 from personalign.runtime.llm.types import ScoringMethod
 from personalign.runtime.models import machine
-from personalign.runtime.personalizer import SharedModels
+from personalign.runtime.personalizer import Personalizer, SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
 PROTOCOL = OPINIONQA
@@ -124,10 +124,15 @@ class BenchConfig(Config):
                 "models": {k: model_identity(v) for k, v in models.identity().items()}}
 
 
-def method_inputs(spec: str) -> str:
-    """A method's own identity: its spec with the contents digest of a model folder it names."""
+def method_inputs(spec: str, method: Personalizer) -> str | list:
+    """A method's own identity: its spec (with the contents digest of a model folder it
+    names) and its resolved parameters, so that a changed default is a changed input. A
+    method without parameters is its spec alone, as in units saved before parameters
+    counted."""
     name, arg = split_spec(spec)
-    return spec if arg is None else f"{name}:{model_identity(arg)}"
+    named = spec if arg is None else f"{name}:{model_identity(arg)}"
+    params = method.identity()
+    return [named, params] if params else named
 
 
 def select_users(users: Sequence[User], cfg: BenchConfig) -> tuple[list[UserSplit], list[str]]:
@@ -292,9 +297,9 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
         for spec in dict.fromkeys([cfg.task_model, cfg.optimizer_model]):
             prepare_llm(spec)
     models = models or cfg.shared_models()
-    for spec in cfg.methods:  # a bad method argument fails before any work
-        build(spec, models, cfg.settings)
-    identities = {spec: method_inputs(spec) for spec in cfg.methods}
+    # a bad method argument fails before any work
+    identities = {spec: method_inputs(spec, build(spec, models, cfg.settings))
+                  for spec in cfg.methods}
     run = RunFolder.open(cfg.out, kind=f"bench {cfg.protocol}", inputs=cfg.run_inputs(models),
                          force=cfg.force)
     wall = time.time()

@@ -42,9 +42,10 @@ class FermiConfig(Config):
         "help": "[?] Which end of the memory is the reference entry whose failure cases are "
                 "listed in full: best = highest score (rank l=1), worst = lowest score (first "
                 "in ascending order)."})
-    final_pool: Literal["last_k", "memory"] = field(default="last_k", metadata={
-        "help": "[?] The final prompt pool: the K prompts of the last iteration (last_k) or "
-                "the memory's top L (memory)."})
+    # memory: +4.7 [+0.8, +8.6] points over last_k, Qwen 1.5B, 12 dev users (README)
+    final_pool: Literal["last_k", "memory"] = field(default="memory", metadata={
+        "help": "[?] The final prompt pool: the memory's top L (memory) or the K prompts of "
+                "the last iteration (last_k)."})
     include_best: bool = field(default=False, metadata={
         "help": "With final_pool last_k: also keep the best prompt scored over all "
                 "iterations (the initial one included) when it is not among the last K."})

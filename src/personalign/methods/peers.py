@@ -359,6 +359,10 @@ class DSPyPeer(Personalizer):
         self.report: dict[str, Any] = {}
         self.predict_counts: Counter = Counter()
 
+    def identity(self) -> dict[str, Any]:
+        # The budget is counted from Fermi's config at this preset, defaults included.
+        return {**self.params(), "fermi_config": self.fermi_config.to_dict()}
+
     @classmethod
     def from_spec(cls, models: SharedModels, arg: str | None, settings) -> "DSPyPeer":
         if arg is not None:

@@ -255,6 +255,12 @@ class Personalizer(ABC):
             out[p.name] = value.to_dict() if isinstance(value, Config) else value
         return out
 
+    def identity(self) -> dict[str, Any]:
+        """What this method's results depend on beside the user's data and the shared models:
+        its resolved parameters (a benchmark unit computed under others is not reused).
+        Extend it where a parameter resolves to more than it says (a preset's budget)."""
+        return self.params()
+
     @abstractmethod
     def state(self) -> dict[str, Any]:
         """What ``fit`` learned, JSON-able."""
