@@ -336,13 +336,17 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                initial=sum(len(d) for d in done.values()), disable=not progress,
                dynamic_ncols=True)
 
+    def saved_since_start(path: Path) -> bool:
+        # (a file older than this run holds a unit recomputed under force: not done yet)
+        return path.exists() and path.stat().st_mtime >= wall
+
     def show_saved() -> None:
         """Workers save each unit as it finishes: the bar counts the units reported done and
         those saved since (only the files of units not yet reported are looked at)."""
         saved = 0
         for split in splits:
             reported = done[split.user_id]
-            saved += len(reported) + sum(run.unit_path(unit_name(split, spec)).exists()
+            saved += len(reported) + sum(saved_since_start(run.unit_path(unit_name(split, spec)))
                                          for spec in cfg.methods if spec not in reported)
         if saved > bar.n:  # (no redraw otherwise: a log gets no line per second)
             bar.update(saved - bar.n)
