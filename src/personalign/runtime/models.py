@@ -295,24 +295,37 @@ def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:
         _dequantize_and_save(gguf, target, dtype)
 
 
-def _dequantize_and_save(gguf: Path, target: Path, dtype: str) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _save_gguf_tokenizer(gguf: Path, folder: Path) -> None:
+    """The GGUF's tokenizer saved into ``folder`` (run in a process of its own, beside the
+    weights' dequantization: each parses the GGUF's 150k-token vocabulary for about 10 s)."""
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
-    # another dtype.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32).to(getattr(torch, dtype))
-    # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
-    # are already dequantized.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False
-    with atomic_folder(target) as tmp:
+    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+
+
+def _dequantize_and_save(gguf: Path, target: Path, dtype: str) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with atomic_folder(target) as tmp, ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        tokenizer = pool.submit(_save_gguf_tokenizer, gguf, tmp)
+        # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
+        # another dtype.
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32).to(getattr(torch, dtype))
+        # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
+        # are already dequantized.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        tokenizer.result()  # its error, if any, here
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         (tmp / "personalign.json").write_text(json.dumps(
