@@ -295,37 +295,24 @@ def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:
         _dequantize_and_save(gguf, target, dtype)
 
 
-def _save_gguf_tokenizer(gguf: Path, folder: Path) -> None:
-    """The GGUF's tokenizer saved into ``folder`` (run in a process of its own, beside the
-    weights' dequantization: each parses the GGUF's 150k-token vocabulary for about 10 s)."""
-    from transformers import AutoTokenizer
-
-    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
-
-
 def _dequantize_and_save(gguf: Path, target: Path, dtype: str) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with atomic_folder(target) as tmp, ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        tokenizer = pool.submit(_save_gguf_tokenizer, gguf, tmp)
-        # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
-        # another dtype.
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32).to(getattr(torch, dtype))
-        # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
-        # are already dequantized.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.is_quantized = False
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Dequantized in float32, then cast: transformers warns on a packed GGUF asked for in
+    # another dtype.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32).to(getattr(torch, dtype))
+    # A GGUF-loaded model refuses to save while its quantizer is attached; the weights
+    # are already dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.result()  # its error, if any, here
+        tokenizer.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         (tmp / "personalign.json").write_text(json.dumps(
