@@ -72,7 +72,15 @@ def fake_models(delay: float = 0.0):
             time.sleep(delay)
         return f"[{PROMPT} ({i})]"
 
-    task = LogprobLLM(responder=lambda text, i: f"Sure. {text[-40:]}", chooser=lambda item: 0,
+    def choose(item) -> int:
+        # Under the written prompt the model answers as this transit user does (no car, yes
+        # to the rest), otherwise "No" throughout: the rewrite outscores the initial prompt,
+        # so it heads the pool and Retrieval-of-Prompt picks it.
+        if PROMPT in item.prefix + item.prompt:
+            return int("drive" in item.prompt.lower())
+        return 1
+
+    task = LogprobLLM(responder=lambda text, i: f"Sure. {text[-40:]}", chooser=choose,
                       model_id="fake-task")
     return task, FakeLLM(responder=write, model_id="fake-optimizer"), BagEmbedder()
 

@@ -95,7 +95,7 @@ def test_projection_counts_fermi_optimizer_and_scoring_calls():
     paper = project_run(["fermi"], splits, MethodSettings(preset="paper"))["fermi"]
     assert paper["fermi/optimize"]["calls"] == 10 * 4           # T * K
     assert paper["fermi/score"]["calls"] == (1 + 10 * 4) * 16   # every prompt on 16 opinions
-    assert paper["fermi/pool"]["calls"] == 4 * 4                # the last K on 4 demos
+    assert paper["fermi/pool"]["calls"] == 5 * 4                # the memory's top L on 4 demos
     assert paper["fermi/predict"]["calls"] == 20
     # Fermi + few-shot: the same calls, three past opinions with each predicted question
     # (and with each scored one, context_at_fit)
