@@ -221,6 +221,7 @@ def native_bfloat16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", _cpuinfo()) is not None
 
 
+@functools.cache
 def machine() -> str:
     """The CPU a result was computed on, as saved with each benchmark unit: a run resumed on
     another machine, or spread over Ray nodes, says which units ran where (the engine's dtype
