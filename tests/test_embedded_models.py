@@ -123,3 +123,31 @@ def test_real_qwen_gguf_assembles_as_recorded(name):
     assert path.stat().st_size == record.size
     assert models.gguf_name(path) == record.general_name
     assert models.is_prepared(name)
+
+
+def test_a_gguf_is_parsed_once_and_converts_as_before(tmp_path, monkeypatch):
+    """The engine's conversion hands transformers one GGUF reader for the tokenizer, the
+    config and the weights (three parses before), and saves byte for byte what three
+    parses saved."""
+    import contextlib
+
+    import gguf
+
+    source = models.EMBEDDED["smollm2-135m-instruct"].source()
+    parses = []
+    original = gguf.GGUFReader
+
+    def counting(path, *args, **kwargs):
+        parses.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", counting)
+    models._convert_gguf(source, tmp_path / "once")
+    assert len(parses) == 1
+    assert gguf.GGUFReader is counting  # given back
+
+    monkeypatch.setattr(models, "_parsed_once", lambda path: contextlib.nullcontext())
+    models._convert_gguf(source, tmp_path / "thrice")
+    assert len(parses) == 4
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "thrice" / name).read_bytes()

@@ -292,8 +292,31 @@ def engine_dtype(model: str) -> str:
 def _convert_gguf(gguf: Path, target: Path, dtype: str = "float32") -> None:
     # transformers draws plain tqdm bars while it dequantizes and saves (not behind its
     # progress-bar switch); the caller shows its own status.
-    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()):
+    with quiet_loading(), contextlib.redirect_stderr(io.StringIO()), _parsed_once(gguf):
         _dequantize_and_save(gguf, target, dtype)
+
+
+@contextlib.contextmanager
+def _parsed_once(gguf: Path) -> Iterator[None]:
+    """transformers parses a GGUF's metadata afresh for the tokenizer, the config and the
+    weights: three times 5-7 s for Qwen's 151,665-token vocabulary, field by field. Inside,
+    every parse of this file is handed the one reader (transformers imports ``GGUFReader``
+    from ``gguf`` at each call, and only reads from it)."""
+    import gguf as gguf_module
+
+    original = gguf_module.GGUFReader
+    reader = original(gguf)
+
+    def one_reader(path, *args, **kwargs):
+        if not args and not kwargs and Path(path).resolve() == gguf.resolve():
+            return reader
+        return original(path, *args, **kwargs)
+
+    gguf_module.GGUFReader = one_reader
+    try:
+        yield
+    finally:
+        gguf_module.GGUFReader = original
 
 
 def _dequantize_and_save(gguf: Path, target: Path, dtype: str) -> None:
