@@ -125,7 +125,7 @@ def test_real_qwen_gguf_assembles_as_recorded(name):
     assert models.is_prepared(name)
 
 
-def test_a_gguf_is_parsed_once_and_converts_as_before(tmp_path, monkeypatch):
+def test_a_gguf_is_read_once_and_converts_as_before(tmp_path, monkeypatch):
     """The engine's conversion hands transformers one GGUF reader for the tokenizer, the
     config and the weights (three parses before), and saves byte for byte what three
     parses saved."""
@@ -146,7 +146,7 @@ def test_a_gguf_is_parsed_once_and_converts_as_before(tmp_path, monkeypatch):
     assert len(parses) == 1
     assert gguf.GGUFReader is counting  # given back
 
-    monkeypatch.setattr(models, "_parsed_once", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(models, "_read_once", lambda path: contextlib.nullcontext())
     models._convert_gguf(source, tmp_path / "thrice")
     assert len(parses) == 4
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
