@@ -151,3 +151,46 @@ def test_a_gguf_is_read_once_and_converts_as_before(tmp_path, monkeypatch):
     assert len(parses) == 4
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "thrice" / name).read_bytes()
+
+
+def _reader_name(path) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("general.name")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def test_the_header_name_reads_as_the_full_parse(tmp_path):
+    """``gguf_name`` stops at ``general.name``; it reads what gguf's full parse reads, past
+    keys of every kind before it, and None for a file without one or not a GGUF."""
+    from gguf import GGUFWriter
+
+    path = tmp_path / "keys.gguf"
+    writer = GGUFWriter(str(path), "llama")  # writes general.architecture first
+    writer.add_array("tokenizer.ggml.tokens", ["a", "bc", "def"])
+    writer.add_array("tokenizer.ggml.scores", [0.5, 1.5])
+    writer.add_bool("x.flag", True)
+    writer.add_float64("x.f64", 2.0)
+    writer.add_string("x.text", "not the name")
+    writer.add_name("Named after arrays")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert models.gguf_name(path) == _reader_name(path) == "Named after arrays"
+
+    real = [models.EMBEDDED[name].source() for name in ("smollm2-135m-instruct", "gemma3-270m")]
+    for gguf_path in real:
+        assert models.gguf_name(gguf_path) == _reader_name(gguf_path) is not None
+
+    unnamed = tmp_path / "unnamed.gguf"
+    writer = GGUFWriter(str(unnamed), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert models.gguf_name(unnamed) is None
+    (tmp_path / "text.gguf").write_text("not a gguf at all")
+    assert models.gguf_name(tmp_path / "text.gguf") is None
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:40])
+    assert models.gguf_name(tmp_path / "cut.gguf") is None

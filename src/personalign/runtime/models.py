@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import struct
 import time
 import warnings
 from dataclasses import dataclass
@@ -146,11 +147,43 @@ class SplitGGUF:
 
 
 def gguf_name(path: Path) -> str | None:
-    """The ``general.name`` metadata of a GGUF file."""
-    from gguf import GGUFReader
+    """The ``general.name`` metadata of a little-endian GGUF file, read from its header up to
+    that key: ``GGUFReader`` parses every field first, 7 s for Qwen's 151,665-token vocabulary,
+    and writers put the name among the first keys."""
+    from gguf import GGUF_MAGIC, GGUFValueType as T
 
-    field = GGUFReader(path).fields.get("general.name")
-    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
+    fixed = {T.UINT8: "B", T.INT8: "b", T.UINT16: "H", T.INT16: "h", T.UINT32: "I",
+             T.INT32: "i", T.FLOAT32: "f", T.BOOL: "?", T.UINT64: "Q", T.INT64: "q",
+             T.FLOAT64: "d"}
+    with open(path, "rb") as f:
+        def read(code: str):
+            return struct.unpack("<" + code, f.read(struct.calcsize(code)))[0]
+
+        def skip(kind: int) -> None:
+            if kind == T.STRING:
+                f.seek(read("Q"), os.SEEK_CUR)
+            elif kind == T.ARRAY:
+                inner, count = read("I"), read("Q")
+                if inner in fixed:
+                    f.seek(struct.calcsize(fixed[inner]) * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                f.seek(struct.calcsize(fixed[T(kind)]), os.SEEK_CUR)
+
+        try:
+            if read("I") != GGUF_MAGIC:
+                return None
+            _version, _tensors, keys = read("I"), read("Q"), read("Q")
+            for _ in range(keys):
+                key, kind = f.read(read("Q")), read("I")
+                if key == b"general.name" and kind == T.STRING:
+                    return f.read(read("Q")).decode("utf-8")
+                skip(kind)
+        except (struct.error, ValueError, KeyError):  # truncated, or not a GGUF
+            return None
+    return None
 
 
 QWEN_15B = SplitGGUF(
