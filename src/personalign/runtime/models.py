@@ -170,7 +170,7 @@ def gguf_name(path: Path) -> str | None:
                     for _ in range(count):
                         skip(inner)
             else:
-                f.seek(struct.calcsize(fixed[T(kind)]), os.SEEK_CUR)
+                f.seek(struct.calcsize(fixed[kind]), os.SEEK_CUR)  # KeyError: not a type
 
         try:
             if read("I") != GGUF_MAGIC:
