@@ -160,3 +160,28 @@ def test_include_best_adds_nothing_when_the_best_is_already_there(user, embedder
                  include_best=True)
     assert [p.prompt for p in fermi.pool] == ["Answer as a careful voter would."]
     assert fermi.result.pool_source == "last_k"
+
+
+def test_memory_plus_initial_keeps_the_profile_prompt_the_rewrites_pushed_out(user, embedder):
+    def careful_rewrites():  # every rewrite beats the initial prompt on the fake task model
+        return BudgetedOptimizer(lambda t, i: f"Answer as a careful voter would, take {i}.]")
+
+    rewrites = ["Answer as a careful voter would, take 0.",
+                "Answer as a careful voter would, take 1."]
+    memory = _fit(user, embedder, careful_rewrites(), memory_size=2, final_pool="memory")
+    initial = profile_prompt(memory.profile)
+    assert [p.prompt for p in memory.pool] == rewrites  # the initial prompt was pushed out
+    assert memory.result.pool_source == "memory"
+
+    kept = _fit(user, embedder, careful_rewrites(), memory_size=2, final_pool="memory+initial")
+    assert [p.prompt for p in kept.pool] == rewrites + [initial]
+    assert kept.result.pool_source == "memory+initial"
+    assert len(kept.pool) == kept.config.pool_size == 3
+    # scored like the others on all 20 past opinions, so Retrieval-of-Prompt can pick it
+    assert all(len(p.correctness) == 20 for p in kept.pool)
+    assert kept.pool[2].correctness != kept.pool[0].correctness
+
+    # a memory that still holds the initial prompt gets nothing added
+    roomy = _fit(user, embedder, careful_rewrites(), memory_size=5, final_pool="memory+initial")
+    assert [p.prompt for p in roomy.pool] == rewrites + [initial]
+    assert roomy.result.pool_source == "memory"

@@ -43,9 +43,11 @@ class FermiConfig(Config):
                 "listed in full: best = highest score (rank l=1), worst = lowest score (first "
                 "in ascending order)."})
     # memory: +4.7 [+0.8, +8.6] points over last_k, Qwen 1.5B, 12 dev users (README)
-    final_pool: Literal["last_k", "memory"] = field(default="memory", metadata={
-        "help": "[?] The final prompt pool: the memory's top L (memory) or the K prompts of "
-                "the last iteration (last_k)."})
+    final_pool: Literal["last_k", "memory", "memory+initial"] = field(
+        default="memory", metadata={
+            "help": "[?] The final prompt pool: the memory's top L (memory), that plus the "
+                    "initial profile prompt when rewrites pushed it out (memory+initial), or "
+                    "the K prompts of the last iteration (last_k)."})
     include_best: bool = field(default=False, metadata={
         "help": "With final_pool last_k: also keep the best prompt scored over all "
                 "iterations (the initial one included) when it is not among the last K."})
@@ -165,10 +167,10 @@ class FermiConfig(Config):
     @property
     def pool_size(self) -> int:
         """Prompts in the final pool, at most: the last K (and the best one kept beside
-        them), or the memory's top L."""
+        them), or the memory's top L (and the initial prompt kept beside them)."""
         if self.final_pool == "last_k":
             return self.num_candidates + int(self.include_best)
-        return self.memory_size
+        return self.memory_size + int(self.final_pool == "memory+initial")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

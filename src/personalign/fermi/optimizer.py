@@ -89,7 +89,7 @@ class PoolPrompt:
 class FitResult:
     """What a fit did. ``collapsed``: no rewrite was accepted over the whole fit, so the pool
     is the initial prompt alone; ``pool_source`` says where the pool came from: "initial",
-    "last_k", "last_k+best" or "memory"."""
+    "last_k", "last_k+best", "memory" or "memory+initial" (the initial prompt added)."""
 
     user_id: str
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -363,8 +363,12 @@ class Fermi:
                         "is the initial prompt alone", cfg.mode, self.user_id, cfg.iterations,
                         {k: v for k, v in result.failures.items() if v})
             chosen, result.pool_source = initial, "initial"
-        elif cfg.final_pool == "memory":
+        elif cfg.final_pool in ("memory", "memory+initial"):
             chosen, result.pool_source = memory.ranked(), "memory"
+            # Rewrites that beat the profile prompt by chance on a few questions can push it
+            # out; kept, Retrieval-of-Prompt can still pick it where its neighbours favour it.
+            if cfg.final_pool == "memory+initial" and initial[0] not in chosen:
+                chosen, result.pool_source = chosen + initial, "memory+initial"
         else:
             chosen, result.pool_source = generated[-cfg.num_candidates:], "last_k"
             best = memory.ranked()[0]
