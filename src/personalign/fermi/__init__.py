@@ -8,7 +8,8 @@ Choices where the paper is silent (the spec's [?] items), all options of FermiCo
 - reference_entry="best": the top-scored memory entry (rank l = 1) has its failure cases
   listed in full; the others list indices shared with it plus a count of new ones.
 - final_pool="memory": the memory's top L (measured better than "last_k", the K prompts
-  generated last, on Qwen 1.5B: README).
+  generated last, on Qwen 1.5B; "memory+initial", which keeps the profile prompt that
+  rewrites pushed out, changed 2% of answers at the paper preset: README).
 - failure_case_cap=8; tau = 1.0 (choice, tag, rating) and 0.2 (ROUGE-L titles); rating score
   1 - |pred - gold| / 4.
 - rop_include_demo=True: each pool prompt's correctness is cached on all of U_opi (the 16
