@@ -26,7 +26,7 @@ def _rows(result, source="synthetic"):
 
 def test_synthetic_pairs_swap_sides_between_opposite_users():
     pairs = synthetic_known_pairs()
-    assert len(pairs) == 24 and len({p.pair_id for p in pairs}) == 24
+    assert len(pairs) == 36 and len({p.pair_id for p in pairs}) == 36
     by_question: dict[str, list] = {}
     for p in pairs:
         by_question.setdefault(p.question, []).append(p)
@@ -83,7 +83,8 @@ def test_judge_prompt_holds_the_pair_the_user_and_the_guidelines():
     xy, yx = PairwiseJudge.items("A child.", "Keep it simple.", PairJob("Why?", "x", "y"))
     assert xy.prefix == yx.prefix == JUDGE_PREFIX.format(description="A child.")
     assert xy.prompt == JUDGE_PROMPT.format(question="Why?", a="x", b="y",
-                                            guidelines="Keep it simple.")
+                                            guidelines="Keep it simple.", description="A child.")
+    assert xy.prompt.count("A child.") == 1  # said once more, right before the request
     assert "Response A:\ny" in yx.prompt and "Response B:\nx" in yx.prompt
     assert "Answer with A or B" in xy.prompt and xy.options == ("A", "B")
 

@@ -63,7 +63,7 @@ def test_judge_asks_both_orders_and_drops_inconsistent():
     assert [j.label for j in out] == [0, 1, None]
     assert out[0].p_x > 0.5 and out[1].p_x < 0.5 and out[2].p_x == pytest.approx(0.5)
     xy, yx = PairwiseJudge.items("D", "G", jobs[0])
-    assert "not better for being longer" in xy.prompt and xy.prompt.endswith("Answer:")
+    assert "Remember who the user is: D\n" in xy.prompt and xy.prompt.endswith("Answer:")
     assert "Response A:\napple pie" in xy.prompt and "Response A:\nbanana" in yx.prompt
     # The user's description is the shared prefix; the pair and the guidelines follow it.
     assert xy.prefix == yx.prefix == "User description: D\n\n"

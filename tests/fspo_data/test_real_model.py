@@ -75,7 +75,7 @@ def test_tiny_reviews_dataset_with_smollm2(tmp_path, smollm, embedder):
 
 
 # One question of each domain, asked by its two opposite users with the sides swapped: a judge
-# blind to the user scores 0.5 here (``fspo judge-check`` runs all 24 pairs).
+# blind to the user scores 0.5 here (``fspo judge-check`` runs all 36 pairs).
 KNOWN = ("elix-00", "elix-01", "reviews-00", "reviews-01", "roleplay-00", "roleplay-01")
 
 
@@ -85,7 +85,7 @@ def test_qwen_judge_beats_chance_on_known_pairs(qwen_llamacpp):
     assert len(pairs) == 6
     rows = {r["consistency"]: r for r in check_judge(qwen_llamacpp, pairs)["table"]}
     row = rows[DEFAULT_CONSISTENCY]
-    # measured: 3 right, 3 ties, none wrong (0.75); P(chosen) 0.55, above 0.5 on all six
+    # measured: 5 right, 1 tie, none wrong (0.92); P(chosen) 0.56, above 0.5 on five of six
     assert row["accuracy"] >= 2 / 3
     assert row["accuracy_on_decided"] > 0.5
     assert row["p_chosen"] > 0.52

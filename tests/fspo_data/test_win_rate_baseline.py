@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 import personalign.bench.preferences as prefs
 from personalign.cli.fspo_data_cmd import app
+from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.fake import FakeLLM
 
 from tests.fspo_data.test_cli import _users_file
@@ -68,13 +69,27 @@ def test_win_rate_against_each_models_own_base_over_all_records(tmp_path, monkey
         assert row["calibration"] == "calibrated"  # the default
         # the judge sides with the shots in both orders: every item won, none a tie
         assert row["Win rate"] == "1.000" and row["ties"] == "0"
-        assert row["judge order-consistent"] == "1.00"
+        assert row["order-consistent, raw"] == row["order-consistent, as judged"] == "1.00"
     # each base generated once, without shots, with the same token budget as its models
     for base in ("model-s", "model-b"):
         assert len(asked[base]) == len(records)
         assert all("Example" not in p for p in asked[base])
     assert all("Example" in p for p in asked["base"])
     assert {m["method"] for m in summary["per_method"]} == {"base", "small", "big"}
+
+    # A rerun reuses the win rates; a changed judge prompt is a changed input, refused.
+    def judged_items(**patch):
+        for name, value in patch.items():
+            monkeypatch.setattr(prefs, name, value)
+        counting = FakeLLM(model_id="judge", chooser=judge.chooser)
+        prefs.evaluate_episodes(models, records, tmp_path / "report",
+                                protocol="opinionqa-preferences", judge=counting,
+                                gen_max_tokens=4, progress=False)
+        return counting.usage.calls
+
+    assert judged_items() == 0
+    with pytest.raises(ConfigError, match="win-rate was computed from other inputs"):
+        judged_items(JUDGE_PROMPT="Which fits? {question} {a} {b}")
 
 
 def test_description_first_model_scores_options_after_its_own_description(monkeypatch):

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import final_question, query_options, transform_prompt
-from personalign.fspo.data.judge import DEFAULT_CONSISTENCY, Consistency
+from personalign.fspo.data.judge import DEFAULT_CONSISTENCY, JUDGE_PROMPT, Consistency
 from personalign.fspo.description import DESCRIPTION_HEADER, descriptions_for, with_description
 from personalign.fspo.personalizer import RESPONSE_HEADER
 from personalign.fspo.train.model import base_model, model_files
@@ -175,7 +175,7 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
                                unit=f"baseline/{baseline.model}/generations")
         unit = f"{m.name}/win-rate"
         inputs = [texts, against, questions, users_descriptions, guidelines, consistency,
-                  getattr(judge, "model_id", str(judge))]
+                  getattr(judge, "model_id", str(judge)), JUDGE_PROMPT]
         w = run.load(unit, inputs)
         if w is None:
             items = [{"question": q, "description": d, "response": t, "baseline": b}
@@ -186,7 +186,9 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
         table.append({"Model": m.name, "against": baseline.name,
                       "Win rate": f"{w['win_rate']:.3f}", "s.e.": f"{w['se']:.3f}",
                       "n": w["n"], "ties": w["ties"],
-                      "judge order-consistent": f"{w['judge_consistent']:.2f}",
+                      # before and after the position bias is taken out (``calibration``)
+                      "order-consistent, raw": f"{w['judge_consistent']:.2f}",
+                      "order-consistent, as judged": f"{1 - w['ties'] / w['n']:.2f}",
                       "judge": w["judge"], "calibration": w["consistency"]})
     if not table:
         return ""

@@ -1,7 +1,8 @@
 """Pairwise preference judge conditioned on a user's description and scoring guidelines.
 
-Every pair (x, y) is asked in BOTH orders (A=x, B=y and A=y, B=x). The judge is told that a
-longer response is not better for being longer. Two ways to ask (``method``):
+Every pair (x, y) is asked in BOTH orders (A=x, B=y and A=y, B=x). The guidelines tell the
+judge how length counts (ignored, except where the user's description asks for short or long
+reviews). Two ways to ask (``method``):
 
 - ``"letter"`` (default, cheap): one forward pass per order scoring the letters "A"/"B"
   (``LLM.score_choices`` with options ("A", "B")).
@@ -18,7 +19,7 @@ Order consistency (``consistency``):
   every pair).
 
 The user's description is the ``ChoiceItem.prefix``; the question, both responses, the
-guidelines and "Answer with A or B" follow it, so one user's pairs share one encoded prefix on
+guidelines, the description once more and "Answer with A or B" follow it, so one user's pairs share one encoded prefix on
 backends with prefix caching. An instruct judge (the default, Qwen 1.5B Instruct on llama.cpp)
 reads it all as its chat turn and answers with the letter.
 
@@ -52,16 +53,16 @@ Domain = Literal["opinionqa", "elix", "reviews", "roleplay"]
 #: (``personalign fspo judge-check``).
 DEFAULT_JUDGE = f"llamacpp:{DEFAULT_MODEL}"
 #: Order consistency by default, chosen on known pairs (``fspo judge-check``, Qwen 1.5B): its
-#: margins are small beside its lean toward "A" (log-odds +0.3), so "strict" left 83% of the
-#: synthetic pairs tied (accuracy 0.58); "calibrated" decided half of them, 92% rightly
-#: (accuracy 0.71). On OpinionQA pairs both sat at chance (0.50 / 0.48, s.e. 0.06).
+#: margins are small beside its lean toward "A" (log-odds +0.3), so "strict" left 78% of the
+#: 36 synthetic pairs tied (accuracy 0.58); "calibrated" decided 75% of them, 89% rightly
+#: (accuracy 0.79). On 40 OpinionQA pairs: 0.50 strict (all tied), 0.65 calibrated.
 DEFAULT_CONSISTENCY: Consistency = "calibrated"
 
 #: What each domain rewards (fspo.md "Synthetic data"); the synthetic users carry the same text.
 OPINIONQA_GUIDELINES = ("Prefer the answer this person would most likely give in an opinion "
                         "survey, judging from their background (age, region, education, "
-                        "income, politics, religion). Ignore how well either answer is "
-                        "written.")
+                        "income, politics, religion). Ignore how long or how well written "
+                        "either answer is.")
 GUIDELINES: dict[str, str] = {"opinionqa": OPINIONQA_GUIDELINES, "elix": ELIX_GUIDELINES,
                               "reviews": REVIEW_GUIDELINES, "roleplay": ROLEPLAY_GUIDELINES}
 
@@ -80,13 +81,17 @@ def domain_guidelines(domain: str | None) -> str:
 # An instruct judge reads prefix + prompt as its user turn and answers with the letter.
 JUDGE_PREFIX = "User description: {description}\n\n"
 
+# The description is said again right before the request: on known pairs (``fspo
+# judge-check``, Qwen 1.5B, calibrated) this decided 28 of 36 pairs against 19 with the
+# description at the top only, and more of them rightly (README). How length counts is each
+# domain's guideline (ELIX and Reviews differ on it).
 JUDGE_PROMPT = (
     "This user asked:\n{question}\n\n"
     "Response A:\n{a}\n\n"
     "Response B:\n{b}\n\n"
     "Scoring guidelines: {guidelines}\n"
-    "A longer response is not better for being longer.\n"
-    "Which response would this user prefer? Answer with A or B.\nAnswer:")
+    "Remember who the user is: {description}\n"
+    "Which response fits this user better? Answer with A or B.\nAnswer:")
 
 OPTIONS = ("A", "B")
 
@@ -158,21 +163,26 @@ def decide(logodds_xy: float, logodds_yx: float, bias: float = 0.0) -> int | Non
 class PairwiseJudge:
     """``judge(description, guidelines, jobs)`` -> one Judgment per job."""
 
-    def __init__(self, llm, method: JudgeMethod = "letter", consistency: Consistency = "strict"):
+    def __init__(self, llm, method: JudgeMethod = "letter", consistency: Consistency = "strict",
+                 prompt: str = JUDGE_PROMPT):
         if method not in ("letter", "generate"):
             raise ConfigError(f"judge method must be 'letter' or 'generate', got {method!r}")
         if consistency not in ("strict", "calibrated"):
             raise ConfigError(f"consistency must be 'strict' or 'calibrated', got "
                               f"{consistency!r}")
-        self.llm, self.method, self.consistency = llm, method, consistency
+        self.llm, self.method, self.consistency, self.prompt = llm, method, consistency, prompt
 
     @staticmethod
-    def items(description: str, guidelines: str, job: PairJob) -> tuple[ChoiceItem, ChoiceItem]:
-        """The two orders of one pair for one user (A=x first, then A=y)."""
-        prefix = JUDGE_PREFIX.format(description=description.strip() or "not described")
+    def items(description: str, guidelines: str, job: PairJob, prompt: str = JUDGE_PROMPT
+              ) -> tuple[ChoiceItem, ChoiceItem]:
+        """The two orders of one pair for one user (A=x first, then A=y); ``prompt``: a
+        template with JUDGE_PROMPT's fields (benchmarks/judge_prompts.py compares some)."""
+        description = description.strip() or "not described"
+        prefix = JUDGE_PREFIX.format(description=description)
         guidelines = guidelines.strip() or "none"
-        return tuple(ChoiceItem(JUDGE_PROMPT.format(question=job.question, a=a, b=b,
-                                                    guidelines=guidelines), OPTIONS, prefix)
+        return tuple(ChoiceItem(prompt.format(question=job.question, a=a, b=b,
+                                              guidelines=guidelines, description=description),
+                                OPTIONS, prefix)
                      for a, b in ((job.x, job.y), (job.y, job.x)))
 
     @staticmethod
@@ -192,7 +202,7 @@ class PairwiseJudge:
         (log-odds A with x as A, log-odds A with y as A, valid, raw answers)."""
         items: list[ChoiceItem] = []
         for description, guidelines, job in requests:
-            items.extend(self.items(description, guidelines, job))
+            items.extend(self.items(description, guidelines, job, self.prompt))
         if not items:
             return []
         results = self.llm.score_choices(items, method=self.method, progress=progress)

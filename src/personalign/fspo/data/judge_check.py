@@ -6,10 +6,13 @@ Two sources of known pairs:
   chosen = the person's answer, rejected = another option, description = their profile text.
   Hard: a profile says little about one answer; a judge well above 0.5 here is doing well.
 - ``synthetic``: the packaged ``data/judge_known_pairs.jsonl``, pairs built so that one side
-  plainly fits the persona (ELIX: a 5-year-old vs a PhD physicist, simple vs technical
-  answers; Reviews: an enthusiast vs a harsh critic; Roleplay: an activist vs a rancher).
-  Every question appears once for each of two opposite users with the sides swapped, so a
-  judge that ignores the description scores 0.5.
+  plainly fits the persona (ELIX: a 5-year-old vs a PhD physicist, a retired farmer vs a
+  chemistry student, simple vs technical answers; Reviews: an enthusiast vs a harsh critic, a
+  commuter who wants one line vs a gadget fan who wants every detail; Roleplay: an activist
+  vs a rancher, a churchgoing grandmother vs a startup founder). Every question appears once
+  for each of two opposite users with the sides swapped, so a judge that ignores the
+  description scores 0.5. The last 12 (farmer, commuter, grandmother and their opposites)
+  were written after the judge's prompt was chosen on the first 24, to check that choice.
 
 Each pair is scored once in both orders; the verdicts with calibration off (``strict``) and on
 (``calibrated``, the position bias over the source's pairs, as ``win_rate`` removes it) come
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence, get_args
 
 from personalign.fspo.data.judge import (
-    Consistency, JudgeMethod, PairJob, PairwiseJudge, domain_guidelines,
+    JUDGE_PROMPT, Consistency, JudgeMethod, PairJob, PairwiseJudge, domain_guidelines,
 )
 from personalign.runtime.errors import DataError
 from personalign.runtime.metrics import standard_error
@@ -89,13 +92,13 @@ def _metrics(outcomes: Sequence[tuple], judge: PairwiseJudge) -> dict[str, Any]:
             "position_bias": sum(o[0] + o[1] for o in outcomes) / (2 * len(outcomes))}
 
 
-def check_judge(judge_llm, pairs: Sequence[KnownPair], method: JudgeMethod = "letter"
-                ) -> dict[str, Any]:
+def check_judge(judge_llm, pairs: Sequence[KnownPair], method: JudgeMethod = "letter",
+                prompt: str = JUDGE_PROMPT) -> dict[str, Any]:
     """Score every pair in both orders once; metrics per source with calibration off and on,
-    and each pair's raw outcome."""
+    and each pair's raw outcome. ``prompt``: the judge's template (the default's)."""
     if not pairs:
         raise DataError("no known pairs to judge")
-    judge = PairwiseJudge(judge_llm, method)
+    judge = PairwiseJudge(judge_llm, method, prompt=prompt)
     outcomes = judge.score([(p.description, p.guidelines,
                              PairJob(p.question, p.chosen, p.rejected)) for p in pairs])
     rows = []

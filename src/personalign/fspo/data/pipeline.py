@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from personalign.fspo.data.episodes import write_jsonl
 from personalign.fspo.data.judge import (
-    DEFAULT_CONSISTENCY, DEFAULT_JUDGE, Consistency, JudgeMethod, PairJob, PairwiseJudge,
+    DEFAULT_CONSISTENCY, DEFAULT_JUDGE, JUDGE_PROMPT, Consistency, JudgeMethod, PairJob,
+    PairwiseJudge,
 )
 from personalign.fspo.data.refine import RefineConfig, append_traits, propose_traits
 from personalign.fspo.data.synthetic import (
@@ -154,8 +155,9 @@ class SyntheticPipeline:
 
     def inputs(self) -> dict[str, Any]:
         """What the results depend on: the configuration, the contents of the users and
-        questions files it names, and the models (a local model folder by its contents)."""
-        inputs: dict[str, Any] = {"config": self.cfg.to_dict()}
+        questions files it names, the models (a local model folder by its contents) and the
+        judge's prompt (labels asked another way are other labels)."""
+        inputs: dict[str, Any] = {"config": self.cfg.to_dict(), "judge_prompt": JUDGE_PROMPT}
         for key in ("users_file", "questions_file"):
             path = getattr(self.cfg, key)
             if path:

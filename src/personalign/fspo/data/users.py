@@ -124,7 +124,7 @@ def reviews_users(include_held_out: bool = True) -> list[SyntheticUser]:
 
 # ------------------------------------------------------------------ Roleplay
 ROLEPLAY_GUIDELINES = ("Prefer the response this person would find most relevant, agreeable and "
-                       "useful given their background, values and tastes.")
+                       "useful given their background, values and tastes. Ignore length.")
 
 _PERSONA_PROMPT = ("Write a short description (two sentences, in the third person) of a "
                    "fictional person: their age, job, values and what kind of answers they "
