@@ -19,8 +19,8 @@ Order consistency (``consistency``):
   every pair).
 
 The user's description is the ``ChoiceItem.prefix``; the question, both responses, the
-guidelines, the description once more and "Answer with A or B" follow it, so one user's pairs share one encoded prefix on
-backends with prefix caching. An instruct judge (the default, Qwen 1.5B Instruct on llama.cpp)
+guidelines, the description once more and "Answer with A or B" follow it, so one user's pairs
+share one encoded prefix on backends with prefix caching. An instruct judge (the default, Qwen 1.5B Instruct on llama.cpp)
 reads it all as its chat turn and answers with the letter.
 
 ``p_x`` = the mean over both orders of the probability that x is preferred; label entropy is
@@ -81,10 +81,10 @@ def domain_guidelines(domain: str | None) -> str:
 # An instruct judge reads prefix + prompt as its user turn and answers with the letter.
 JUDGE_PREFIX = "User description: {description}\n\n"
 
-# The description is said again right before the request: on known pairs (``fspo
-# judge-check``, Qwen 1.5B, calibrated) this decided 28 of 36 pairs against 19 with the
-# description at the top only, and more of them rightly (README). How length counts is each
-# domain's guideline (ELIX and Reviews differ on it).
+# The description is said again right before the request: on known pairs (Qwen 1.5B,
+# calibrated; benchmarks/judge_prompts.py) this decided 28 of 36 pairs, 24 rightly, against 20
+# and 17 with the description at the top only (README). How length counts is each domain's
+# guideline (ELIX and Reviews differ on it).
 JUDGE_PROMPT = (
     "This user asked:\n{question}\n\n"
     "Response A:\n{a}\n\n"
