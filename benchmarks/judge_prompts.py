@@ -23,18 +23,16 @@ from personalign.fspo.data.judge_check import (
 )
 from personalign.runtime.llm.factory import load_llm
 
-_PAIR = "This user asked:\n{question}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
+# the prompt before issue 28's change: the description only in the shared prefix
+OLD = ("This user asked:\n{question}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\n"
+       "Scoring guidelines: {guidelines}\n"
+       "A longer response is not better for being longer.\n"
+       "Which response would this user prefer? Answer with A or B.\nAnswer:")
 VARIANTS = {
-    # the prompt before issue 28's change: the description only in the shared prefix
-    "old": _PAIR + ("Scoring guidelines: {guidelines}\n"
-                    "A longer response is not better for being longer.\n"
-                    "Which response would this user prefer? Answer with A or B.\nAnswer:"),
+    "old": OLD,
     "current": JUDGE_PROMPT,
-    "old+reminder": _PAIR + ("Scoring guidelines: {guidelines}\n"
-                             "A longer response is not better for being longer.\n"
-                             "Remember who the user is: {description}\n"
-                             "Which response would this user prefer? Answer with A or B.\n"
-                             "Answer:"),
+    "old+reminder": OLD.replace("Which response", "Remember who the user is: {description}\n"
+                                                  "Which response"),
     "written-for": JUDGE_PROMPT.replace("Which response fits this user better?",
                                         "Which response was written for this user?"),
     "no-guidelines": JUDGE_PROMPT.replace("Scoring guidelines: {guidelines}\n", ""),
