@@ -32,9 +32,9 @@ def test_win_rate_against_each_models_own_base_over_all_records(tmp_path, monkey
                       else "no shots", model_id=f"fake-{spec}")
         original = llm.generate
 
-        def generate(prompts, params):
+        def generate(prompts, params, **kw):
             asked.setdefault(spec, []).extend(prompts)
-            return original(prompts, params)
+            return original(prompts, params, **kw)
 
         llm.generate = generate
         return llm

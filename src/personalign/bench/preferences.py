@@ -63,7 +63,8 @@ def baseline_of(m: EpisodeModel) -> EpisodeModel:
 
 def _generations(run: RunFolder, shared: SharedModels, m: EpisodeModel,
                  records: Sequence[dict[str, Any]], descriptions: dict[str, str],
-                 max_tokens: int, unit: str | None = None) -> list[str]:
+                 max_tokens: int, unit: str | None = None, progress: bool = False
+                 ) -> list[str]:
     """``m``'s greedy responses to the records' questions (a resumable unit); a
     description-first model answers after the description it writes, as it is scored."""
     unit = unit or f"{m.name}/generations"
@@ -78,7 +79,8 @@ def _generations(run: RunFolder, shared: SharedModels, m: EpisodeModel,
             prompts[i] = with_description(prompts[i], text)
         params = SamplingParams(max_tokens=max_tokens, stop=("\n#",))
         with llm.phase(f"{m.name}/generate"):
-            texts = llm.generate([p + RESPONSE_HEADER for p in prompts], params)
+            texts = llm.generate([p + RESPONSE_HEADER for p in prompts], params,
+                                 progress=progress)
         gens = {"texts": [t[0].strip() for t in texts]}
         run.save(unit, gens, inputs)
     return gens["texts"]
@@ -158,7 +160,8 @@ def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> 
 
 def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeModel],
                records: Sequence[dict[str, Any]], descriptions: dict[str, str], judge: LLM,
-               consistency: Consistency, guidelines: str, max_tokens: int) -> str:
+               consistency: Consistency, guidelines: str, max_tokens: int,
+               progress: bool = False) -> str:
     """Each model's win rate against its own base (:func:`baseline_of`), one resumable unit
     per model; the markdown table (win rate, s.e., n, ties, the judge's order consistency)."""
     from personalign.fspo.data.judge import win_rate
@@ -170,9 +173,11 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
         baseline = baseline_of(m)
         if (model_files(m.model), m.mode) == (model_files(baseline.model), baseline.mode):
             continue  # the baseline itself
-        texts = _generations(run, shared, m, records, descriptions, max_tokens)
+        texts = _generations(run, shared, m, records, descriptions, max_tokens,
+                             progress=progress)
         against = _generations(run, shared, baseline, records, descriptions, max_tokens,
-                               unit=f"baseline/{baseline.model}/generations")
+                               unit=f"baseline/{baseline.model}/generations",
+                               progress=progress)
         unit = f"{m.name}/win-rate"
         inputs = [texts, against, questions, users_descriptions, guidelines, consistency,
                   getattr(judge, "model_id", str(judge)), JUDGE_PROMPT]
@@ -180,7 +185,8 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
         if w is None:
             items = [{"question": q, "description": d, "response": t, "baseline": b}
                      for q, d, t, b in zip(questions, users_descriptions, texts, against)]
-            result = win_rate(judge, items, consistency=consistency, guidelines=guidelines)
+            result = win_rate(judge, items, consistency=consistency, guidelines=guidelines,
+                              progress=progress)
             w = result.as_dict() | {"scores": result.scores}
             run.save(unit, w, inputs)
         table.append({"Model": m.name, "against": baseline.name,
@@ -257,7 +263,7 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
     bar.close()
     win_records = list(records if win_max_items is None else records[:win_max_items])
     win_md = _win_rates(run, shared, models, win_records, descriptions, judge,
-                        judge_consistency, guidelines, gen_max_tokens) \
+                        judge_consistency, guidelines, gen_max_tokens, progress) \
         if judge is not None and win_records else ""
     user_records = []
     for user_id, results in per_user.items():

@@ -271,7 +271,8 @@ class WinRate:
 
 
 def win_rate(judge_llm, items: Sequence[Mapping[str, str]], method: JudgeMethod = "letter",
-             consistency: Consistency = DEFAULT_CONSISTENCY, guidelines: str = "") -> WinRate:
+             consistency: Consistency = DEFAULT_CONSISTENCY, guidelines: str = "",
+             progress: bool = False) -> WinRate:
     """Win rate of ``response`` over ``baseline`` for each item (question, description,
     response, baseline), asked in both orders with the user's description and ``guidelines``:
     two wins 1, two losses 0, anything else (order-inconsistent, a tie, an unparsed answer)
@@ -282,7 +283,7 @@ def win_rate(judge_llm, items: Sequence[Mapping[str, str]], method: JudgeMethod 
     judge = PairwiseJudge(judge_llm, method, consistency)
     requests = [(it["description"], guidelines,
                  PairJob(it["question"], it["response"], it["baseline"])) for it in items]
-    outcomes = judge.score(requests)
+    outcomes = judge.score(requests, progress=progress)
     judgments = judge.finalize(outcomes)
     scores = [j.win for j in judgments]  # x: the response
     raw_consistent = [o[2] and decide(o[0], o[1]) is not None for o in outcomes]
