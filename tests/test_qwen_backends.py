@@ -72,14 +72,29 @@ def test_both_backends_write_the_same_chat_text(engine, llamacpp, dev_data_path)
         assert engine.encode(text) == llamacpp.tokenize(text)
 
 
+BF16_STEP = 0.13
+
+
+def _gap(logprobs) -> float:
+    """How far the chosen option leads the next one (nats)."""
+    top, second = sorted(logprobs)[-2:][::-1]
+    return top - second
+
+
 def test_backends_agree_and_the_prefix_cache_changes_nothing(engine, llamacpp, dev_data_path):
     items = _items(dev_data_path)
     together = engine.score_choices(items)  # the first four share one prefix
     alone = [engine.score_choices([it])[0] for it in items]
+    decided = 0
     for a, b in zip(together, alone):
-        assert a.choice == b.choice
         assert max(abs(math.exp(x) - math.exp(y))
                    for x, y in zip(a.logprobs, b.logprobs)) < 0.02
+        # bfloat16 logits near 20 are rounded to steps of 0.125 nats: options closer than a
+        # step (an exact tie, seen on an AMX Xeon) may swap with the batch's shape
+        if min(_gap(a.logprobs), _gap(b.logprobs)) > BF16_STEP:
+            decided += 1
+            assert a.choice == b.choice
+    assert decided >= 3  # 3 of the 6 on the AMX Xeon: the choice check is not vacuous
     reference = llamacpp.score_choices(items)
     agree = sum(a.choice == b.choice for a, b in zip(together, reference))
     assert agree >= len(items) - 1  # dequantized weights against Q4_K_M: one close call may flip
