@@ -79,7 +79,9 @@ def test_one_report_for_every_method(tmp_path):
     random_rows = [r for r in rows if r["method"] == "random"]
     assert all(r["correct"] == pytest.approx(1 / 3) for r in random_rows)
     assert "Fermi w/o RoP" in res.summary["per_method_md"]
-    assert "Fermi/OPRO preset: tiny" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "Fermi/OPRO preset: tiny" in readme
+    assert "The users' own answers: most frequent letter " in readme
     usage = json.loads((out / "usage.json").read_text())
     assert usage["calls_per_user"]["fake-task"] > 0
     assert usage["calls_per_user"]["fake-opt"] > 0

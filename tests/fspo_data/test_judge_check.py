@@ -6,7 +6,7 @@ import math
 
 from typer.testing import CliRunner
 
-from personalign.cli.fspo_train_cmd import _domain, _found_descriptions, app
+from personalign.cli.fspo_train_cmd import _domain, _found_descriptions, _protocol, app
 from personalign.fspo.data.judge import GUIDELINES, JUDGE_PREFIX, JUDGE_PROMPT, PairwiseJudge, PairJob
 from personalign.fspo.data.judge_check import (
     check_judge, opinionqa_known_pairs, synthetic_known_pairs,
@@ -117,3 +117,7 @@ def test_eval_finds_descriptions_and_domain_in_the_data(tmp_path):
     synthetic = [{"user_id": "u", "meta": {"query_meta": {"domain": "elix"}}}]
     assert _domain("fspo-synthetic", synthetic) == "elix"
     assert _domain("fspo-synthetic", [{"user_id": "u"}]) is None
+    # the data's domain wins over the protocol's, which defaults from the data
+    assert _domain("opinionqa-preferences", synthetic) == "elix"
+    assert _protocol(synthetic) == "fspo-synthetic"
+    assert _protocol(records) == "opinionqa-preferences"

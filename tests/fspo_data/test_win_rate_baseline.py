@@ -76,6 +76,15 @@ def test_win_rate_against_each_models_own_base_over_all_records(tmp_path, monkey
         assert all("Example" not in p for p in asked[base])
     assert all("Example" in p for p in asked["base"])
     assert {m["method"] for m in summary["per_method"]} == {"base", "small", "big"}
+    # the judge's calls are in the report's usage, by model judged
+    judged = judge.usage.as_dict()
+    assert set(judged["by_phase"]) == {"base/judge", "small/judge", "big/judge"}
+
+    def reported_judge_usage():
+        usage = json.loads((tmp_path / "report" / "usage.json").read_text())
+        return usage["total"]["judge"]
+    assert reported_judge_usage() == judged and judged["calls"] > 0
+    assert "| judge | small/judge |" in readme
 
     # A rerun reuses the win rates; a changed judge prompt is a changed input, refused.
     def judged_items(**patch):
@@ -88,6 +97,7 @@ def test_win_rate_against_each_models_own_base_over_all_records(tmp_path, monkey
         return counting.usage.calls
 
     assert judged_items() == 0
+    assert reported_judge_usage() == judged  # what the saved units cost when they ran
     with pytest.raises(ConfigError, match="win-rate was computed from other inputs"):
         judged_items(JUDGE_PROMPT="Which fits? {question} {a} {b}")
 

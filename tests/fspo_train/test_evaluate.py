@@ -89,5 +89,7 @@ def test_report_of_preference_rows_is_macro_over_users(tmp_path):
     assert fspo["logp_accuracy"] == pytest.approx((0.75 + 0.0) / 2)
     assert "accuracy" not in fspo  # no choices in these episodes
     assert summary["paired"][0]["diff"] == pytest.approx((0.75 - 0.0) / 2 - (0.25 + 1.0) / 2)
-    assert "Log-prob accuracy" in (tmp_path / "README.md").read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert "Log-prob accuracy" in readme
+    assert "most frequent letter" not in readme  # the users gave no lettered answers
     assert (tmp_path / "accuracy.png").exists()

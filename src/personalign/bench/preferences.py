@@ -38,7 +38,7 @@ from personalign.fspo.personalizer import RESPONSE_HEADER
 from personalign.fspo.train.model import base_model, model_files
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.llm.base import LLM
-from personalign.runtime.llm.types import ChoiceItem, SamplingParams
+from personalign.runtime.llm.types import ChoiceItem, SamplingParams, usage_since
 from personalign.runtime.personalizer import SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
 
@@ -63,14 +63,14 @@ def baseline_of(m: EpisodeModel) -> EpisodeModel:
 
 def _generations(run: RunFolder, shared: SharedModels, m: EpisodeModel,
                  records: Sequence[dict[str, Any]], descriptions: dict[str, str],
-                 max_tokens: int, unit: str | None = None, progress: bool = False
-                 ) -> list[str]:
-    """``m``'s greedy responses to the records' questions (a resumable unit); a
-    description-first model answers after the description it writes, as it is scored."""
-    unit = unit or f"{m.name}/generations"
+                 max_tokens: int, unit: str, progress: bool = False) -> dict[str, Any]:
+    """``m``'s greedy responses to the records' questions (a resumable unit): ``texts``, and
+    the ``usage`` that wrote them; a description-first model answers after the description
+    it writes, as it is scored."""
     inputs = [list(records), [model_identity(m.model), m.mode], descriptions]
     gens = run.load(unit, inputs)
     if gens is None:
+        before = shared.usage()
         llm = completion_llm(shared, m.model)
         prompts = [transform_prompt(r, m.mode, descriptions) for r in records]
         first = [i for i, r in enumerate(records) if _description_first(r, m.mode)]
@@ -81,9 +81,10 @@ def _generations(run: RunFolder, shared: SharedModels, m: EpisodeModel,
         with llm.phase(f"{m.name}/generate"):
             texts = llm.generate([p + RESPONSE_HEADER for p in prompts], params,
                                  progress=progress)
-        gens = {"texts": [t[0].strip() for t in texts]}
+        gens = {"texts": [t[0].strip() for t in texts],
+                "usage": usage_since(shared.usage(), before)}
         run.save(unit, gens, inputs)
-    return gens["texts"]
+    return gens
 
 
 def completion_llm(models: SharedModels, spec: str, reference: bool = False) -> LLM:
@@ -161,23 +162,28 @@ def _rows(name: str, records, policy, reference, protocol: str, beta: float) -> 
 def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeModel],
                records: Sequence[dict[str, Any]], descriptions: dict[str, str], judge: LLM,
                consistency: Consistency, guidelines: str, max_tokens: int,
-               progress: bool = False) -> str:
+               progress: bool = False) -> tuple[str, dict]:
     """Each model's win rate against its own base (:func:`baseline_of`), one resumable unit
-    per model; the markdown table (win rate, s.e., n, ties, the judge's order consistency)."""
+    per model; the markdown table (win rate, s.e., n, ties, the judge's order consistency)
+    and the LLM usage of its units (generation and judging; units reused from an earlier
+    session count what they cost then)."""
+    from personalign.bench.report import sum_usage
     from personalign.fspo.data.judge import win_rate
 
     questions = [final_question(r["prompt"]) for r in records]
     users_descriptions = [descriptions.get(r["user_id"], "") for r in records]
-    table = []
+    table, usage = [], {}  # usage by unit: a baseline's generations serve several models
     for m in models:
         baseline = baseline_of(m)
         if (model_files(m.model), m.mode) == (model_files(baseline.model), baseline.mode):
             continue  # the baseline itself
-        texts = _generations(run, shared, m, records, descriptions, max_tokens,
-                             progress=progress)
-        against = _generations(run, shared, baseline, records, descriptions, max_tokens,
-                               unit=f"baseline/{baseline.model}/generations",
-                               progress=progress)
+        texts, against = [], []
+        for who, unit, out in ((m, f"{m.name}/generations", texts),
+                               (baseline, f"baseline/{baseline.model}/generations", against)):
+            gens = _generations(run, shared, who, records, descriptions, max_tokens, unit,
+                                progress)
+            out += gens["texts"]
+            usage[unit] = gens.get("usage", {})  # (none in units saved before it was kept)
         unit = f"{m.name}/win-rate"
         inputs = [texts, against, questions, users_descriptions, guidelines, consistency,
                   getattr(judge, "model_id", str(judge)), JUDGE_PROMPT]
@@ -185,10 +191,14 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
         if w is None:
             items = [{"question": q, "description": d, "response": t, "baseline": b}
                      for q, d, t, b in zip(questions, users_descriptions, texts, against)]
-            result = win_rate(judge, items, consistency=consistency, guidelines=guidelines,
-                              progress=progress)
-            w = result.as_dict() | {"scores": result.scores}
+            before = judge.usage.as_dict()
+            with judge.phase(f"{m.name}/judge"):
+                result = win_rate(judge, items, consistency=consistency,
+                                  guidelines=guidelines, progress=progress)
+            w = result.as_dict() | {"scores": result.scores, "usage": {
+                judge.model_id: usage_since(judge.usage.as_dict(), before)}}
             run.save(unit, w, inputs)
+        usage[unit] = w.get("usage", {})
         table.append({"Model": m.name, "against": baseline.name,
                       "Win rate": f"{w['win_rate']:.3f}", "s.e.": f"{w['se']:.3f}",
                       "n": w["n"], "ties": w["ties"],
@@ -197,12 +207,12 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
                       "order-consistent, as judged": f"{1 - w['ties'] / w['n']:.2f}",
                       "judge": w["judge"], "calibration": w["consistency"]})
     if not table:
-        return ""
+        return "", {}
     import pandas as pd
 
     from personalign.bench.report import markdown
 
-    return markdown(pd.DataFrame(table))
+    return markdown(pd.DataFrame(table)), sum_usage(list(usage.values()))
 
 
 def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str, Any]],
@@ -244,7 +254,7 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
                 llms = [completion_llm(shared, m.model)]
                 if with_ref:
                     llms.append(completion_llm(shared, m.model, reference=True))
-                before = [llm.usage.as_dict() for llm in llms]
+                before = shared.usage()
                 policy = _score(llms[0], recs, m.mode, descriptions, f"{m.name}/score")
                 reference = _score(llms[1], recs, m.mode, descriptions,
                                    f"{m.name}/reference") if with_ref else None
@@ -252,9 +262,7 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
                 if reference is not None and m.reference_name:
                     rows[m.reference_name] = _rows(m.reference_name, recs, reference, None,
                                                    protocol, beta)
-                usage = {llm.model_id: {k: llm.usage.as_dict()[k] - was[k] for k in
-                                        ("calls", "prompt_tokens", "scored_items")}
-                         for llm, was in zip(llms, before)}
+                usage = usage_since(shared.usage(), before)
                 result = {"rows": rows, "seconds": time.perf_counter() - start,
                           "usage": usage}
                 run.save(unit, result, inputs)
@@ -262,9 +270,9 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
             bar.update(1)
     bar.close()
     win_records = list(records if win_max_items is None else records[:win_max_items])
-    win_md = _win_rates(run, shared, models, win_records, descriptions, judge,
-                        judge_consistency, guidelines, gen_max_tokens, progress) \
-        if judge is not None and win_records else ""
+    win_md, win_usage = _win_rates(run, shared, models, win_records, descriptions, judge,
+                                   judge_consistency, guidelines, gen_max_tokens, progress) \
+        if judge is not None and win_records else ("", {})
     user_records = []
     for user_id, results in per_user.items():
         rows = [row for r in results.values() for rs in r["rows"].values() for row in rs]
@@ -279,6 +287,7 @@ def evaluate_episodes(models: Sequence[EpisodeModel], records: Sequence[dict[str
                    "seed": 0, "beta": beta, **(meta or {})}
     if win_md:
         report_meta["sections"] = [("Win rate (both orders, ties 0.5)", win_md)]
+        report_meta["usage_beyond_users"] = win_usage
     return write_report(out, user_records, report_meta)
 
 

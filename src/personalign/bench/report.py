@@ -78,7 +78,9 @@ def top_share(values: Sequence) -> tuple[str, float]:
 
 def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
     """Write the report folder from per-user records (``rows``, ``fits``, ``usage``,
-    ``seconds``, ``wall_s``) and the run's ``meta``; returns the summary tables."""
+    ``seconds``, ``wall_s``) and the run's ``meta``; returns the summary tables. LLM usage
+    not split by user (``fspo eval``'s win rates) can come as ``meta["usage_beyond_users"]``:
+    it counts in the totals and the phase table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = {m["spec"]: m["label"] for m in meta["methods"]}
@@ -188,7 +190,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
 
     # cost, optimizer failures, memory curves
     n = max(1, len(records))
-    total = sum_usage([r["usage"] for r in records])
+    total = sum_usage([r["usage"] for r in records] + [meta.get("usage_beyond_users", {})])
     fits = {s: [r["fits"][s] for r in records if r["fits"].get(s)] for s in specs}
     failures = {s: sum_usage([f.get("failures", {}) for f in fs]) for s, fs in fits.items()}
     counts = {s: sum_usage([f.get("counts", {}) for f in fs]) for s, fs in fits.items()}
@@ -238,8 +240,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
               "## Accuracy (macro over users, 95% bootstrap CI)", "", md_method, "",
               *[line for title_, body in meta.get("sections", [])
                 for line in (f"## {title_}", "", body, "")],
-              f"The users' own answers: most frequent letter {gold_letter} "
-              f"({_pct(gold_share)}%).", "",
+              *([f"The users' own answers: most frequent letter {gold_letter} "
+                 f"({_pct(gold_share)}%).", ""] if gold_letter else []),  # none: no choices
               f"## Paired differences over users in {METRICS[metrics[0]].lower()} "
               "(95% bootstrap CI)", "", md_paired, "",
               "## Per user", "", markdown(shown), "",

@@ -41,7 +41,7 @@ from personalign.runtime.data.splits import protocol_order
 from personalign.runtime.errors import ConfigError
 from personalign.runtime.executor import ExecutorConfig, make_executor
 from personalign.runtime.llm.factory import prepare_llm
-from personalign.runtime.llm.types import ScoringMethod
+from personalign.runtime.llm.types import ScoringMethod, usage_since
 from personalign.runtime.models import machine
 from personalign.runtime.personalizer import Personalizer, SharedModels
 from personalign.runtime.runs import RunFolder, model_identity
@@ -152,15 +152,6 @@ def select_users(users: Sequence[User], cfg: BenchConfig) -> tuple[list[UserSpli
     return splits, skipped
 
 
-def _usage(models: SharedModels) -> dict[str, dict]:
-    return {name: llm.usage.as_dict() for name, llm in models.loaded_llms().items()}
-
-
-def _diff(after: dict, before: dict) -> dict:
-    return {k: _diff(v, before.get(k, {})) if isinstance(v, dict) else v - before.get(k, 0)
-            for k, v in after.items()}
-
-
 @dataclass
 class UnitResult:
     """One method on one user (a unit): a row per answered question, what the fit did
@@ -201,7 +192,7 @@ class UserOutcome:
 def run_method(spec: str, split: UserSplit, models: SharedModels,
                settings: MethodSettings, protocol: str = PROTOCOL) -> UnitResult:
     """Fit one method on one user's past opinions and answer their test questions."""
-    start, before = time.perf_counter(), _usage(models)
+    start, before = time.perf_counter(), models.usage()
     method = build(spec, models, settings).fit(split.train)
     answers = method.predict(list(split.test))
     rows = []
@@ -214,7 +205,7 @@ def run_method(spec: str, split: UserSplit, models: SharedModels,
         if a.prompt_index is not None:
             row["prompt_index"] = a.prompt_index
         rows.append(row)
-    return UnitResult(rows, method.fit_report(), _diff(_usage(models), before),
+    return UnitResult(rows, method.fit_report(), usage_since(models.usage(), before),
                       time.perf_counter() - start, machine())
 
 

@@ -15,6 +15,8 @@ from personalign.cli.config_options import config_options
 from personalign.fspo.data.judge import (
     DEFAULT_CONSISTENCY, DEFAULT_JUDGE, Consistency, domain_guidelines,
 )
+from personalign.fspo.data.opinionqa_prefs import PROTOCOL as PREFS_PROTOCOL
+from personalign.fspo.data.synthetic import PROTOCOL as SYNTHETIC_PROTOCOL
 from personalign.fspo.train.config import FSPOTrainConfig
 from personalign.runtime.errors import ConfigError, DataError
 
@@ -132,13 +134,26 @@ def _found_descriptions(records: list[dict], episodes: list[Path], loo_pairs: Pa
     return {u: d for u, d in found.items() if u in users}
 
 
-def _domain(protocol: str, records: list[dict]) -> str | None:
-    """The domain whose guidelines the judge gets: OpinionQA's for its protocol, else the one
-    the episodes' pairs name (synthetic data records it), else none."""
-    if protocol.startswith("opinionqa"):
-        return "opinionqa"
+def _data_domain(records: list[dict]) -> str | None:
+    """The one domain the episodes' pairs name (synthetic data records it), else None."""
     domains = {((r.get("meta") or {}).get("query_meta") or {}).get("domain") for r in records}
     return domains.pop() if len(domains) == 1 and None not in domains else None
+
+
+def _protocol(records: list[dict]) -> str:
+    """Episodes whose pairs name a synthetic domain are fspo-synthetic; others are
+    OpinionQA's (its pairs name none)."""
+    named = _data_domain(records)
+    return SYNTHETIC_PROTOCOL if named and named != "opinionqa" else PREFS_PROTOCOL
+
+
+def _domain(protocol: str, records: list[dict]) -> str | None:
+    """The domain whose guidelines the judge gets: the one the episodes' pairs name, else
+    OpinionQA's for its protocol, else none."""
+    named = _data_domain(records)
+    if named is not None:
+        return named
+    return "opinionqa" if protocol.startswith("opinionqa") else None
 
 
 def _episode_models(specs: list[str], run: Path | None):
@@ -231,7 +246,9 @@ def eval_cmd(
     max_per_user: int | None = typer.Option(None),
     beta: float = typer.Option(0.01),
     threads: int | None = typer.Option(None),
-    protocol: str = typer.Option("opinionqa-preferences"),
+    protocol: str | None = typer.Option(None, help=f"The report's protocol name (default: "
+                                        f"{SYNTHETIC_PROTOCOL} for episodes whose pairs name a "
+                                        f"synthetic domain, else {PREFS_PROTOCOL})."),
     force: bool = typer.Option(False, help="Recompute results whose inputs changed."),
 ):
     """Reward, log-prob and choice accuracy (and with --win-rate the win rate against each
@@ -256,6 +273,7 @@ def eval_cmd(
     models = _episode_models(list(model or []), run)
     if judge_consistency not in get_args(Consistency):
         raise ConfigError(f"--judge-consistency must be one of {get_args(Consistency)}")
+    protocol = protocol or _protocol(records)
     domain = domain or _domain(protocol, records)
     guidelines = domain_guidelines(domain)
     found = _found_descriptions(records, list(episodes or []), loo_pairs)

@@ -167,6 +167,11 @@ class SharedModels(Config):
         return {(llm.model_id if key[1] else key[0]): llm
                 for key, llm in self._loaded.items() if key != "embedder"}
 
+    def usage(self) -> dict[str, dict]:
+        """A snapshot of every loaded LLM's usage (``Usage.as_dict``), by
+        :meth:`loaded_llms`' names: take the difference of two with ``usage_since``."""
+        return {name: llm.usage.as_dict() for name, llm in self.loaded_llms().items()}
+
     @contextlib.contextmanager
     def observing(self, observer: CallObserver) -> Iterator[None]:
         """``observer`` sees every call of the LLMs loaded so far and of those loaded inside

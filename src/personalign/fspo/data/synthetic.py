@@ -27,6 +27,10 @@ from personalign.runtime.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+#: The protocol of evaluations on this data (``fspo eval``'s report), beside OpinionQA's
+#: ``opinionqa-preferences``.
+PROTOCOL = "fspo-synthetic"
+
 # Seed topics for generated questions (the generator writes the question itself).
 TOPICS = {
     "elix": ["photosynthesis", "gravity", "rainbows", "vaccines", "volcanoes", "the internet",

@@ -104,3 +104,10 @@ class Usage:
         if self.by_phase:
             d["by_phase"] = {k: v.as_dict() for k, v in self.by_phase.items()}
         return d
+
+
+def usage_since(after: dict, before: dict) -> dict:
+    """What was added between two snapshots of nested usage dicts (``Usage.as_dict``, or
+    those of several LLMs by name); a name or phase missing before counts from zero."""
+    return {k: usage_since(v, before.get(k, {})) if isinstance(v, dict)
+            else v - before.get(k, 0) for k, v in after.items()}
