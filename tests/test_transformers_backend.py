@@ -102,6 +102,34 @@ def test_decode_loop_matches_hf_generate_and_reuses_the_prompt(smollm):
     assert smollm.prompt_cache.reused_tokens - before == len(ids) - 1  # only the last token ran
 
 
+def test_lookup_drafts_give_greedy_text_in_fewer_passes(smollm):
+    """Prompt-lookup decoding keeps plain greedy decoding's tokens (SmolLM2 runs in float32
+    here, where batched and single-token passes agree) and, on a reply that copies its
+    prompt, takes fewer forward passes than tokens."""
+    import torch
+
+    prompts = [[{"role": "user", "content": "Repeat this sentence exactly: The quick brown "
+                 "fox jumps over the lazy dog near the quiet river bank."}],
+               [{"role": "user", "content": "List three colors."}]]
+    assert smollm.dtype == "float32"
+    passes, texts = {}, []
+    try:
+        for i, prompt in enumerate(prompts):
+            ids = smollm.prompt_ids(prompt)
+            rows = {}
+            for k in (0, 8):
+                smollm.lookup_tokens, smollm.forward_passes = k, 0
+                with torch.inference_mode():
+                    rows[k] = smollm._decode(ids, 1, SamplingParams(max_tokens=30))[0]
+                passes[i, k] = smollm.forward_passes
+            assert rows[8] == rows[0], i
+            texts.append(smollm.tokenizer.decode(rows[8]))
+    finally:
+        smollm.lookup_tokens = 8
+    assert "quick brown fox jumps over the lazy dog" in texts[0]
+    assert passes[0, 8] <= passes[0, 0] // 2, passes
+
+
 def test_ignore_eos_generates_max_tokens_per_sample(smollm):
     params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=0, ignore_eos=True)
     gen = smollm._generate([[{"role": "user", "content": "Hi"}]], params)[0]
@@ -216,3 +244,14 @@ def test_direct_tokenizer_load_matches_autotokenizer(name):
         chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
         assert direct.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) \
             == auto.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def test_lookup_draft_follows_the_latest_longest_match():
+    from personalign.runtime.llm.transformers_backend import lookup_draft
+
+    #          0  1  2  3  4  5  6  7  8  9
+    context = [1, 2, 3, 9, 1, 2, 3, 7, 1, 2, 3]
+    assert lookup_draft(context, 2) == [7, 1]  # after the latest earlier "1 2 3"
+    assert lookup_draft(context, 0) == []
+    assert lookup_draft([5, 6, 4, 6], 3) == [4, 6]  # no "4 6" or "6 4 6" before: "6" alone
+    assert lookup_draft([1, 2, 3], 4) == []  # nothing repeats

@@ -4,7 +4,9 @@ Scoring is dominated by the shared context (a candidate prompt, few-shot example
 encodes each distinct prefix once and reuses its KV cache for every item and option that
 follows it, and applies the output projection only where a log-prob is read (Gemma's 262k-row
 output layer is most of its weights). ``reference_scoring`` holds the plain implementation that
-benchmarks and tests compare against.
+benchmarks and tests compare against. Greedy decoding checks drafts looked up in the text so far
+(prompt-lookup decoding): a chat-format reply that copies its prompt takes fewer passes
+(``benchmarks/lookup_decoding.py``).
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ class TransformersLLM(LLM):
                  cache=True, pack_weights: bool = True, max_padding: float = 0.15,
                  adapters: Sequence[str] = (), option_template: str = DEFAULT_OPTION,
                  option_eos: bool = False, name: str | None = None,
-                 chat_scoring: bool | None = None):
+                 chat_scoring: bool | None = None, lookup_tokens: int = 8):
         """``adapters``: PEFT (LoRA) adapter folders merged into the weights in order, so a
         fine-tuned model runs on the same engine. ``option_template``/``option_eos``: how an
         option is written as the continuation that ``text`` scoring reads (a model trained on
         another completion format, such as FSPO's, names its own). ``chat_scoring``: choices
         scored through the chat template (None: as ``models.is_instruct`` says). ``dtype``:
-        None runs the model's own (``models.engine_dtype``)."""
+        None runs the model's own (``models.engine_dtype``). ``lookup_tokens``: how many
+        tokens greedy decoding drafts from the text so far (:func:`lookup_draft`), 0 for
+        none."""
         super().__init__(cache=cache)
         torch = _torch()
         from transformers import AutoModelForCausalLM
@@ -110,6 +114,8 @@ class TransformersLLM(LLM):
         self._letter_ids: dict[str, int] = {}
         # Generation prompts often repeat (optimizer retries) or share a long head.
         self.prompt_cache = PromptCache()
+        self.lookup_tokens = lookup_tokens
+        self.forward_passes = 0  # of decoding, after the prompt (lookup drafts save them)
 
     def _identity(self) -> tuple[str, str]:
         # dtype and weight packing change results slightly, so they are part of the cache key.
@@ -405,14 +411,19 @@ class TransformersLLM(LLM):
         """``n`` continuations of ``ids``, as (sample, token) the moment each token is picked:
         the prompt runs once (its shared prefix with the previous prompt not at all), the
         samples decode together from copies of its cache, and a sample leaves the batch at
-        EOS, a stop string or ``max_tokens``."""
+        EOS, a stop string or ``max_tokens``. One greedy continuation checks a draft of
+        tokens looked up in the text so far in each forward pass (:meth:`_lookup_tokens`)."""
         torch = _torch()
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         logits, cache = self.prompt_cache.prefill(self.model, "generate", ids)
         logits = logits[:, -1, :].expand(n, -1)
+        if n == 1 and params.temperature <= 0 and self.lookup_tokens > 0:
+            for token in self._lookup_tokens(ids, logits, cache, params):
+                yield 0, token
+            return
         if n > 1:
             cache.batch_repeat_interleave(n)
-        stop_ids = set() if params.ignore_eos else self._stop_ids()
+        stop_ids = self._stops(params)
         rows: list[list[int]] = [[] for _ in range(n)]
         alive = list(range(n))
         for _ in range(params.max_tokens):
@@ -423,8 +434,7 @@ class TransformersLLM(LLM):
                     continue
                 rows[row].append(tok)
                 yield row, tok
-                if len(rows[row]) >= params.max_tokens or (params.stop and any(
-                        s in self.tokenizer.decode(rows[row][-32:]) for s in params.stop)):
+                if self._ended(rows[row], params):
                     continue
                 keep.append(k)
             if not keep:
@@ -434,8 +444,81 @@ class TransformersLLM(LLM):
                 cache.batch_select_indices(index)
                 picked = picked[index]
                 alive = [alive[k] for k in keep]
+            self.forward_passes += 1
             logits = self.model(input_ids=picked[:, None], cache=cache,
                                 use_cache=True, logits_to_keep=1).logits[:, -1, :]
+
+    def _stops(self, params: SamplingParams) -> set[int]:
+        return set() if params.ignore_eos else self._stop_ids()
+
+    def _ended(self, row: list[int], params: SamplingParams) -> bool:
+        """The row is done after its last token: ``max_tokens`` reached or a stop string
+        written."""
+        return len(row) >= params.max_tokens or bool(params.stop and any(
+            s in self.tokenizer.decode(row[-32:]) for s in params.stop))
+
+    def _lookup_tokens(self, ids: list[int], logits, cache, params: SamplingParams
+                       ) -> Iterator[int]:
+        """Greedy decoding that drafts the next tokens from the text so far (prompt-lookup
+        decoding): chat formats and structured replies copy much of their prompt (DSPy's
+        field markers, a quoted option). One forward pass runs the picked token and its draft;
+        the draft's tokens are kept while each is the argmax after the ones before it, so the
+        text is plain greedy decoding's (up to float rounding between batched and single-token
+        passes) in fewer passes. A cache that cannot drop the rejected tail (a sliding-window
+        layer) decodes without drafts."""
+        torch = _torch()
+        stop_ids = self._stops(params)
+        context, row = list(ids), []
+        token = int(logits[0].argmax())
+        drafting = True
+        while True:
+            if token in stop_ids:
+                return
+            row.append(token)
+            context.append(token)
+            yield token
+            if self._ended(row, params):
+                return
+            room = params.max_tokens - len(row) - 1  # the pass picks one token after the draft
+            draft = lookup_draft(context, min(self.lookup_tokens, room)) if drafting else []
+            step = torch.tensor([[token, *draft]], device=self.device)
+            self.forward_passes += 1
+            picks = self.model(input_ids=step, cache=cache, use_cache=True,
+                               logits_to_keep=step.shape[1]).logits[0].argmax(dim=-1).tolist()
+            kept = 0
+            while kept < len(draft) and picks[kept] == draft[kept]:
+                kept += 1
+            if kept < len(draft):
+                try:
+                    cache.crop(-(len(draft) - kept))  # the rejected draft's keys and values
+                except (RuntimeError, ValueError) as e:  # e.g. a full sliding-window layer
+                    log.debug("no lookup drafts: %s", e)
+                    drafting = False  # and the text so far runs again, without the tail
+                    cache = self.model(input_ids=torch.tensor([context + draft[:kept]],
+                                                              device=self.device),
+                                       use_cache=True, logits_to_keep=1).cache
+            for t in draft[:kept]:
+                if t in stop_ids:
+                    return
+                row.append(t)
+                context.append(t)
+                yield t
+                if self._ended(row, params):
+                    return
+            token = picks[kept]
+
+def lookup_draft(context: Sequence[int], k: int, longest: int = 3) -> list[int]:
+    """Up to ``k`` tokens that followed the latest earlier occurrence of the context's last
+    ``longest`` tokens (or, failing that, of fewer, down to one): the draft of prompt-lookup
+    decoding."""
+    if k <= 0:
+        return []
+    for n in range(min(longest, len(context) - 1), 0, -1):
+        tail = list(context[-n:])
+        for start in range(len(context) - n - 1, -1, -1):
+            if context[start] == tail[0] and list(context[start:start + n]) == tail:
+                return list(context[start + n:start + n + k])
+    return []
 
 
 def _settled(text: str, stop: Sequence[str]) -> str:
