@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from personalign.runtime.llm.reference_scoring import plain_score
 from personalign.runtime.llm.types import ChoiceItem, SamplingParams
 
 pytestmark = pytest.mark.real_model
+BACKEND = "personalign.runtime.llm.transformers_backend"
 
 EASY = [("What is the capital of France?", ("Berlin", "Paris", "Madrid")),
         ("What color is the sky on a clear day?", ("Green", "Red", "Blue")),
@@ -128,6 +131,27 @@ def test_lookup_drafts_give_greedy_text_in_fewer_passes(smollm):
         smollm.lookup_tokens = 8
     assert "quick brown fox jumps over the lazy dog" in texts[0]
     assert passes[0, 8] <= passes[0, 0] // 2, passes
+
+
+def test_lookup_drafts_past_a_sliding_window_keep_greedy_text(gemma, caplog):
+    """Gemma 3's sliding-window layers cannot drop a rejected draft once their window is
+    full: decoding goes on without drafts and writes plain greedy decoding's text."""
+    import torch
+
+    window = gemma.model.config.sliding_window
+    counting = " ".join(str(i) for i in range(1, 400)) + " 1 2 3 4 5 6 7 8 9 10 11 12 13"
+    ids = gemma.encode(counting, specials=True)
+    assert len(ids) > window
+    rows = {}
+    try:
+        for k in (0, 8):
+            gemma.lookup_tokens = k
+            with torch.inference_mode(), caplog.at_level(logging.DEBUG, logger=BACKEND):
+                rows[k] = gemma._decode(ids, 1, SamplingParams(max_tokens=24))[0]
+    finally:
+        gemma.lookup_tokens = 8
+    assert rows[8] == rows[0] and len(rows[0]) == 24
+    assert any("no lookup drafts" in r.message for r in caplog.records)  # the fallback ran
 
 
 def test_ignore_eos_generates_max_tokens_per_sample(smollm):

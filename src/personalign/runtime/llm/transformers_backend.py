@@ -469,16 +469,18 @@ class TransformersLLM(LLM):
         torch = _torch()
         stop_ids = self._stops(params)
         context, row = list(ids), []
-        token = int(logits[0].argmax())
+        pending = [int(logits[0].argmax())]  # to write; the last is not in the cache yet
         drafting = True
         while True:
-            if token in stop_ids:
-                return
-            row.append(token)
-            context.append(token)
-            yield token
-            if self._ended(row, params):
-                return
+            for t in pending:
+                if t in stop_ids:
+                    return
+                row.append(t)
+                context.append(t)
+                yield t
+                if self._ended(row, params):
+                    return
+            token = pending[-1]
             room = params.max_tokens - len(row) - 1  # the pass picks one token after the draft
             draft = lookup_draft(context, min(self.lookup_tokens, room)) if drafting else []
             step = torch.tensor([[token, *draft]], device=self.device)
@@ -497,15 +499,8 @@ class TransformersLLM(LLM):
                     cache = self.model(input_ids=torch.tensor([context + draft[:kept]],
                                                               device=self.device),
                                        use_cache=True, logits_to_keep=1).cache
-            for t in draft[:kept]:
-                if t in stop_ids:
-                    return
-                row.append(t)
-                context.append(t)
-                yield t
-                if self._ended(row, params):
-                    return
-            token = picks[kept]
+            pending = [*draft[:kept], picks[kept]]
+
 
 def lookup_draft(context: Sequence[int], k: int, longest: int = 3) -> list[int]:
     """Up to ``k`` tokens that followed the latest earlier occurrence of the context's last
