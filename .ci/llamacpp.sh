@@ -24,9 +24,11 @@ if ! compgen -G "$WHEELS/llama_cpp_python-$VERSION-*.whl" >/dev/null; then
   echo "building llama-cpp-python $VERSION into $WHEELS (once)"
   start=$(date +%s)
   # No multimodal library (LLAVA_BUILD, 54 sources): the package loads it only for image chats.
+  # --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and would hand back a build made
+  # with other instruction sets.
   CMAKE_ARGS="-DGGML_NATIVE=OFF $ISA -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$VERSION"
+    "$PY" -m pip wheel -q --no-deps --no-cache-dir -w "$WHEELS" "llama-cpp-python==$VERSION"
   echo "built in $(( $(date +%s) - start )) s"
 fi
 [ "$BUILD_ONLY" != --build-only ] || exit 0
