@@ -3,11 +3,13 @@
 The peers' task calls are DSPy chat-adapter prompts (the peers' own signature, a user's
 profile as the instruction, one OpinionQA question) answered greedily: a reply such as
 "[[ ## answer ## ]]\\nB\\n\\n[[ ## completed ## ]]" copies most of its tokens from the prompt.
-For each request, with the prompt cache cleared before each run (so both include the whole
-prompt pass), the engine decodes it without drafts and with them, in alternating order. Prints
-seconds per request, forward passes, the paired ratio, and how many replies are identical.
+For each request the engine decodes it without drafts and with them, in alternating order,
+each run from the same prompt-cache state: cleared (the whole prompt pass counts), or with
+``--shared-prefix`` holding the previous request (the same user's system message is reused, as
+in a peer's fit). Prints seconds per request, forward passes, the paired ratio, and how many
+replies are identical.
 
-    python benchmarks/lookup_decoding.py --users 3 --questions 4 --threads 1
+    python benchmarks/lookup_decoding.py --users 3 --questions 4 --threads 1 [--shared-prefix]
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--draft", type=int, default=8, help="lookup tokens per pass")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shared-prefix", action="store_true",
+                    help="start each run with the previous request's prompt cached")
     args = ap.parse_args()
     configure_threads(args.threads)
     prompts = requests(args.data, args.users, args.questions)
@@ -58,8 +62,10 @@ def main() -> None:
     for i, prompt in enumerate(prompts):
         runs = {}
         for k in ((0, args.draft) if i % 2 == 0 else (args.draft, 0)):
-            llm.lookup_tokens, llm.forward_passes = k, 0
             llm.prompt_cache.clear()
+            if args.shared_prefix and i > 0:  # the previous request's prompt pass
+                llm._generate([prompts[i - 1]], SamplingParams(max_tokens=1))
+            llm.lookup_tokens, llm.forward_passes = k, 0
             start = time.perf_counter()
             (gen,) = llm._generate([prompt], params)
             runs[k] = (time.perf_counter() - start, llm.forward_passes, gen)
@@ -71,9 +77,11 @@ def main() -> None:
               f"drafts {draft_s:.2f} s / {draft_p} passes; same text: "
               f"{plain.texts == drafted.texts}; {plain.texts[0]!r}", flush=True)
     plain_s, draft_s, plain_p, draft_p, gen, prompt_tokens, same = zip(*rows)
-    print(f"\n{args.model} on the engine ({llm.dtype}), {args.threads} thread(s), DSPy "
-          f"{DSPY_VERSION} chat-adapter requests: {len(rows)}, median {statistics.median(prompt_tokens):.0f} "
-          f"prompt tokens, {statistics.median(gen):.0f} generated")
+    state = "previous request's prompt cached" if args.shared_prefix else "prompt cache cleared"
+    print(f"\n{args.model} on the engine ({llm.dtype}), {args.threads} thread(s), {state}, DSPy "
+          f"{DSPY_VERSION} chat-adapter requests: {len(rows)}, median "
+          f"{statistics.median(prompt_tokens):.0f} prompt tokens, "
+          f"{statistics.median(gen):.0f} generated")
     print(f"seconds per request, median: plain {statistics.median(plain_s):.2f}, with drafts "
           f"{statistics.median(draft_s):.2f}; paired ratio plain/drafts: median "
           f"{statistics.median(p / d for p, d in zip(plain_s, draft_s)):.2f}, "
