@@ -177,13 +177,13 @@ def _win_rates(run: RunFolder, shared: SharedModels, models: Sequence[EpisodeMod
         baseline = baseline_of(m)
         if (model_files(m.model), m.mode) == (model_files(baseline.model), baseline.mode):
             continue  # the baseline itself
-        texts, against = [], []
-        for who, unit, out in ((m, f"{m.name}/generations", texts),
-                               (baseline, f"baseline/{baseline.model}/generations", against)):
-            gens = _generations(run, shared, who, records, descriptions, max_tokens, unit,
-                                progress)
-            out += gens["texts"]
-            usage[unit] = gens.get("usage", {})  # (none in units saved before it was kept)
+        gens = {unit: _generations(run, shared, who, records, descriptions, max_tokens, unit,
+                                   progress)
+                for unit, who in ((f"{m.name}/generations", m),
+                                  (f"baseline/{baseline.model}/generations", baseline))}
+        texts, against = (g["texts"] for g in gens.values())
+        # (units saved before usage was kept have none)
+        usage.update({unit: g.get("usage", {}) for unit, g in gens.items()})
         unit = f"{m.name}/win-rate"
         inputs = [texts, against, questions, users_descriptions, guidelines, consistency,
                   getattr(judge, "model_id", str(judge)), JUDGE_PROMPT]

@@ -418,8 +418,7 @@ class TransformersLLM(LLM):
         logits, cache = self.prompt_cache.prefill(self.model, "generate", ids)
         logits = logits[:, -1, :].expand(n, -1)
         if n == 1 and params.temperature <= 0 and self.lookup_tokens > 0:
-            for token in self._lookup_tokens(ids, logits, cache, params):
-                yield 0, token
+            yield from ((0, token) for token in self._lookup_tokens(ids, logits, cache, params))
             return
         if n > 1:
             cache.batch_repeat_interleave(n)
