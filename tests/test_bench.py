@@ -126,6 +126,38 @@ def test_units_say_which_machine_computed_them(tmp_path):
     assert f"{machine()} (1)" in note and "not recorded (1)" in note
 
 
+def test_runs_on_other_users_pool_into_one_report(tmp_path):
+    """A run split over sessions (other users with --user-ids) pools from the parts'
+    summary.json alone into the report one run on every user writes; summary.json holds
+    numbers, no question, qid, option or prompt."""
+    from personalign.bench.report import pool
+    from personalign.cli.main import main
+
+    users = [make_user(f"u{i}", 40) for i in range(3)]
+    methods = "vanilla,profile,fewshot"  # (the scripted optimizer's replies run on over users)
+    whole, _ = _run(tmp_path / "whole", users, 3, methods=methods)
+    parts = [_run(tmp_path / f"part{i}", users, None, methods=methods, user_ids=ids)[0].out
+             / "summary.json" for i, ids in enumerate((["u0", "u1"], ["u2"]))]
+    text = parts[0].read_text()
+    for leak in ("How do you feel", '"Q1"', "Agree", "Female"):
+        assert leak not in text, leak
+    out = tmp_path / "pooled"
+    main(["bench", "pool", str(parts[0]), str(parts[1]), "--out", str(out)])
+    for name in ("per_user.md", "per_method.md", "paired.md"):
+        assert (out / name).read_text() == (whole.out / name).read_text(), name
+    assert not (out / "results.jsonl").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert [p["users"] for p in config["pooled_from"]] == [["u0", "u1"], ["u2"]]
+    assert "Pooled from" in (out / "README.md").read_text()
+    # a pooled report pools again, and refuses a user twice or another benchmark
+    assert [u["user_id"] for u in pool([out / "summary.json"])[0]] == ["u0", "u1", "u2"]
+    with pytest.raises(ConfigError, match="user u2 is also in"):
+        pool([parts[1], out / "summary.json"])
+    other = _run(tmp_path / "other", users, 1, methods="vanilla")[0].out / "summary.json"
+    with pytest.raises(ConfigError, match="field meta.methods differs"):
+        pool([parts[1], other])
+
+
 def test_changed_inputs_stop_or_recompute(tmp_path):
     users = [make_user(f"u{i}", 40) for i in range(2)]
     _run(tmp_path, users, 2, methods="vanilla")

@@ -215,3 +215,12 @@ def test_lamp_id_of_wrong_type_names_its_line(tmp_path):
     code, output = run_cli("data", "validate", q)
     assert_one_line_error(code, output, "x_questions.json:23", "field '[1].id'",
                           "expected str/int, got list")
+
+
+@pytest.mark.parametrize("text, where", [("{not json", "not a readable summary.json"),
+                                         ('{"format": 99}', "field format")])
+def test_bench_pool_bad_summary_writes_nothing(tmp_path, text, where):
+    path = write(tmp_path / "summary.json", text)
+    code, output = run_cli("bench", "pool", path, "--out", tmp_path / "out")
+    assert_one_line_error(code, output, str(path), where)
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,9 @@
 """The one report writer: every protocol and method, from one long results table.
 
     results.jsonl          one row per (user, question, method): choice, correct, option scores
+    summary.json           the run's meta and, per user and method, numbers only (metric means,
+                           answer-letter counts, fit counts, LLM cost): every file below is
+                           written from it, and ``bench pool`` writes one report from several
     per_user.csv/.md       accuracy per user and method
     per_method.csv/.md     macro accuracy over users with a 95% bootstrap CI, top-letter share,
                            answers that differ from vanilla's, users whose prompt pool collapsed
@@ -18,14 +21,19 @@ Other per-question metrics in the rows (``logp_correct``, ``reward_correct``,
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from personalign.runtime.errors import ConfigError
 from personalign.runtime.metrics import mean_ci, paired_bootstrap_ci
 from personalign.runtime.storage import atomic_write, atomic_write_text
+
+#: summary.json's layout version (bench pool refuses others)
+SUMMARY_FORMAT = 1
 
 #: per-question 0/1 metrics a row may carry, and what the report calls them
 METRICS = {"correct": "Accuracy", "logp_correct": "Log-prob accuracy",
@@ -70,10 +78,61 @@ def _letter(i) -> str:
 
 def top_share(values: Sequence) -> tuple[str, float]:
     """The most frequent answer letter among choice indices (None skipped) and its share."""
-    counts = pd.Series([v for v in values if v is not None]).value_counts()
-    if counts.empty:
+    return _top_letter(_letter_counts(values))
+
+
+def _letter_counts(values: Sequence) -> dict[str, int]:
+    return dict(Counter(_letter(v) for v in values if v is not None and v == v))
+
+
+def _top_letter(counts: dict[str, int]) -> tuple[str, float]:
+    """The most frequent letter of ``counts`` (ties: the earlier letter) and its share."""
+    total = sum(counts.values())
+    if not total:
         return "", float("nan")
-    return _letter(counts.index[0]), float(counts.iloc[0] / counts.sum())
+    letter = min(counts, key=lambda k: (-counts[k], k))
+    return letter, counts[letter] / total
+
+
+def _numbers(d: dict) -> dict:
+    """The numbers of a nested dict (a fit's counts and failures), nothing else."""
+    return {k: _numbers(v) if isinstance(v, dict) else v for k, v in d.items()
+            if isinstance(v, dict) or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+
+
+def summarize(record: dict[str, Any], vanilla: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One user's record as numbers only, all the report needs: each method's metric means,
+    answer-letter counts and answers that differ from ``vanilla``'s (qid -> choice), the
+    users' own answer letters, each fit's collapse, counts, failures and best scores, and the
+    LLM usage and seconds. No question, answer or prompt is in it (``summary.json``)."""
+    frame = pd.DataFrame(record["rows"])
+    for column in ("qid", "method", "choice", "answer"):
+        if column not in frame:
+            frame[column] = None
+    methods: dict[str, dict[str, Any]] = {}
+    for spec, mine in frame.groupby("method", sort=False):
+        entry: dict[str, Any] = {
+            "metrics": {m: float(mine[m].mean()) for m in METRICS
+                        if m in mine and mine[m].notna().any()},
+            "letters": _letter_counts(mine["choice"].tolist())}
+        if vanilla is not None and spec != "vanilla":
+            answered = [(c, vanilla.get(q)) for q, c in zip(mine["qid"], mine["choice"])
+                        if c is not None and c == c]
+            entry["differs_from_vanilla"] = [sum(c != v for c, v in answered), len(answered)]
+        methods[spec] = entry
+    fits = {}
+    for spec, fit in record["fits"].items():
+        kept = {k: _numbers(fit[k]) for k in ("counts", "failures") if isinstance(fit.get(k), dict)}
+        if "collapsed" in fit:
+            kept["collapsed"] = bool(fit["collapsed"])
+        if fit.get("history"):
+            kept["best_scores"] = [h["best_score"] for h in fit["history"]]
+        fits[spec] = kept
+    answers = frame.drop_duplicates("qid")["answer"].tolist() if len(frame) else []
+    return {"user_id": record["user_id"], "n_test": record["n_test"], "methods": methods,
+            "answer_letters": _letter_counts(answers), "fits": fits,
+            **{k: record[k] for k in ("usage", "method_usage", "seconds", "wall_s", "machines")
+               if k in record}}
 
 
 def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
@@ -83,57 +142,118 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
     it counts in the totals and the phase table."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = {m["spec"]: m["label"] for m in meta["methods"]}
-    specs = list(labels)
-    seed = meta.get("seed", 0)
     rows = [row for r in records for row in r["rows"]]
     atomic_write_text(out / "results.jsonl", "".join(
         json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    frame = pd.DataFrame(rows)
-    for column in ("user_id", "qid", "method", "choice", "answer", "correct"):
-        if column not in frame:
-            frame[column] = None
-    metrics = [m for m in METRICS if m in frame and frame[m].notna().any()] or ["correct"]
+    specs = [m["spec"] for m in meta["methods"]]
+    users = []
+    for r in records:
+        vanilla = {row["qid"]: row.get("choice") for row in r["rows"]
+                   if row["method"] == "vanilla"} if "vanilla" in specs else None
+        users.append(summarize(r, vanilla))
+    return render(out, users, meta)
+
+
+#: what must agree for summaries to be pooled into one report
+POOLED_FIELDS = ("protocol", "data", "methods", "models", "settings", "seed", "split")
+
+
+def pool(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The users and meta of several ``summary.json`` files of one benchmark (the same
+    protocol, data, methods, models, settings, seed and split; disjoint users), e.g. a run
+    split over sessions or machines with ``--user-ids``. Anything else is a ConfigError that
+    names the file and the field."""
+    if not paths:
+        raise ConfigError("bench pool: no summary.json given")
+    parts = []
+    for path in map(Path, paths):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: not a readable summary.json ({e})") from None
+        if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+            raise ConfigError(f"{path}: field format: expected {SUMMARY_FORMAT} (a summary.json "
+                              "written by a benchmark report)")
+        parts.append((path, summary))
+    (first_path, first), seen = parts[0], {}
+    for path, summary in parts:
+        for field in POOLED_FIELDS:
+            if summary["meta"].get(field) != first["meta"].get(field):
+                raise ConfigError(f"{path}: field meta.{field} differs from {first_path}'s: "
+                                  "only runs of one benchmark pool")
+        for user in summary["users"]:
+            if user["user_id"] in seen:
+                raise ConfigError(f"{path}: user {user['user_id']} is also in "
+                                  f"{seen[user['user_id']]}")
+            seen[user["user_id"]] = path
+    meta = {k: v for k, v in first["meta"].items()
+            if k not in ("sections", "units_run_this_session", "this_session_wall_s")}
+    meta["usage_beyond_users"] = sum_usage([s["meta"].get("usage_beyond_users", {})
+                                            for _, s in parts])
+    meta["stopped_users"] = {u: why for _, s in parts
+                             for u, why in s["meta"].get("stopped_users", {}).items()}
+    meta["execution"] = [s["meta"].get("execution") for _, s in parts]
+    meta["pooled_from"] = [{"summary": str(p), "users": [u["user_id"] for u in s["users"]]}
+                           for p, s in parts]
+    meta["notes"] = [*first["meta"].get("notes", []), "Pooled from " + "; ".join(
+        f"{p} ({len(s['users'])} users)" for p, s in parts) + "."]
+    return [u for _, s in parts for u in s["users"]], meta
+
+
+def render(out: str | Path, users: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
+    """Every file of the report but ``results.jsonl``, from the users' summaries
+    (:func:`summarize`) and the run's ``meta``; returns the summary tables."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.json", json.dumps(
+        {"format": SUMMARY_FORMAT, "meta": meta, "users": users}, indent=1, default=str) + "\n")
+    labels = {m["spec"]: m["label"] for m in meta["methods"]}
+    specs = list(labels)
+    seed = meta.get("seed", 0)
+    ids = [u["user_id"] for u in users]
+    metrics = [m for m in METRICS
+               if any(m in e["metrics"] for u in users for e in u["methods"].values())] \
+        or ["correct"]
 
     # per user x method, every metric
-    per_user = {m: frame.pivot_table(index="user_id", columns="method", values=m,
-                                     aggfunc="mean", sort=False).reindex(columns=specs)
+    per_user = {m: pd.DataFrame([[u["methods"].get(s, {}).get("metrics", {}).get(m, np.nan)
+                                  for s in specs] for u in users],
+                                index=pd.Index(ids, name="user_id"),
+                                columns=pd.Index(specs, name="method"), dtype=float)
                 for m in metrics}
     # the first metric present is the headline (choice accuracy where there are choices)
-    users = [r["user_id"] for r in records]
-    accuracy = per_user[metrics[0]].reindex(users)
+    accuracy = per_user[metrics[0]]
     shown = accuracy.map(_pct).rename(columns=labels)
-    shown.insert(0, "test questions", [r["n_test"] for r in records])
+    shown.insert(0, "test questions", [u["n_test"] for u in users])
     shown = shown.reset_index().rename(columns={"index": "user_id"})
     _write_csv(out / "per_user.csv", accuracy, index=True)
     atomic_write_text(out / "per_user.md", markdown(shown) + "\n")
 
     # per method
-    vanilla = frame[frame["method"] == "vanilla"].set_index(["user_id", "qid"])["choice"] \
-        if "vanilla" in specs else None
-    collapsed = {s: sum(bool(r["fits"].get(s, {}).get("collapsed")) for r in records)
-                 for s in specs}
+    has_vanilla = "vanilla" in specs
+    fits = {s: [u["fits"][s] for u in users if u["fits"].get(s)] for s in specs}
+    collapsed = {s: sum(bool(f.get("collapsed")) for f in fs) for s, fs in fits.items()}
+    failures = {s: sum_usage([f.get("failures", {}) for f in fs]) for s, fs in fits.items()}
+    counts = {s: sum_usage([f.get("counts", {}) for f in fs]) for s, fs in fits.items()}
     # answers a generating method (the DSPy peers) could not parse, of those it gave
-    unparsed = {s: (sum(r["fits"].get(s, {}).get("failures", {}).get("unparsed_answers", 0)
-                        for r in records),
-                    sum(r["fits"].get(s, {}).get("counts", {}).get("answers", 0)
-                        for r in records)) for s in specs}
+    unparsed = {s: (failures[s].get("unparsed_answers", 0), counts[s].get("answers", 0))
+                for s in specs}
     table = []
     for spec in specs:
-        mine = frame[frame["method"] == spec]
+        mine = [u["methods"][spec] for u in users if spec in u["methods"]]
         row: dict[str, Any] = {"method": spec, "label": labels[spec]}
         for m in metrics:
-            values = per_user[m][spec].reindex(users).dropna().to_numpy()
+            values = per_user[m][spec].dropna().to_numpy()
             mean, lo, hi = mean_ci(values, seed=seed)
             key = _key(m)
             row.update({key: mean, f"{key}_ci_low": lo, f"{key}_ci_high": hi})
-        row["users"] = int(accuracy[spec].notna().sum()) if spec in accuracy else 0
-        row["top_letter"], row["top_letter_share"] = top_share(mine["choice"].tolist())
-        if vanilla is not None and spec != "vanilla" and len(mine):
-            theirs = vanilla.reindex(mine.set_index(["user_id", "qid"]).index).to_numpy()
-            answered = mine["choice"].notna().to_numpy()
-            row["differs_from_vanilla"] = float(np.mean(
-                mine["choice"].to_numpy()[answered] != theirs[answered])) if answered.any() \
+        row["users"] = int(accuracy[spec].notna().sum())
+        row["top_letter"], row["top_letter_share"] = _top_letter(
+            sum_usage([e["letters"] for e in mine]))
+        if has_vanilla and spec != "vanilla" and mine:
+            differ, answered = np.sum([e.get("differs_from_vanilla", [0, 0]) for e in mine],
+                                      axis=0)
+            row["differs_from_vanilla"] = float(differ / answered) if answered \
                 else float("nan")
         row["collapsed_users"] = collapsed[spec]
         if unparsed[spec][1]:
@@ -141,8 +261,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         table.append(row)
     per_method = pd.DataFrame(table)
     _write_csv(out / "per_method.csv", per_method)
-    gold_letter, gold_share = top_share(frame.drop_duplicates(["user_id", "qid"])["answer"]
-                                        .tolist() if len(frame) else [])
+    gold_letter, gold_share = _top_letter(sum_usage([u["answer_letters"] for u in users]))
     md_rows = []
     for r in table:
         cells = {"Method": r["label"]}
@@ -154,7 +273,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
         cells["Users"] = r["users"]
         cells["Top letter"] = f"{r['top_letter']} ({_pct(r['top_letter_share'])}%)" \
             if r["top_letter"] else "-"
-        if vanilla is not None:
+        if has_vanilla:
             differs = r.get("differs_from_vanilla", np.nan)
             cells["Differs from vanilla"] = "-" if differs != differs else f"{_pct(differs)}%"
         cells["Collapsed pools"] = r["collapsed_users"] if any(collapsed.values()) else "-"
@@ -189,28 +308,25 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
     atomic_write_text(out / "paired.md", md_paired + "\n")
 
     # cost, optimizer failures, memory curves
-    n = max(1, len(records))
-    total = sum_usage([r["usage"] for r in records] + [meta.get("usage_beyond_users", {})])
-    fits = {s: [r["fits"][s] for r in records if r["fits"].get(s)] for s in specs}
-    failures = {s: sum_usage([f.get("failures", {}) for f in fs]) for s, fs in fits.items()}
-    counts = {s: sum_usage([f.get("counts", {}) for f in fs]) for s, fs in fits.items()}
-    seconds = {s: float(np.mean([r["seconds"].get(s, 0.0) for r in records]))
-               for s in specs} if records else {}
-    wall = [r["wall_s"] for r in records]
+    n = max(1, len(users))
+    total = sum_usage([u["usage"] for u in users] + [meta.get("usage_beyond_users", {})])
+    seconds = {s: float(np.mean([u["seconds"].get(s, 0.0) for u in users]))
+               for s in specs} if users else {}
+    wall = [u["wall_s"] for u in users]
     usage = {"total": total, "calls_per_user": {k: v.get("calls", 0) / n
                                                 for k, v in total.items()},
-             "per_user": {r["user_id"]: r["usage"] for r in records},
+             "per_user": {u["user_id"]: u["usage"] for u in users},
              "optimizer_failures": {s: f for s, f in failures.items() if f},
              "optimizer_counts": {s: c for s, c in counts.items() if c},
              "seconds_per_user_by_method": seconds,
              "wall_s_per_user": {"mean": float(np.mean(wall)) if wall else 0.0,
                                  "total": float(np.sum(wall)) if wall else 0.0}}
     atomic_write_text(out / "usage.json", json.dumps(usage, indent=1) + "\n")
-    atomic_write_text(out / "config.json", json.dumps({**meta, "users": len(records)},
+    atomic_write_text(out / "config.json", json.dumps({**meta, "users": len(users)},
                                                       indent=1, default=str) + "\n")
     curves = {}
     for spec, fs in fits.items():
-        series = [[h["best_score"] for h in f["history"]] for f in fs if f.get("history")]
+        series = [f["best_scores"] for f in fs if f.get("best_scores")]
         if series:
             width = max(len(s) for s in series)
             curves[labels[spec]] = np.array([s + [s[-1]] * (width - len(s)) for s in series],
@@ -230,13 +346,15 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
                               for s in specs if failures[s] or counts[s]])
     fail_rows = fail_rows.apply(lambda col: col.map(
         lambda v: "-" if v != v else (f"{v:.0f}" if isinstance(v, float) else v)))
-    cost_md = _cost_table(records, specs, labels)
+    cost_md = _cost_table(users, specs, labels)
     models = meta.get("models", {})
+    machines = [m for u in users for m in u.get("machines", [])]
+    notes = [*meta.get("notes", []), *([_machines_note(machines)] if machines else [])]
     readme = [f"# {title}", "",
-              f"Users: {len(records)} (skipped, too few opinions: "
+              f"Users: {len(users)} (skipped, too few opinions: "
               f"{len(meta.get('skipped_users', []))}). Models: "
               + ", ".join(f"{k} {v}" for k, v in models.items()) + ". "
-              + " ".join(str(x) for x in meta.get("notes", [])), "",
+              + " ".join(str(x) for x in notes), "",
               "## Accuracy (macro over users, 95% bootstrap CI)", "", md_method, "",
               *[line for title_, body in meta.get("sections", [])
                 for line in (f"## {title_}", "", body, "")],
@@ -263,21 +381,26 @@ def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str,
             "curves": curves}
 
 
-def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[str, str]
-                ) -> str:
+def _machines_note(machines: list[str]) -> str:
+    """Where the report's units were computed (a resumed run may span machines)."""
+    return "Units computed on: " + "; ".join(
+        f"{name} ({n})" for name, n in Counter(machines).most_common()) + "."
+
+
+def _cost_table(users: list[dict[str, Any]], specs: list[str], labels: dict[str, str]) -> str:
     """Mean LLM calls, tokens and seconds per user for each method (from each unit's usage,
     every model together: computed calls, the call cache's hits counted apart), its tokens over
     Fermi's where Fermi ran, and for methods that count them (the DSPy peers) the tokens of
     every request, cache hits included; "" without per-method usage."""
-    if not records or not all("method_usage" in r for r in records):
+    if not users or not all("method_usage" in u for u in users):
         return ""
-    n = len(records)
+    n = len(users)
     requested = any("requested_tokens" in f.get("counts", {})
-                    for r in records for f in r["fits"].values())
+                    for u in users for f in u["fits"].values())
 
     def total(spec: str, key: str) -> float:
-        return sum(u.get(key, 0) for r in records
-                   for u in r["method_usage"].get(spec, {}).values()) / n
+        return sum(m.get(key, 0) for u in users
+                   for m in u["method_usage"].get(spec, {}).values()) / n
 
     fermi = total("fermi", "prompt_tokens") + total("fermi", "completion_tokens")
     rows = []
@@ -287,12 +410,12 @@ def _cost_table(records: list[dict[str, Any]], specs: list[str], labels: dict[st
                "cache hits": f"{total(spec, 'cache_hits'):.0f}",
                "prompt tokens": f"{total(spec, 'prompt_tokens'):.0f}",
                "completion tokens": f"{total(spec, 'completion_tokens'):.0f}",
-               "seconds": f"{np.mean([r['seconds'].get(spec, 0.0) for r in records]):.1f}"}
+               "seconds": f"{np.mean([u['seconds'].get(spec, 0.0) for u in users]):.1f}"}
         if "fermi" in specs:
             row["tokens / Fermi's"] = f"{tokens / fermi:.2f}" if fermi else "-"
         if requested:  # what a method asked for, answered from the cache or not
-            mine = [r["fits"].get(spec, {}).get("counts", {}).get("requested_tokens")
-                    for r in records]
+            mine = [u["fits"].get(spec, {}).get("counts", {}).get("requested_tokens")
+                    for u in users]
             row["tokens with cache hits"] = f"{sum(mine) / n:.0f}" \
                 if all(x is not None for x in mine) else "-"
         rows.append(row)

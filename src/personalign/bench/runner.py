@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -384,16 +383,9 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                       + (" (smaller T and K than the paper)"
                          if cfg.settings.preset != "paper" else "") + "."]
             + [note for note in (method_class(split_spec(s)[0]).report_note(cfg.settings)
-                                 for s in cfg.methods) if note]
-            + ([_machines_note([m for r in records for m in r["machines"]])] if records else [])}
+                                 for s in cfg.methods) if note]}
     summary = write_report(cfg.out, records, meta)
     return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
-
-
-def _machines_note(machines: list[str]) -> str:
-    """Where the report's units were computed (a resumed run may span machines)."""
-    return "Units computed on: " + "; ".join(
-        f"{name} ({n})" for name, n in Counter(machines).most_common()) + "."
 
 
 #: what the main job runs: the baselines, Fermi, and Fermi with retrieved opinions

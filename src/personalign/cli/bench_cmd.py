@@ -63,20 +63,25 @@ def print_projection(projection: dict, n_users: int) -> None:
 
 def print_result(result, title: str) -> None:
     """The per-method table and the paired CIs against vanilla, as rich tables."""
+    print_summary(result.summary, result.out, title)
+
+
+def print_summary(summary: dict, out: Path, title: str) -> None:
+    """:func:`print_result` for a report's summary tables (``write_report``'s return)."""
     table = Table(title=title)
-    similarity = any("distribution_similarity" in r for r in result.summary["per_method"])
+    similarity = any("distribution_similarity" in r for r in summary["per_method"])
     for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla") + (
             ("1 - W1/(n-1) (%)",) if similarity else ()):
         table.add_column(col, justify="left" if col == "Method" else "right")
-    for r in result.summary["per_method"]:
+    for r in summary["per_method"]:
         differs = r.get("differs_from_vanilla")
         table.add_row(r["label"], f"{100 * r['accuracy']:.1f}",
                       f"[{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]",
                       str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%",
                       *([f"{100 * r['distribution_similarity']:.1f}"] if similarity else []))
     console.print(table)
-    labels = {r["method"]: r["label"] for r in result.summary["per_method"]}
-    pairs = [p for p in result.summary["paired"] if p["baseline"] in ("vanilla", "fewshot")]
+    labels = {r["method"]: r["label"] for r in summary["per_method"]}
+    pairs = [p for p in summary["paired"] if p["baseline"] in ("vanilla", "fewshot")]
     if pairs:
         t2 = Table(title="Paired differences over users (points, 95% bootstrap CI)")
         for col in ("Method", "minus", "Diff", "95% CI"):
@@ -85,10 +90,10 @@ def print_result(result, title: str) -> None:
             t2.add_row(labels[p["method"]], labels[p["baseline"]], f"{100 * p['diff']:+.1f}",
                        f"[{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]")
         console.print(t2)
-    usage = result.summary["usage"]
+    usage = summary["usage"]
     calls = ", ".join(f"{k} {v:.0f}" for k, v in usage["calls_per_user"].items())
     console.print(f"LLM calls per user: {calls}; wall per user "
-                  f"{usage['wall_s_per_user']['mean']:.0f} s. Report: {result.out}/README.md")
+                  f"{usage['wall_s_per_user']['mean']:.0f} s. Report: {out}/README.md")
 
 
 # The options that are config fields come from the configs, help and default included: the
@@ -172,6 +177,23 @@ def opinionqa(
     preset = settings.preset
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
     print_result(result, f"{protocol}, {len(result.records)} users, preset {label}")
+
+
+@app.command("pool")
+def pool(
+    summaries: list[Path] = typer.Argument(..., help="The summary.json of each run folder."),
+    out: Path = typer.Option(..., help="Report folder for the pooled users."),
+) -> None:
+    """One report from several runs of one benchmark (the same protocol, data, methods,
+    models, settings and split; other users), e.g. a run split over sessions or machines with
+    --user-ids. Reads only each run's summary.json (numbers: no question, answer or prompt)."""
+    from personalign.bench.report import pool as pool_summaries
+    from personalign.bench.report import render
+
+    users, meta = pool_summaries(summaries)
+    summary = render(out, users, meta)
+    print_summary(summary, out, f"{meta['protocol']}, {len(users)} users pooled from "
+                  f"{len(summaries)} runs")
 
 
 def _for_protocol(command, protocol: str, doc: str):
