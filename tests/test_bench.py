@@ -126,36 +126,67 @@ def test_units_say_which_machine_computed_them(tmp_path):
     assert f"{machine()} (1)" in note and "not recorded (1)" in note
 
 
-def test_runs_on_other_users_pool_into_one_report(tmp_path):
-    """A run split over sessions (other users with --user-ids) pools from the parts'
-    summary.json alone into the report one run on every user writes; summary.json holds
-    numbers, no question, qid, option or prompt."""
+def test_runs_split_by_users_or_methods_pool_into_one_report(tmp_path):
+    """A run split over sessions, by users (--user-ids) or by methods, with a user left half
+    done by a stopped session, pools from the parts' summary.json alone into the report one
+    run on everything writes; summary.json holds numbers, no question, qid, option or
+    profile."""
     from personalign.bench.report import pool
     from personalign.cli.main import main
+    from personalign.runtime.budget import Limits
 
     users = [make_user(f"u{i}", 40) for i in range(3)]
     methods = "vanilla,profile,fewshot"  # (the scripted optimizer's replies run on over users)
     whole, _ = _run(tmp_path / "whole", users, 3, methods=methods)
-    parts = [_run(tmp_path / f"part{i}", users, None, methods=methods, user_ids=ids)[0].out
-             / "summary.json" for i, ids in enumerate((["u0", "u1"], ["u2"]))]
-    text = parts[0].read_text()
+
+    def summary(name, **kw):
+        return _run(tmp_path / name, users, kw.pop("n", 3), **kw)[0].out / "summary.json"
+
+    def pooled(name, *parts):
+        main(["bench", "pool", *map(str, parts), "--out", str(tmp_path / name)])
+        return tmp_path / name
+
+    def same_tables(a, b):
+        return all((a / f).read_text() == (b / f).read_text()
+                   for f in ("per_user.md", "per_method.md", "paired.md"))
+
+    by_users = [summary(f"users{i}", n=None, methods=methods, user_ids=ids)
+                for i, ids in enumerate((["u0", "u1"], ["u2"]))]
+    text = by_users[0].read_text()
     for leak in ("How do you feel", '"Q1"', "Agree", "Female"):
         assert leak not in text, leak
-    out = tmp_path / "pooled"
-    main(["bench", "pool", str(parts[0]), str(parts[1]), "--out", str(out)])
-    for name in ("per_user.md", "per_method.md", "paired.md"):
-        assert (out / name).read_text() == (whole.out / name).read_text(), name
-    assert not (out / "results.jsonl").exists()
+    out = pooled("pooled", *by_users)
+    assert same_tables(out, whole.out) and not (out / "results.jsonl").exists()
     config = json.loads((out / "config.json").read_text())
     assert [p["users"] for p in config["pooled_from"]] == [["u0", "u1"], ["u2"]]
     assert "Pooled from" in (out / "README.md").read_text()
-    # a pooled report pools again, and refuses a user twice or another benchmark
     assert [u["user_id"] for u in pool([out / "summary.json"])[0]] == ["u0", "u1", "u2"]
-    with pytest.raises(ConfigError, match="user u2 is also in"):
-        pool([parts[1], out / "summary.json"])
-    other = _run(tmp_path / "other", users, 1, methods="vanilla")[0].out / "summary.json"
-    with pytest.raises(ConfigError, match="field meta.methods differs"):
-        pool([parts[1], other])
+
+    # by methods; the session of the second part ends after u2's vanilla (its fewshot unit
+    # lost), the report rewritten from the saved units: u2 is in summary.json alone
+    profile = summary("a", methods="vanilla,profile")
+    fewshot = summary("b", methods="vanilla,fewshot")
+    next((tmp_path / "b" / "run" / "units").glob("u2_fewshot-*.json")).unlink()
+    summary("b", methods="vanilla,fewshot", limits=Limits(run_calls=1))
+    assert "| u2 |" not in (tmp_path / "b" / "run" / "per_user.md").read_text()
+    assert [u.get("incomplete") for u in json.loads(fewshot.read_text())["users"]] == \
+        [None, None, True]
+    assert "| u2 |" not in (pooled("two", profile, fewshot) / "per_user.md").read_text()
+    # the next session runs u2's missing method (vanilla again: the same unit twice is one)
+    rest = summary("c", n=None, methods="vanilla,fewshot", user_ids=["u2"])
+    assert same_tables(pooled("three", profile, fewshot, rest), whole.out)
+
+    # what does not pool: other models, one unit with other results
+    data = json.loads(rest.read_text())
+    data["meta"]["models"]["task"] = "another"
+    (tmp_path / "other.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="field meta.models differs"):
+        pool([profile, tmp_path / "other.json"])
+    data = json.loads(rest.read_text())
+    data["users"][0]["methods"]["vanilla"]["metrics"]["correct"] = 0.0
+    (tmp_path / "changed.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="user u2, method vanilla: other results"):
+        pool([profile, tmp_path / "changed.json"])
 
 
 def test_changed_inputs_stop_or_recompute(tmp_path):

@@ -135,78 +135,129 @@ def summarize(record: dict[str, Any], vanilla: dict[str, Any] | None = None) -> 
                if k in record}}
 
 
-def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
+def write_report(out: str | Path, records: list[dict[str, Any]], meta: dict[str, Any],
+                 partial: Sequence[dict[str, Any]] = ()) -> dict:
     """Write the report folder from per-user records (``rows``, ``fits``, ``usage``,
     ``seconds``, ``wall_s``) and the run's ``meta``; returns the summary tables. LLM usage
     not split by user (``fspo eval``'s win rates) can come as ``meta["usage_beyond_users"]``:
-    it counts in the totals and the phase table."""
+    it counts in the totals and the phase table. ``partial``: records of users with only some
+    methods done, kept in ``summary.json`` alone (``bench pool`` completes them)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for r in records for row in r["rows"]]
     atomic_write_text(out / "results.jsonl", "".join(
         json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-    specs = [m["spec"] for m in meta["methods"]]
     users = []
-    for r in records:
+    for r in [*records, *partial]:
         vanilla = {row["qid"]: row.get("choice") for row in r["rows"]
-                   if row["method"] == "vanilla"} if "vanilla" in specs else None
+                   if row["method"] == "vanilla"} if "vanilla" in r["seconds"] else None
         users.append(summarize(r, vanilla))
+    for user in users[len(records):]:
+        user["incomplete"] = True
     return render(out, users, meta)
 
 
-#: what must agree for summaries to be pooled into one report
-POOLED_FIELDS = ("protocol", "data", "methods", "models", "settings", "seed", "split")
+#: what must agree for summaries to be pooled into one report (methods may differ: a part
+#: may run some methods for some users)
+POOLED_FIELDS = ("protocol", "data", "models", "settings", "seed", "split")
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a readable summary.json ({e})") from None
+    if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
+        raise ConfigError(f"{path}: field format: expected {SUMMARY_FORMAT} (a summary.json "
+                          "written by a benchmark report)")
+    return summary
 
 
 def pool(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The users and meta of several ``summary.json`` files of one benchmark (the same
-    protocol, data, methods, models, settings, seed and split; disjoint users), e.g. a run
-    split over sessions or machines with ``--user-ids``. Anything else is a ConfigError that
-    names the file and the field."""
+    protocol, data, models, settings, seed and split), unit by unit: a run split over
+    sessions or machines by users (``--user-ids``) or by methods (``--methods``). A user's
+    units from several parts join; one unit in two parts must have the same results (vanilla
+    run again beside the rest); the methods are those of every part, in order of appearance.
+    Anything else is a ConfigError that names the file and the field."""
     if not paths:
         raise ConfigError("bench pool: no summary.json given")
-    parts = []
-    for path in map(Path, paths):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not a readable summary.json ({e})") from None
-        if not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT:
-            raise ConfigError(f"{path}: field format: expected {SUMMARY_FORMAT} (a summary.json "
-                              "written by a benchmark report)")
-        parts.append((path, summary))
-    (first_path, first), seen = parts[0], {}
+    parts = [(Path(p), _read_summary(Path(p))) for p in paths]
+    first_path, first = parts[0]
+    labels: dict[str, str] = {}
+    users: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], Path] = {}  # (user, method) -> the part it came from
     for path, summary in parts:
         for field in POOLED_FIELDS:
             if summary["meta"].get(field) != first["meta"].get(field):
                 raise ConfigError(f"{path}: field meta.{field} differs from {first_path}'s: "
                                   "only runs of one benchmark pool")
+        for m in summary["meta"]["methods"]:
+            if labels.setdefault(m["spec"], m["label"]) != m["label"]:
+                raise ConfigError(f"{path}: method {m['spec']} is labelled {m['label']!r}, "
+                                  f"elsewhere {labels[m['spec']]!r}")
         for user in summary["users"]:
-            if user["user_id"] in seen:
-                raise ConfigError(f"{path}: user {user['user_id']} is also in "
-                                  f"{seen[user['user_id']]}")
-            seen[user["user_id"]] = path
+            uid = user["user_id"]
+            if uid not in users:
+                users[uid] = json.loads(json.dumps(user))  # a copy to join into
+                origin.update({(uid, s): path for s in user["seconds"]})
+            else:
+                _join(users[uid], user, path, origin)
+    for user in users.values():
+        user.pop("incomplete", None)
+        if not set(labels) <= set(user["seconds"]):
+            user["incomplete"] = True
     meta = {k: v for k, v in first["meta"].items()
             if k not in ("sections", "units_run_this_session", "this_session_wall_s")}
+    meta["methods"] = [{"spec": s, "label": label} for s, label in labels.items()]
     meta["usage_beyond_users"] = sum_usage([s["meta"].get("usage_beyond_users", {})
                                             for _, s in parts])
     meta["stopped_users"] = {u: why for _, s in parts
-                             for u, why in s["meta"].get("stopped_users", {}).items()}
+                             for u, why in s["meta"].get("stopped_users", {}).items()
+                             if users.get(u, {}).get("incomplete")}
     meta["execution"] = [s["meta"].get("execution") for _, s in parts]
-    meta["pooled_from"] = [{"summary": str(p), "users": [u["user_id"] for u in s["users"]]}
+    meta["pooled_from"] = [{"summary": str(p), "users": [u["user_id"] for u in s["users"]],
+                            "methods": [m["spec"] for m in s["meta"]["methods"]]}
                            for p, s in parts]
-    meta["notes"] = [*first["meta"].get("notes", []), "Pooled from " + "; ".join(
+    notes = [n for _, s in parts for n in s["meta"].get("notes", [])]
+    meta["notes"] = [*dict.fromkeys(notes), "Pooled from " + "; ".join(
         f"{p} ({len(s['users'])} users)" for p, s in parts) + "."]
-    return [u for _, s in parts for u in s["users"]], meta
+    return list(users.values()), meta
+
+
+def _join(user: dict[str, Any], more: dict[str, Any], path: Path,
+          origin: dict[tuple[str, str], Path]) -> None:
+    """Add the units of ``more`` (the same user, from the part at ``path``) to ``user``."""
+    uid = user["user_id"]
+    for field in ("n_test", "answer_letters"):
+        if more.get(field) != user.get(field):
+            raise ConfigError(f"{path}: user {uid}: field {field} differs from "
+                              f"{origin[uid, next(iter(user['seconds']))]}'s (another split)")
+    if "method_usage" not in user or "method_usage" not in more:
+        raise ConfigError(f"{path}: user {uid} is in two parts without per-method usage")
+    for spec in more["seconds"]:
+        if spec in user["seconds"]:
+            if more["methods"].get(spec) != user["methods"].get(spec):
+                raise ConfigError(f"{path}: user {uid}, method {spec}: other results than in "
+                                  f"{origin[uid, spec]}")
+            continue  # the same unit twice (vanilla beside other methods)
+        origin[uid, spec] = path
+        for field in ("methods", "fits", "seconds", "method_usage", "machines"):
+            if spec in more.get(field, {}):
+                user.setdefault(field, {})[spec] = more[field][spec]
+    user["usage"] = sum_usage(list(user["method_usage"].values()))
+    user["wall_s"] = round(sum(user["seconds"].values()), 2)
 
 
 def render(out: str | Path, users: list[dict[str, Any]], meta: dict[str, Any]) -> dict:
     """Every file of the report but ``results.jsonl``, from the users' summaries
-    (:func:`summarize`) and the run's ``meta``; returns the summary tables."""
+    (:func:`summarize`) and the run's ``meta``; returns the summary tables. Users marked
+    ``incomplete`` (some methods not done) are kept in ``summary.json`` alone."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(
         {"format": SUMMARY_FORMAT, "meta": meta, "users": users}, indent=1, default=str) + "\n")
+    users = [u for u in users if not u.get("incomplete")]
     labels = {m["spec"]: m["label"] for m in meta["methods"]}
     specs = list(labels)
     seed = meta.get("seed", 0)
@@ -251,8 +302,9 @@ def render(out: str | Path, users: list[dict[str, Any]], meta: dict[str, Any]) -
         row["top_letter"], row["top_letter_share"] = _top_letter(
             sum_usage([e["letters"] for e in mine]))
         if has_vanilla and spec != "vanilla" and mine:
-            differ, answered = np.sum([e.get("differs_from_vanilla", [0, 0]) for e in mine],
-                                      axis=0)
+            # (a unit pooled from a part without vanilla has no count: then none is shown)
+            counted = [e.get("differs_from_vanilla") for e in mine]
+            differ, answered = np.sum(counted, axis=0) if all(counted) else (0, 0)
             row["differs_from_vanilla"] = float(differ / answered) if answered \
                 else float("nan")
         row["collapsed_users"] = collapsed[spec]
@@ -348,7 +400,7 @@ def render(out: str | Path, users: list[dict[str, Any]], meta: dict[str, Any]) -
         lambda v: "-" if v != v else (f"{v:.0f}" if isinstance(v, float) else v)))
     cost_md = _cost_table(users, specs, labels)
     models = meta.get("models", {})
-    machines = [m for u in users for m in u.get("machines", [])]
+    machines = [m for u in users for m in u.get("machines", {}).values()]
     notes = [*meta.get("notes", []), *([_machines_note(machines)] if machines else [])]
     readme = [f"# {title}", "",
               f"Users: {len(users)} (skipped, too few opinions: "

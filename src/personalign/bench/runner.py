@@ -354,12 +354,15 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             show_saved()
             bar.set_postfix(user=user)
     bar.close()
-    records = []
+    records, partial = [], []
     for split in splits:
-        per_method = {spec: done[split.user_id].get(spec) for spec in cfg.methods}
-        if any(r is None for r in per_method.values()):
-            continue  # stopped by a limit: in the report once every method is done
-        records.append({
+        per_method = {spec: done[split.user_id][spec] for spec in cfg.methods
+                      if spec in done[split.user_id]}
+        if not per_method:
+            continue
+        # a user stopped by a limit (or a session's end) is in the report once every method
+        # is done; until then only in summary.json, whose units `bench pool` can complete
+        (records if len(per_method) == len(cfg.methods) else partial).append({
             "user_id": split.user_id, "n_test": len(split.test),
             "rows": [row for r in per_method.values() for row in r.rows],
             "fits": {s: r.fit for s, r in per_method.items() if r.fit},
@@ -367,7 +370,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
             "method_usage": {s: r.usage for s, r in per_method.items()},
             "seconds": {s: round(r.seconds, 2) for s, r in per_method.items()},
             "wall_s": round(sum(r.seconds for r in per_method.values()), 2),
-            "machines": [r.machine or "not recorded" for r in per_method.values()]})
+            "machines": {s: r.machine or "not recorded" for s, r in per_method.items()}})
     meta = {"protocol": cfg.protocol, "data": cfg.data,
             "methods": [{"spec": s, "label": label(s)} for s in cfg.methods],
             "models": models.identity(), "settings": asdict(cfg.settings), "seed": cfg.seed,
@@ -384,7 +387,7 @@ def run_benchmark(cfg: BenchConfig, users: Sequence[User] | None = None, *,
                          if cfg.settings.preset != "paper" else "") + "."]
             + [note for note in (method_class(split_spec(s)[0]).report_note(cfg.settings)
                                  for s in cfg.methods) if note]}
-    summary = write_report(cfg.out, records, meta)
+    summary = write_report(cfg.out, records, meta, partial)
     return BenchResult(Path(cfg.out), records, summary, meta["stopped_users"])
 
 
