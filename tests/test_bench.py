@@ -126,7 +126,7 @@ def test_units_say_which_machine_computed_them(tmp_path):
     assert f"{machine()} (1)" in note and "not recorded (1)" in note
 
 
-def test_runs_split_by_users_or_methods_pool_into_one_report(tmp_path):
+def test_runs_split_by_users_or_methods_pool_into_one_report(tmp_path, capsys):
     """A run split over sessions, by users (--user-ids) or by methods, with a user left half
     done by a stopped session, pools from the parts' summary.json alone into the report one
     run on everything writes; summary.json holds numbers, no question, qid, option or
@@ -171,7 +171,9 @@ def test_runs_split_by_users_or_methods_pool_into_one_report(tmp_path):
     assert "| u2 |" not in (tmp_path / "b" / "run" / "per_user.md").read_text()
     assert [u.get("incomplete") for u in json.loads(fewshot.read_text())["users"]] == \
         [None, None, True]
+    capsys.readouterr()
     assert "| u2 |" not in (pooled("two", profile, fewshot) / "per_user.md").read_text()
+    assert "2 users pooled from 2 runs (1 not yet complete)" in capsys.readouterr().out
     # the next session runs u2's missing method (vanilla again: the same unit twice is one)
     rest = summary("c", n=None, methods="vanilla,fewshot", user_ids=["u2"])
     assert same_tables(pooled("three", profile, fewshot, rest), whole.out)

@@ -192,8 +192,10 @@ def pool(
 
     users, meta = pool_summaries(summaries)
     summary = render(out, users, meta)
-    print_summary(summary, out, f"{meta['protocol']}, {len(users)} users pooled from "
-                  f"{len(summaries)} runs")
+    done = sum(not u.get("incomplete") for u in users)
+    print_summary(summary, out, f"{meta['protocol']}, {done} users pooled from "
+                  f"{len(summaries)} runs" + (f" ({len(users) - done} not yet complete)"
+                                              if done < len(users) else ""))
 
 
 def _for_protocol(command, protocol: str, doc: str):
