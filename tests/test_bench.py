@@ -173,7 +173,9 @@ def test_runs_split_by_users_or_methods_pool_into_one_report(tmp_path, capsys):
         [None, None, True]
     capsys.readouterr()
     assert "| u2 |" not in (pooled("two", profile, fewshot) / "per_user.md").read_text()
-    assert "2 users pooled from 2 runs (1 not yet complete)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 users pooled from 2 runs (1 not yet complete)" in printed
+    assert "not yet complete: u2 (--methods fewshot)" in printed
     # the next session runs u2's missing method (vanilla again: the same unit twice is one)
     rest = summary("c", n=None, methods="vanilla,fewshot", user_ids=["u2"])
     assert same_tables(pooled("three", profile, fewshot, rest), whole.out)

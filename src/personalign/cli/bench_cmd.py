@@ -196,6 +196,12 @@ def pool(
     print_summary(summary, out, f"{meta['protocol']}, {done} users pooled from "
                   f"{len(summaries)} runs" + (f" ({len(users) - done} not yet complete)"
                                               if done < len(users) else ""))
+    specs = [m["spec"] for m in meta["methods"]]
+    for user in users:
+        if user.get("incomplete"):  # what a next part runs for them
+            missing = ",".join(s for s in specs if s not in user["seconds"])
+            console.print(f"not yet complete: {user['user_id']} (--methods {missing})",
+                          soft_wrap=True)
 
 
 def _for_protocol(command, protocol: str, doc: str):
