@@ -61,13 +61,9 @@ def print_projection(projection: dict, n_users: int) -> None:
     console.print(table)
 
 
-def print_result(result, title: str) -> None:
-    """The per-method table and the paired CIs against vanilla, as rich tables."""
-    print_summary(result.summary, result.out, title)
-
-
 def print_summary(summary: dict, out: Path, title: str) -> None:
-    """:func:`print_result` for a report's summary tables (``write_report``'s return)."""
+    """The per-method table and the paired CIs against vanilla of a report's summary tables
+    (what ``write_report`` and ``render`` return), as rich tables."""
     table = Table(title=title)
     similarity = any("distribution_similarity" in r for r in summary["per_method"])
     for col in ("Method", "Accuracy (%)", "95% CI", "Users", "Differs from vanilla") + (
@@ -77,7 +73,8 @@ def print_summary(summary: dict, out: Path, title: str) -> None:
         differs = r.get("differs_from_vanilla")
         table.add_row(r["label"], f"{100 * r['accuracy']:.1f}",
                       f"[{100 * r['accuracy_ci_low']:.1f}, {100 * r['accuracy_ci_high']:.1f}]",
-                      str(r["users"]), "-" if differs is None else f"{100 * differs:.0f}%",
+                      str(r["users"]),
+                      "-" if differs is None or differs != differs else f"{100 * differs:.0f}%",
                       *([f"{100 * r['distribution_similarity']:.1f}"] if similarity else []))
     console.print(table)
     labels = {r["method"]: r["label"] for r in summary["per_method"]}
@@ -176,7 +173,8 @@ def opinionqa(
                       "continue)", soft_wrap=True)
     preset = settings.preset
     label = "paper" if preset == "paper" and not overrides else f"{preset} (labelled: not paper)"
-    print_result(result, f"{protocol}, {len(result.records)} users, preset {label}")
+    print_summary(result.summary, result.out,
+                  f"{protocol}, {len(result.records)} users, preset {label}")
 
 
 @app.command("pool")
@@ -184,9 +182,10 @@ def pool(
     summaries: list[Path] = typer.Argument(..., help="The summary.json of each run folder."),
     out: Path = typer.Option(..., help="Report folder for the pooled users."),
 ) -> None:
-    """One report from several runs of one benchmark (the same protocol, data, methods,
-    models, settings and split; other users), e.g. a run split over sessions or machines with
-    --user-ids. Reads only each run's summary.json (numbers: no question, answer or prompt)."""
+    """One report from the parts of one benchmark (the same protocol, data, models, settings
+    and split), joined unit by unit: a run split over sessions or machines by --user-ids or
+    --methods. Reads only each part's summary.json (numbers: no question, answer or
+    prompt); names the users not yet complete and the methods they miss."""
     from personalign.bench.report import pool as pool_summaries
     from personalign.bench.report import render
 

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         """Fermi and its baselines on the sample users with the embedded models; prints the
         table and writes the report folder."""
         from personalign.bench.runner import run_demo
-        from personalign.cli.bench_cmd import print_result
+        from personalign.cli.bench_cmd import print_summary
         from personalign.methods import parse_specs
         from personalign.runtime import models
         from personalign.runtime.llm.factory import prepare_llm
@@ -40,5 +40,5 @@ def register(app: typer.Typer) -> None:
                 prepare_llm(spec)
         result = run_demo(path=data, out=out, preset=preset, n_users=users,
                           methods=parse_specs(methods), workers=workers)
-        print_result(result, title=f"opinionqa-individual on {data or 'the sample users'} "
-                                   f"(preset {preset})")
+        print_summary(result.summary, result.out,
+                      f"opinionqa-individual on {data or 'the sample users'} (preset {preset})")
