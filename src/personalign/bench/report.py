@@ -20,6 +20,7 @@ Other per-question metrics in the rows (``logp_correct``, ``reward_correct``,
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from pathlib import Path
@@ -199,7 +200,7 @@ def pool(paths: Sequence[str | Path]) -> tuple[list[dict[str, Any]], dict[str, A
         for user in summary["users"]:
             uid = user["user_id"]
             if uid not in users:
-                users[uid] = json.loads(json.dumps(user))  # a copy to join into
+                users[uid] = copy.deepcopy(user)  # joined into below
                 origin.update({(uid, s): path for s in user["seconds"]})
             else:
                 _join(users[uid], user, path, origin)
